@@ -1,0 +1,469 @@
+"""Tests for core.data: built-in digits, toy points, image loading, folders, data sets."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core import data
+from core.errors import ConfigError, DataError, ImageLoadError
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _gradient(width: int = 16, height: int = 12) -> np.ndarray:
+    """uint8 (H, W) with a horizontal ramp 0..255."""
+    row = np.linspace(0, 255, width).round().astype(np.uint8)
+    return np.tile(row, (height, 1))
+
+
+def _noise(width: int, height: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
+
+
+def _png_bytes_zero_width() -> bytes:
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", 0, 10, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+def test_digits_shape_dtype_and_labels() -> None:
+    images, labels = data.load_digits()
+    assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (5000,) and labels.dtype == np.int64
+    assert set(np.unique(labels).tolist()) == set(range(10))
+    assert images.max() == 255 and images.min() == 0
+    # Digits are white strokes on black: the border is mostly background.
+    assert images[:, 0, :].mean() < 5
+    # Cached and read-only, so no caller can corrupt the shared copy.
+    assert data.load_digits()[0] is images
+    with pytest.raises(ValueError):
+        images[0, 0, 0] = 1
+
+
+# ----------------------------------------------------------------------------- toy points
+
+
+@pytest.mark.parametrize("name", data.TOY_DATASETS)
+def test_toy_points_shape_determinism_and_scale(name: str) -> None:
+    points = data.toy_points(name, 4000, torch.Generator().manual_seed(3))
+    assert points.shape == (4000, 2) and points.dtype == torch.float32
+    again = data.toy_points(name, 4000, torch.Generator().manual_seed(3))
+    assert torch.equal(points, again)
+    other = data.toy_points(name, 4000, torch.Generator().manual_seed(4))
+    assert not torch.equal(points, other)
+    std = points.std(dim=0)
+    assert torch.all(std > 0.4) and torch.all(std < 1.3), std
+    assert points.mean(dim=0).abs().max() < 0.25
+    assert (points.abs() <= 2.2).all(dim=1).float().mean() > 0.999
+
+
+def test_toy_points_refuses_unknown_name_and_bad_count() -> None:
+    with pytest.raises(DataError) as info:
+        data.toy_points("circles", 10)
+    for name in data.TOY_DATASETS:
+        assert name in str(info.value)
+    with pytest.raises(ConfigError):
+        data.toy_points("moons", 0)
+
+
+def test_toy_points_shapes_are_distinct() -> None:
+    g = torch.Generator().manual_seed(0)
+    rings = data.toy_points("rings", 3000, g)
+    radius = rings.norm(dim=1)
+    # Three rings at 0.6, 1.2 and 1.8: almost nothing near the centre or between rings.
+    assert (radius < 0.4).float().mean() < 0.01
+    assert ((radius > 0.85) & (radius < 0.95)).float().mean() < 0.01
+    gauss = data.toy_points("gaussians", 3000, g)
+    assert ((gauss.norm(dim=1) - 1.5).abs() < 0.4).float().mean() > 0.99
+
+
+# ----------------------------------------------------------------------------- load_image
+
+
+def test_load_grey_png(tmp_path: Path) -> None:
+    path = tmp_path / "grey.png"
+    Image.fromarray(_gradient(), mode="L").save(path)
+    x = data.load_image(path)
+    assert x.shape == (1, 12, 16) and x.dtype == np.float32
+    assert x[0, 0, 0] == -1.0 and x[0, 0, -1] == 1.0
+    assert np.all(np.diff(x[0, 0]) > 0)
+
+
+def test_load_la_png_composites_over_white(tmp_path: Path) -> None:
+    grey = np.zeros((8, 8), dtype=np.uint8)
+    alpha = np.full((8, 8), 255, dtype=np.uint8)
+    alpha[:, :4] = 0  # left half fully transparent -> white
+    path = tmp_path / "la.png"
+    Image.fromarray(np.stack([grey, alpha], axis=2), mode="LA").save(path)
+    x = data.load_image(path)
+    assert x.shape == (1, 8, 8)
+    np.testing.assert_allclose(x[0, :, :4], 1.0)
+    np.testing.assert_allclose(x[0, :, 4:], -1.0)
+
+
+def test_load_rgb_png_exact_values(tmp_path: Path) -> None:
+    rgb = np.zeros((4, 6, 3), dtype=np.uint8)
+    rgb[..., 0] = 255
+    rgb[1, 2] = (0, 255, 51)
+    path = tmp_path / "rgb.png"
+    Image.fromarray(rgb, mode="RGB").save(path)
+    x = data.load_image(path)
+    assert x.shape == (3, 4, 6)
+    np.testing.assert_allclose(x[:, 0, 0], [1.0, -1.0, -1.0])
+    np.testing.assert_allclose(x[:, 1, 2], [-1.0, 1.0, 51 / 127.5 - 1.0], rtol=1e-6)
+
+
+def test_load_rgba_png_composites_over_white(tmp_path: Path) -> None:
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[..., 0] = 255  # red
+    rgba[..., 3] = 128  # about half transparent
+    rgba[0, 0, 3] = 0  # fully transparent -> white
+    path = tmp_path / "rgba.png"
+    Image.fromarray(rgba, mode="RGBA").save(path)
+    x = data.load_image(path)
+    assert x.shape == (3, 4, 4)
+    np.testing.assert_allclose(x[:, 0, 0], [1.0, 1.0, 1.0])
+    # red over white at alpha 128/255: green/blue = 255 * (1 - 128/255) = 127
+    np.testing.assert_allclose(x[:, 1, 1], [1.0, 127 / 127.5 - 1, 127 / 127.5 - 1], atol=2 / 127.5)
+
+
+def test_load_palette_png_colour_grey_and_transparent(tmp_path: Path) -> None:
+    rgb = np.zeros((6, 6, 3), dtype=np.uint8)
+    rgb[:3] = (255, 0, 0)
+    rgb[3:] = (0, 0, 255)
+    path = tmp_path / "p.png"
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=4).save(path)
+    assert Image.open(path).mode == "P"
+    x = data.load_image(path)
+    assert x.shape == (3, 6, 6)
+    np.testing.assert_allclose(x[:, 0, 0], [1, -1, -1])
+    np.testing.assert_allclose(x[:, 5, 5], [-1, -1, 1])
+
+    # A palette image whose colours are all grey comes back with one channel.
+    grey_path = tmp_path / "p_grey.png"
+    Image.fromarray(_gradient()).convert("P").save(grey_path)
+    assert Image.open(grey_path).mode == "P"
+    assert data.load_image(grey_path).shape == (1, 12, 16)
+
+    # Palette transparency is composited over white.
+    trans = Image.new("P", (4, 4), 1)
+    trans.putpalette([0, 0, 0, 0, 0, 0])
+    trans.putpixel((0, 0), 0)
+    trans_path = tmp_path / "p_trans.png"
+    trans.save(trans_path, transparency=0)
+    y = data.load_image(trans_path)
+    assert y[:, 0, 0].tolist() == [1.0] and y[:, 1, 1].tolist() == [-1.0]
+
+
+def test_load_16bit_grey_png(tmp_path: Path) -> None:
+    values = np.array([[0, 32768, 65535]], dtype=np.uint16).repeat(2, axis=0)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode in ("I;16", "I")
+    x = data.load_image(path)
+    assert x.shape == (1, 2, 3)
+    np.testing.assert_allclose(x[0, 0], [-1.0, 32768 / 65535 * 2 - 1, 1.0], atol=1e-6)
+    # Resizing and channel conversion work on the high-depth path too.
+    assert data.load_image(path, size=4, channels=3).shape == (3, 4, 4)
+
+
+def test_load_cmyk_jpeg(tmp_path: Path) -> None:
+    cmyk = Image.new("CMYK", (16, 8), (0, 0, 0, 0))  # white
+    cmyk.paste((255, 0, 0, 0), (0, 0, 8, 8))  # cyan on the left
+    path = tmp_path / "cmyk.jpg"
+    cmyk.save(path, quality=95)
+    assert Image.open(path).mode == "CMYK"
+    x = data.load_image(path)
+    assert x.shape == (3, 8, 16)
+    np.testing.assert_allclose(x[:, 4, 12], [1, 1, 1], atol=0.06)  # white
+    np.testing.assert_allclose(x[:, 4, 2], [-1, 1, 1], atol=0.06)  # cyan = no red
+
+
+def test_load_animated_gif_uses_first_frame(tmp_path: Path) -> None:
+    frames = [Image.new("L", (5, 5), 0), Image.new("L", (5, 5), 255)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+    assert Image.open(path).n_frames == 2
+    x = data.load_image(path)
+    assert x.shape == (1, 5, 5)
+    np.testing.assert_allclose(x, -1.0)
+
+
+def test_load_applies_exif_orientation(tmp_path: Path) -> None:
+    stored = np.full((10, 20, 3), 255, dtype=np.uint8)
+    stored[:, :10] = 0  # left half dark as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    x = data.load_image(path)
+    assert x.shape == (3, 20, 10)  # upright: taller than wide
+    # After a clockwise quarter turn the stored left half is on top.
+    assert x[:, :8].mean() < -0.9 and x[:, 12:].mean() > 0.9
+
+
+def test_load_size_crops_centre_and_resizes(tmp_path: Path) -> None:
+    wide = np.full((20, 40), 255, dtype=np.uint8)
+    wide[:, :4] = 0  # dark bands that the centre crop (columns 10..30) removes
+    wide[:, -4:] = 0
+    path = tmp_path / "wide.png"
+    Image.fromarray(wide).save(path)
+    square = data.load_image(path, size=16)
+    assert square.shape == (1, 16, 16)
+    np.testing.assert_allclose(square, 1.0, atol=1e-6)
+    assert data.load_image(path, size=(10, 30)).shape == (1, 10, 30)
+
+
+def test_load_channel_conversion(tmp_path: Path) -> None:
+    red = tmp_path / "red.png"
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(red)
+    grey = data.load_image(red, channels=1)
+    assert grey.shape == (1, 4, 4)
+    np.testing.assert_allclose(grey, 0.299 * 2 - 1, atol=1e-5)
+    mid = tmp_path / "mid.png"
+    Image.new("L", (4, 4), 255).save(mid)
+    np.testing.assert_allclose(data.load_image(mid, channels=3), np.ones((3, 4, 4)))
+
+
+def test_load_downscales_large_images(tmp_path: Path) -> None:
+    png = tmp_path / "big.png"
+    Image.fromarray(_noise(300, 200)).save(png)
+    x = data.load_image(png, max_side=100)
+    assert x.shape == (3, 67, 100)
+    jpeg = tmp_path / "big.jpg"
+    Image.fromarray(_noise(800, 600)).save(jpeg)
+    assert data.load_image(jpeg, max_side=100).shape == (3, 75, 100)
+    # With a target size the JPEG is decoded small (draft) and still covers the target.
+    assert data.load_image(jpeg, size=32).shape == (3, 32, 32)
+
+
+def test_load_refuses_bad_arguments(tmp_path: Path) -> None:
+    path = tmp_path / "ok.png"
+    Image.new("L", (4, 4)).save(path)
+    with pytest.raises(ConfigError):
+        data.load_image(path, channels=2)
+    with pytest.raises(ConfigError):
+        data.load_image(path, size=0)
+    with pytest.raises(ConfigError):
+        data.load_image(path, size=(4, 4, 4))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        data.load_image(path, max_side=0)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_load_refuses_truncated_file(tmp_path: Path, fmt: str) -> None:
+    whole = tmp_path / f"whole.{fmt.lower()}"
+    Image.fromarray(_noise(64, 64)).save(whole, format=fmt)
+    payload = whole.read_bytes()
+    cut = tmp_path / f"cut.{fmt.lower()}"
+    cut.write_bytes(payload[: len(payload) // 2])
+    with pytest.raises(ImageLoadError, match="truncated or corrupt") as info:
+        data.load_image(cut)
+    assert str(cut) in str(info.value)
+
+
+def test_load_refuses_non_images_and_missing_files(tmp_path: Path) -> None:
+    text = tmp_path / "notes.png"
+    text.write_text("this is not a picture\n")
+    with pytest.raises(ImageLoadError, match="not an image") as info:
+        data.load_image(text)
+    assert str(text) in str(info.value)
+
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageLoadError, match="empty file"):
+        data.load_image(empty)
+
+    with pytest.raises(ImageLoadError, match="is a folder"):
+        data.load_image(tmp_path)
+
+    missing = tmp_path / "missing.png"
+    with pytest.raises(ImageLoadError, match="not found") as info:
+        data.load_image(missing)
+    assert str(missing) in str(info.value)
+
+    zero = tmp_path / "zero.png"
+    zero.write_bytes(_png_bytes_zero_width())
+    with pytest.raises(ImageLoadError):
+        data.load_image(zero)
+
+
+def test_load_refuses_zero_size_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pillow's own readers refuse zero-size headers; this checks our guard for any that don't.
+    path = tmp_path / "zero.png"
+    path.write_bytes(b"placeholder")
+    monkeypatch.setattr(data.Image, "open", lambda _path: Image.new("L", (0, 5)))
+    with pytest.raises(ImageLoadError, match="zero width or height"):
+        data.load_image(path)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_load_refuses_decompression_bombs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "bomb.png"
+    Image.new("L", (20, 20)).save(path)  # 400 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # > 2x the limit: Pillow's error
+    with pytest.raises(ImageLoadError, match="too large") as info:
+        data.load_image(path)
+    assert str(path) in str(info.value)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # between 1x and 2x: Pillow only warns
+    with pytest.raises(ImageLoadError, match="too large"):
+        data.load_image(path)
+
+
+def test_shipped_photos() -> None:
+    paths = data.sample_photo_paths()
+    assert {p.name for p in paths} == {"astronaut.png", "coffee.png"}
+    default = data.default_photo_path()
+    assert default.name == "astronaut.png"
+    x = data.load_image(default)
+    assert x.shape == (3, 512, 512) and -1.0 <= x.min() < x.max() <= 1.0
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def _make_mixed_folder(root: Path) -> Path:
+    folder = root / "pictures"
+    (folder / "sub").mkdir(parents=True)
+    (folder / ".hidden_dir").mkdir()
+    Image.new("RGB", (10, 10), (255, 0, 0)).save(folder / "a.png")
+    Image.new("L", (12, 8), 255).save(folder / "sub" / "b.JPG")
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(folder / "c.bmp")
+    Image.new("RGB", (8, 8)).save(folder / ".hidden.png")
+    Image.new("RGB", (8, 8)).save(folder / ".hidden_dir" / "d.png")
+    (folder / "readme.txt").write_text("not an image")
+    (folder / "broken.png").write_text("not an image either")
+    return folder
+
+
+def test_list_image_files_sorted_recursive_skips_hidden(tmp_path: Path) -> None:
+    folder = _make_mixed_folder(tmp_path)
+    names = [p.relative_to(folder).as_posix() for p in data.list_image_files(folder)]
+    assert names == ["a.png", "broken.png", "c.bmp", "sub/b.JPG"]
+
+
+def test_list_image_files_tolerates_symlink_loops(tmp_path: Path) -> None:
+    folder = _make_mixed_folder(tmp_path)
+    os.symlink(folder, folder / "sub" / "loop")  # directory loop
+    os.symlink(folder / "x.png", folder / "y.png")  # file loop: x -> y -> x
+    os.symlink(folder / "y.png", folder / "x.png")
+    os.symlink(folder / "nowhere.png", folder / "dangling.png")
+    os.symlink(folder / "a.png", folder / "link_to_a.png")
+    names = [p.relative_to(folder).as_posix() for p in data.list_image_files(folder)]
+    assert names == ["a.png", "broken.png", "c.bmp", "link_to_a.png", "sub/b.JPG"]
+
+
+def test_list_image_files_refuses_missing_or_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not found"):
+        data.list_image_files(tmp_path / "nope")
+    file = tmp_path / "f.png"
+    Image.new("L", (2, 2)).save(file)
+    with pytest.raises(DataError, match="not a folder"):
+        data.list_image_files(file)
+
+
+def test_load_image_folder_skips_bad_files(tmp_path: Path) -> None:
+    folder = _make_mixed_folder(tmp_path)
+    loaded = data.load_image_folder(folder, image_size=8, channels=3)
+    assert loaded.images.shape == (3, 3, 8, 8) and loaded.images.dtype == torch.float32
+    assert [p.name for p in loaded.paths] == ["a.png", "c.bmp", "b.JPG"]
+    assert len(loaded.skipped) == 1 and "broken.png" in loaded.skipped[0]
+    np.testing.assert_allclose(loaded.images[0, :, 4, 4].numpy(), [1, -1, -1], atol=1e-6)
+    np.testing.assert_allclose(loaded.images[2].numpy(), 1.0, atol=1e-2)  # white JPEG
+    limited = data.load_image_folder(folder, image_size=8, channels=1, max_images=2)
+    assert limited.images.shape == (2, 1, 8, 8)
+
+
+def test_load_image_folder_refuses_empty_and_imageless_folders(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no image files"):
+        data.load_image_folder(empty, image_size=8, channels=1)
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("x")
+    with pytest.raises(DataError, match="no image files"):
+        data.load_image_folder(texts, image_size=8, channels=1)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_text("x")
+    with pytest.raises(DataError, match="none of the 1 image files"):
+        data.load_image_folder(bad, image_size=8, channels=1)
+
+
+# ----------------------------------------------------------------------------- make_dataset
+
+
+def test_make_dataset_digits() -> None:
+    ds = data.make_dataset("digits")
+    assert ds.name == "digits" and ds.kind == "images"
+    assert ds.data.shape == (5000, 1, 28, 28) and ds.data.dtype == torch.float32
+    assert ds.data.min() == -1.0 and ds.data.max() == 1.0
+    assert ds.sample_shape == (1, 28, 28) and ds.channels == 1 and ds.image_size == 28
+    assert len(ds) == 5000
+    images, _ = data.load_digits()
+    np.testing.assert_allclose(ds.data[7, 0].numpy(), images[7] / 127.5 - 1.0, atol=1e-6)
+
+    resized = data.make_dataset("digits", image_size=16, channels=3)
+    assert resized.data.shape == (5000, 3, 16, 16)
+    assert resized.channels == 3 and resized.image_size == 16
+    assert resized.data.min() >= -1.0 and resized.data.max() <= 1.0
+    assert torch.equal(resized.data[:, 0], resized.data[:, 2])
+
+
+@pytest.mark.parametrize("name", data.TOY_DATASETS)
+def test_make_dataset_points(name: str) -> None:
+    ds = data.make_dataset(name, num_points=500, seed=1)
+    assert ds.kind == "points" and ds.name == name
+    assert ds.data.shape == (500, 2) and ds.sample_shape == (2,)
+    assert ds.channels is None and ds.image_size is None
+    assert torch.equal(ds.data, data.make_dataset(name, num_points=500, seed=1).data)
+    assert not torch.equal(ds.data, data.make_dataset(name, num_points=500, seed=2).data)
+
+
+def test_make_dataset_folder(tmp_path: Path) -> None:
+    folder = _make_mixed_folder(tmp_path)
+    ds = data.make_dataset(str(folder), image_size=12, channels=1)
+    assert ds.kind == "images" and ds.name == "pictures"
+    assert ds.data.shape == (3, 1, 12, 12)
+    assert len(ds.skipped) == 1 and "broken.png" in ds.skipped[0]
+
+
+def test_make_dataset_refuses_unknown_sources(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as info:
+        data.make_dataset("fashion")
+    message = str(info.value)
+    assert "'fashion'" in message and "digits" in message and "swissroll" in message
+    file = tmp_path / "one.png"
+    Image.new("L", (4, 4)).save(file)
+    with pytest.raises(DataError, match="not a folder"):
+        data.make_dataset(str(file))
+    with pytest.raises(ConfigError):
+        data.make_dataset("digits", channels=4)
+
+
+def test_dataset_validates_its_shape() -> None:
+    with pytest.raises(DataError):
+        data.Dataset("x", "points", torch.zeros(4, 3))
+    with pytest.raises(DataError):
+        data.Dataset("x", "images", torch.zeros(4, 2))
