@@ -1,8 +1,569 @@
-"""Command-line front end (placeholder until the CLI lands)."""
+"""The `diffusion-studio` command: the GUI with no subcommand, headless subcommands otherwise.
+
+This module imports no Qt: the GUI is imported only when it is started. Every subcommand
+drives the same core functions the GUI uses. Errors a user can cause print one line
+("diffusion-studio: error: ...") and exit with status 2; Ctrl-C exits with 130.
+"""
 
 from __future__ import annotations
 
+import argparse
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core import __version__
+from core.errors import DiffusionStudioError, ExportError
+
+PROG = "diffusion-studio"
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+DESCRIPTION = """\
+Diffusion Studio: train small diffusion models (DDPM / DDIM) and watch them work.
+
+With no subcommand the desktop app starts (optionally with an image or checkpoint open).
+The subcommands run the same engine headless, for scripts and long runs."""
+
+EPILOG = """\
+examples:
+  diffusion-studio                                  start the app
+  diffusion-studio photo.png                        start the app with an image open
+  diffusion-studio schedule --kind cosine --out schedule.csv
+  diffusion-studio forward photo.png --gif forward.gif
+  diffusion-studio train --data digits --minutes 5 --out digits.safetensors
+  diffusion-studio sample --checkpoint digits.safetensors --gif reverse.gif --grid grid.png
+
+The maths: alpha_t = 1 - beta_t, alphabar_t = prod_{s<=t} alpha_s (a product), and
+x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps."""
+
+
+class CliError(DiffusionStudioError):
+    """A bad command-line value found after parsing."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _add_schedule_options(p: argparse.ArgumentParser, default_kind: str = "linear") -> None:
+    from core.schedule import SCHEDULE_KINDS
+
+    g = p.add_argument_group("noise schedule")
+    g.add_argument(
+        "--kind",
+        choices=SCHEDULE_KINDS,
+        default=default_kind,
+        help="schedule kind (default: %(default)s)",
+    )
+    g.add_argument(
+        "--steps",
+        type=int,
+        default=1000,
+        metavar="T",
+        help="number of timesteps T (default: %(default)s)",
+    )
+    g.add_argument(
+        "--beta-start",
+        type=float,
+        default=1e-4,
+        metavar="B",
+        help="first beta (default: %(default)s)",
+    )
+    g.add_argument(
+        "--beta-end", type=float, default=0.02, metavar="B", help="last beta (default: %(default)s)"
+    )
+    g.add_argument(
+        "--zero-snr", action="store_true", help="rescale to zero terminal SNR (Lin et al. 2024)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from core.data import TOY_DATASETS
+    from core.device import DEVICE_CHOICES
+    from core.samplers import PREDICTION_TYPES, TIMESTEP_SPACINGS
+    from core.training import MODEL_SIZES
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    # schedule
+    p = sub.add_parser(
+        "schedule",
+        help="write a noise schedule's curves as CSV",
+        description="Write beta_t, alphabar_t, sqrt(alphabar_t), sqrt(1-alphabar_t) "
+        "and log-SNR for every timestep as CSV (one row per t).",
+    )
+    _add_schedule_options(p)
+    p.add_argument("--out", required=True, type=Path, metavar="CSV", help="output CSV file")
+
+    # forward
+    p = sub.add_parser(
+        "forward",
+        help="noise an image step by step and save the forward process as a GIF",
+        description="The forward process on IMAGE: x_t = sqrt(alphabar_t) x_0 + "
+        "sqrt(1-alphabar_t) eps for evenly spaced t, with fixed noise.",
+    )
+    p.add_argument("image", type=Path, help="an image file (PNG, JPEG, ...)")
+    _add_schedule_options(p)
+    p.add_argument(
+        "--frames", type=_positive_int, default=40, help="frames in the GIF (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
+    p.add_argument(
+        "--size",
+        type=_positive_int,
+        default=256,
+        help="longest side in pixels (default: %(default)s)",
+    )
+    p.add_argument(
+        "--fps",
+        type=_positive_float,
+        default=10.0,
+        help="GIF frames per second (default: %(default)s)",
+    )
+    p.add_argument("--gif", type=Path, help="write the forward trajectory as a GIF")
+    p.add_argument("--png-dir", type=Path, help="write the frames as PNG files into this folder")
+
+    # train
+    p = sub.add_parser(
+        "train",
+        help="train a model and save a checkpoint",
+        description="Train a diffusion model on built-in digits, a 2-D toy set or a "
+        "folder of images. Saves at intervals, at the end and on Ctrl-C.",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="SOURCE",
+        help=f"digits, one of {', '.join(TOY_DATASETS)}, or a folder of images",
+    )
+    p.add_argument(
+        "--out", required=True, type=Path, metavar="CKPT", help="checkpoint to write (.safetensors)"
+    )
+    budget = p.add_argument_group("length (the run ends at whichever comes first)")
+    budget.add_argument("--steps", type=_positive_int, help="total optimizer steps")
+    budget.add_argument("--minutes", type=_positive_float, help="training time budget in minutes")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="CKPT",
+        help="continue a run from its checkpoint (the budget counts from its start)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument(
+        "--model-size",
+        choices=MODEL_SIZES,
+        default="default",
+        help="model preset (default: %(default)s)",
+    )
+    p.add_argument("--batch-size", type=_positive_int, help="batch size (default: the preset's)")
+    p.add_argument("--lr", type=_positive_float, help="peak learning rate (default: the preset's)")
+    p.add_argument("--prediction", choices=PREDICTION_TYPES, help="what the network predicts")
+    p.add_argument(
+        "--schedule",
+        choices=["linear", "scaled_linear", "cosine", "sigmoid"],
+        help="noise schedule kind",
+    )
+    p.add_argument(
+        "--timesteps", type=_positive_int, metavar="T", help="number of diffusion timesteps T"
+    )
+    p.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=28,
+        help="image size for folders (default: %(default)s)",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=[1, 3],
+        default=1,
+        help="1 = grey, 3 = RGB (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default="auto",
+        help="compute device (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bfloat16 autocast (faster on CPUs and GPUs that support it)",
+    )
+    p.add_argument(
+        "--save-every",
+        type=_positive_int,
+        metavar="N",
+        help="also save every N steps (default: at least once a minute)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    # sample
+    p = sub.add_parser(
+        "sample",
+        help="sample from a checkpoint; save GIF, grid and/or samples",
+        description="Run the reverse process from noise to samples.",
+    )
+    p.add_argument(
+        "--checkpoint", required=True, type=Path, metavar="CKPT", help="a .safetensors checkpoint"
+    )
+    p.add_argument(
+        "--sampler", choices=["ddpm", "ddim"], default="ddim", help="sampler (default: %(default)s)"
+    )
+    p.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=50,
+        help="sampling steps, 1..T (default: %(default)s)",
+    )
+    p.add_argument(
+        "--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default: %(default)s)"
+    )
+    p.add_argument(
+        "--spacing",
+        choices=TIMESTEP_SPACINGS,
+        default="trailing",
+        help="timestep spacing (default: %(default)s)",
+    )
+    p.add_argument(
+        "--variance",
+        choices=["fixed_small", "fixed_large"],
+        default="fixed_small",
+        help="DDPM variance (default: %(default)s)",
+    )
+    p.add_argument("--clip", action="store_true", help="clip the x0 prediction to [-1, 1]")
+    p.add_argument(
+        "--n", type=_positive_int, default=16, help="number of samples (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default="auto",
+        help="compute device (default: %(default)s)",
+    )
+    p.add_argument("--gif", type=Path, help="write the reverse process as a GIF")
+    p.add_argument(
+        "--gif-view",
+        choices=["xt", "x0", "both"],
+        default="xt",
+        help="GIF shows x_t, the x0 prediction, or both side by side (default: %(default)s)",
+    )
+    p.add_argument(
+        "--frames", type=_positive_int, default=40, help="GIF frames (default: %(default)s)"
+    )
+    p.add_argument(
+        "--fps",
+        type=_positive_float,
+        default=10.0,
+        help="GIF frames per second (default: %(default)s)",
+    )
+    p.add_argument("--grid", type=Path, help="write the final samples as a PNG grid")
+    p.add_argument(
+        "--npy",
+        type=Path,
+        help="write the samples as float32 .npy, (n, C, H, W) in [-1, 1] or (n, 2)",
+    )
+    return parser
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _schedule_from_args(args: argparse.Namespace):
+    from core.schedule import NoiseSchedule, ScheduleConfig
+
+    return NoiseSchedule(
+        ScheduleConfig(args.kind, args.steps, args.beta_start, args.beta_end, args.zero_snr)
+    )
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from core.export import save_csv
+
+    schedule = _schedule_from_args(args)
+    path = save_csv(args.out, schedule.table())
+    print(f"wrote {schedule.num_timesteps} rows to {path}")
+    return 0
+
+
+def cmd_forward(args: argparse.Namespace) -> int:
+    from core.data import load_image
+    from core.export import save_gif, save_png_frames
+    from core.forward import ForwardProcess
+
+    if args.gif is None and args.png_dir is None:
+        raise CliError("nothing to write: give --gif FILE and/or --png-dir FOLDER")
+    schedule = _schedule_from_args(args)
+    image = load_image(args.image, max_side=args.size)
+    process = ForwardProcess(schedule, image, seed=args.seed)
+    steps, frames = process.frames(args.frames)
+    if args.gif is not None:
+        count = save_gif(
+            args.gif, frames, fps=args.fps, scale=max(1, 256 // max(frames[0].shape[:2]))
+        )
+        print(f"wrote {args.gif} ({count} frames, t = {steps[0]}..{steps[-1]})")
+    if args.png_dir is not None:
+        paths = save_png_frames(args.png_dir, frames, prefix="forward")
+        print(f"wrote {len(paths)} PNG frames to {args.png_dir}")
+    return 0
+
+
+def _train_config(args: argparse.Namespace):
+    from core.checkpoint import load_checkpoint
+    from core.schedule import ScheduleConfig
+    from core.training import preset_config, resume_config
+
+    if args.resume is not None:
+        ckpt = load_checkpoint(args.resume)
+        overrides: dict[str, Any] = {"device": args.device}
+        if args.steps is not None or args.minutes is not None:
+            overrides["max_steps"] = args.steps
+            overrides["max_minutes"] = args.minutes
+        return resume_config(ckpt, **overrides), ckpt
+    if args.steps is None and args.minutes is None:
+        raise CliError("give a length: --steps N and/or --minutes M")
+    overrides = {
+        "max_steps": args.steps,
+        "max_minutes": args.minutes,
+        "seed": args.seed,
+        "device": args.device,
+        "image_size": args.image_size,
+        "channels": args.channels,
+    }
+    if args.bf16:
+        overrides["bf16"] = True
+    if args.batch_size is not None:
+        overrides["batch_size"] = args.batch_size
+    if args.lr is not None:
+        overrides["learning_rate"] = args.lr
+    if args.prediction is not None:
+        overrides["prediction_type"] = args.prediction
+    config = preset_config(args.data, args.model_size, **overrides)
+    if args.schedule is not None or args.timesteps is not None:
+        base = config.schedule
+        schedule = ScheduleConfig(
+            args.schedule or base.kind,
+            args.timesteps or base.num_timesteps,
+            base.beta_start,
+            base.beta_end,
+        )
+        config = replace(config, schedule=schedule)
+    return config, None
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from app.progress import ProgressBar, format_seconds
+    from core.errors import TrainingError
+    from core.training import Trainer
+
+    out = args.out
+    same_as_resume = args.resume is not None and out.resolve() == args.resume.resolve()
+    if out.exists() and not (args.overwrite or same_as_resume):
+        raise CliError(
+            f"'{out}' already exists: pass --overwrite to replace it, or choose another --out"
+        )
+    if out.suffix.lower() != ".safetensors":
+        raise CliError(f"--out must end in .safetensors, got '{out.name}'")
+    config, ckpt = _train_config(args)
+    trainer = Trainer(config, resume=ckpt)
+    print(
+        f"training on {trainer.dataset.name} ({len(trainer.dataset)} {trainer.dataset.kind}) "
+        f"on {trainer.device}, {config.model.kind} model, {config.prediction_type} prediction, "
+        f"{config.schedule.kind} schedule T={config.schedule.num_timesteps}",
+        file=sys.stderr,
+    )
+    bar = ProgressBar("train")
+    # A polite kill (SIGTERM) saves like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    last_save = time.monotonic()
+    saved_step = trainer.step
+
+    def save(reason: str) -> None:
+        nonlocal last_save, saved_step
+        trainer.save(out)
+        last_save, saved_step = time.monotonic(), trainer.step
+        if reason:
+            bar.update(
+                trainer.fraction_done(), f"saved ({reason}) at step {trainer.step}", force=True
+            )
+
+    try:
+        for record in trainer.run():
+            bar.update(
+                record.fraction_done,
+                f"step {record.step}/{record.total_steps or '?'} loss {record.loss:.4f} "
+                f"{record.samples_per_s:.0f} samples/s ETA {format_seconds(record.eta_s)}",
+            )
+            due = (args.save_every and record.step % args.save_every == 0) or (
+                not args.save_every and time.monotonic() - last_save >= 60
+            )
+            if due:
+                save("interval")
+    except KeyboardInterrupt:
+        bar.close()
+        if trainer.step > saved_step or not out.exists():
+            trainer.save(out)
+        print(f"interrupted: saved step {trainer.step} to {out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except TrainingError as exc:
+        bar.close()
+        if trainer.step > 0:
+            trainer.save(out)
+            print(f"{PROG}: saved the last good step ({trainer.step}) to {out}", file=sys.stderr)
+        raise exc
+    save("")
+    bar.close()
+    print(f"wrote {out} (step {trainer.step}, {format_seconds(trainer.elapsed_s)} of training)")
+    return 0
+
+
+def _reverse_gif_frames(trajectory, view: str, num_frames: int) -> list[np.ndarray]:
+    from core.export import make_grid, render_points, select_frame_indices
+
+    indices = select_frame_indices(len(trajectory), min(num_frames, len(trajectory)))
+    frames = []
+    for i in indices:
+        parts = []
+        for which in ("xt", "x0"):
+            if view not in (which, "both"):
+                continue
+            if trajectory.is_points:
+                points = trajectory.x_t(int(i)) if which == "xt" else trajectory.pred_x0(int(i))
+                parts.append(render_points(points, size=256))
+            else:
+                images = trajectory.x_t(int(i)) if which == "xt" else trajectory.pred_x0(int(i))
+                parts.append(make_grid(images))
+        if len(parts) == 2:
+            gap = np.full((parts[0].shape[0], 8, parts[0].shape[2]), 255, np.uint8)
+            parts = [np.concatenate([parts[0], gap, parts[1]], axis=1)]
+        frames.append(parts[0])
+    return frames
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from app.progress import ProgressBar
+    from core.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from core.device import resolve_device
+    from core.export import make_grid, save_gif, save_png, to_uint8_images, upscale_nearest
+    from core.samplers import SamplerConfig, make_sampler
+    from core.sampling import Trajectory, sample
+    from core.schedule import NoiseSchedule
+
+    if args.gif is None and args.grid is None and args.npy is None:
+        raise CliError("nothing to write: give --gif, --grid and/or --npy")
+    ckpt = load_checkpoint(args.checkpoint)
+    if args.grid is not None and ckpt.is_points:
+        raise CliError(
+            "--grid needs an image model; this checkpoint is a 2-D point model (use --gif or --npy)"
+        )
+    device = resolve_device(args.device)
+    schedule = NoiseSchedule(ckpt.schedule_config)
+    config = SamplerConfig(
+        args.sampler,
+        args.steps,
+        args.spacing,
+        eta=args.eta,
+        variance_type=args.variance,
+        clip_sample=args.clip,
+    )
+    sampler = make_sampler(config, schedule, ckpt.prediction_type)
+    model = build_model_from_checkpoint(ckpt, device)
+    generator = torch.Generator().manual_seed(args.seed)
+    trajectory = Trajectory(max_frames=max(2, min(1000, args.frames * 4)) if args.gif else 2)
+    bar = ProgressBar("sample")
+    n_steps = len(sampler.timesteps)
+    for frame in sample(model, schedule, sampler, args.n, ckpt.sample_shape, generator, device):
+        trajectory.append(frame)
+        bar.update(frame.step / n_steps, f"step {frame.step}/{n_steps}")
+    bar.close()
+    samples = trajectory.final_samples
+    assert samples is not None
+    if args.npy is not None:
+        try:
+            np.save(args.npy, samples.astype(np.float32))
+        except OSError as exc:
+            raise ExportError(f"cannot write '{args.npy}': {exc.strerror or exc}") from exc
+        print(f"wrote {args.npy} {samples.shape}")
+    if args.grid is not None:
+        grid = make_grid(to_uint8_images(samples))
+        save_png(args.grid, upscale_nearest(grid, max(1, 256 // max(grid.shape[:2]))))
+        print(f"wrote {args.grid}")
+    if args.gif is not None:
+        frames = _reverse_gif_frames(trajectory, args.gif_view, args.frames)
+        scale = max(1, 256 // max(frames[0].shape[:2]))
+        count = save_gif(args.gif, frames, fps=args.fps, scale=scale, hold_last_s=1.5)
+        print(f"wrote {args.gif} ({count} frames)")
+    return 0
+
+
+COMMANDS = {
+    "schedule": cmd_schedule,
+    "forward": cmd_forward,
+    "train": cmd_train,
+    "sample": cmd_sample,
+}
+
 
 def main(argv: list[str] | None = None) -> int:
-    print("diffusion-studio: CLI not built yet")
-    return 0
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # No subcommand: the GUI, optionally with files to open.
+    if not argv or (argv[0] not in COMMANDS and not argv[0].startswith("-")):
+        from app.main_window import run_app
+
+        return run_app(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except DiffusionStudioError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The reverse process as a generator of frames, and a compact store of those frames.
+
+`sample` drives a model and a sampler from noise (or from a noised image) to samples and
+yields every intermediate x_t with the model's x_0 prediction; the CLI, the GUI worker and
+the tests all iterate the same generator. `Trajectory` keeps the frames for playback and
+export in uint8 (images) or float16 (2-D points), with a bounded number of frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.errors import ConfigError
+from core.export import to_uint8_images
+from core.samplers import Sampler
+from core.schedule import NoiseSchedule
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One moment of the reverse process.
+
+    step: 0..n (n = number of sampler steps); t: timestep of x_t, or -1 for the final sample;
+    x_t, pred_x0: float32 CPU tensors (B, C, H, W) or (B, 2). The final frame has pred_x0 = x_t.
+    """
+
+    step: int
+    t: int
+    x_t: torch.Tensor
+    pred_x0: torch.Tensor
+
+
+def sampling_timesteps(sampler: Sampler, t_start: int | None) -> list[int]:
+    """The sampler's timesteps, or those at or below t_start when starting from a noised image."""
+    timesteps = [int(t) for t in sampler.timesteps]
+    if t_start is None:
+        return timesteps
+    kept = [t for t in timesteps if t <= t_start]
+    if not kept:
+        raise ConfigError(
+            f"start timestep {t_start} is below every sampling timestep ({timesteps[-1]} is the "
+            "smallest): choose a larger start t or more sampling steps"
+        )
+    return kept
+
+
+def sample(
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    sampler: Sampler,
+    num_samples: int,
+    sample_shape: tuple[int, ...],
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+    x_start: torch.Tensor | None = None,
+    t_start: int | None = None,
+    autocast_bf16: bool = False,
+) -> Iterator[Frame]:
+    """Run the reverse process and yield a Frame per step, then the final sample.
+
+    model: maps (x_t (B, *sample_shape), t (B,)) to the sampler's prediction type.
+    sample_shape: (C, H, W) for images, (2,) for points.
+    x_start: optional clean input (B, *sample_shape) or (*sample_shape) to noise to t_start
+             and denoise from there ("what does the model make of this image?").
+    Random draws (initial noise, forward noise, ancestral noise) all come from `generator`.
+    """
+    if num_samples < 1:
+        raise ConfigError(f"number of samples must be at least 1, got {num_samples}")
+    device = torch.device(device)
+    timesteps = sampling_timesteps(sampler, t_start)
+    shape = (num_samples, *sample_shape)
+    with torch.inference_mode():
+        if x_start is None:
+            x = torch.randn(shape, generator=generator, dtype=torch.float32)
+        else:
+            x0 = x_start.detach().to(torch.float32).cpu()
+            x0 = x0.expand(shape) if x0.shape == tuple(sample_shape) else x0
+            if tuple(x0.shape) != shape:
+                raise ConfigError(
+                    f"start image has shape {tuple(x_start.shape)}, expected {tuple(sample_shape)}"
+                )
+            noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+            t0 = torch.full((num_samples,), timesteps[0], dtype=torch.long)
+            x = schedule.add_noise(x0, noise, t0)
+        x = x.to(device)
+        was_training = model.training
+        model.eval()
+        try:
+            for step, t in enumerate(timesteps):
+                t_batch = torch.full((num_samples,), t, dtype=torch.long, device=device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+                    model_output = model(x, t_batch)
+                model_output = model_output.float()
+                out = sampler.step(model_output, t, x, generator=generator)
+                yield Frame(step, t, x.cpu(), out.pred_x0.cpu())
+                x = out.prev_sample
+            final = x.cpu()
+            yield Frame(len(timesteps), -1, final, final)
+        finally:
+            model.train(was_training)
+
+
+class Trajectory:
+    """Frames of one sampling run, stored compactly for playback and export.
+
+    Images are kept as uint8 (B, H, W, C) (what a screen shows; 4x smaller than float32),
+    points as float16 (B, 2). At most `max_frames` frames are kept: when full, every other
+    stored frame is dropped (the first and the newest always stay) and from then on only every
+    `stride`-th frame is taken, so memory is bounded and frames stay evenly spread.
+    The final samples are also kept in full precision (`final_samples`).
+    """
+
+    def __init__(self, max_frames: int = 1000) -> None:
+        if max_frames < 2:
+            raise ConfigError(f"a trajectory needs room for at least 2 frames, got {max_frames}")
+        self.max_frames = max_frames
+        self.stride = 1
+        self._steps: list[int] = []
+        self._timesteps: list[int] = []
+        self._x_t: list[np.ndarray] = []
+        self._pred_x0: list[np.ndarray] = []
+        self._final: np.ndarray | None = None
+        self.is_points: bool | None = None
+
+    def _encode(self, x: torch.Tensor) -> np.ndarray:
+        if self.is_points:
+            return x.detach().cpu().to(torch.float16).numpy()
+        return to_uint8_images(x)
+
+    def append(self, frame: Frame) -> None:
+        """Store a frame (the newest is always kept; older ones are thinned to the stride)."""
+        if self.is_points is None:
+            self.is_points = frame.x_t.dim() == 2
+        if frame.t == -1:
+            self._final = frame.x_t.detach().cpu().float().numpy().copy()
+        # the previous newest frame stays only if it sits on the stride
+        if self._steps and self._steps[-1] % self.stride != 0 and len(self._steps) > 1:
+            self._pop_last()
+        self._steps.append(frame.step)
+        self._timesteps.append(frame.t)
+        self._x_t.append(self._encode(frame.x_t))
+        self._pred_x0.append(self._encode(frame.pred_x0))
+        if len(self._steps) > self.max_frames:
+            self._thin()
+
+    def _pop_last(self) -> None:
+        for store in (self._steps, self._timesteps, self._x_t, self._pred_x0):
+            store.pop()
+
+    def _thin(self) -> None:
+        """Double the stride and keep only frames on it (plus the newest one)."""
+        self.stride *= 2
+        keep = [i for i, s in enumerate(self._steps) if s % self.stride == 0]
+        if keep[-1] != len(self._steps) - 1:
+            keep.append(len(self._steps) - 1)
+        self._steps = [self._steps[i] for i in keep]
+        self._timesteps = [self._timesteps[i] for i in keep]
+        self._x_t = [self._x_t[i] for i in keep]
+        self._pred_x0 = [self._pred_x0[i] for i in keep]
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Sampler step of each stored frame, (F,)."""
+        return np.asarray(self._steps, dtype=np.int64)
+
+    @property
+    def timesteps(self) -> np.ndarray:
+        """Timestep t of each stored frame (-1 = final sample), (F,)."""
+        return np.asarray(self._timesteps, dtype=np.int64)
+
+    def x_t(self, index: int) -> np.ndarray:
+        """x_t of frame `index`: uint8 (B, H, W, C) for images, float32 (B, 2) for points."""
+        return self._decode(self._x_t[index])
+
+    def pred_x0(self, index: int) -> np.ndarray:
+        """The x_0 prediction at frame `index`, in the same layout as `x_t`."""
+        return self._decode(self._pred_x0[index])
+
+    def _decode(self, stored: np.ndarray) -> np.ndarray:
+        return stored.astype(np.float32) if self.is_points else stored
+
+    @property
+    def final_samples(self) -> np.ndarray | None:
+        """The final samples in float32, (B, C, H, W) in [-1, 1] or (B, 2); None until the end."""
+        return self._final
+
+    @property
+    def is_complete(self) -> bool:
+        return self._final is not None
+
+    @property
+    def nbytes(self) -> int:
+        stored = sum(a.nbytes for a in self._x_t) + sum(a.nbytes for a in self._pred_x0)
+        return stored + (self._final.nbytes if self._final is not None else 0)

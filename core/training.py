@@ -1,0 +1,631 @@
+"""Training as a generator of progress records.
+
+`Trainer.run()` yields a `TrainProgress` after every optimizer step and a `TrainPreview`
+every so often; between steps it honours a `TrainControl` (pause, resume, cancel). The CLI
+wraps it in a progress bar, the GUI in a worker thread, the tests iterate it directly.
+
+Objective (DDPM eq. 14, generalised to the three prediction targets):
+    t ~ U{0..T-1}, eps ~ N(0, I), x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps
+    loss = E[ w(t) * || f(x_t, t) - target ||^2 ]
+    target = eps (epsilon) | v = sqrt(ab_t) eps - sqrt(1-ab_t) x_0 (v) | x_0 (x0)
+with optional min-SNR-gamma weights w(t) (Hang et al. 2023), which make all three targets
+weigh timesteps like min(SNR_t, gamma) does for x_0.
+
+A checkpoint taken between steps (`checkpoint()`) holds the raw and EMA weights, the
+optimizer, the RNG and the elapsed time, so a resumed run continues the exact same run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.checkpoint import Checkpoint, save_checkpoint
+from core.data import Dataset, make_dataset
+from core.device import resolve_device
+from core.errors import ConfigError, TrainingError
+from core.models import MLPConfig, ModelConfig, UNetConfig, build_model, model_config_from_dict
+from core.samplers import PREDICTION_TYPES, PredictionType, SamplerConfig, make_sampler
+from core.sampling import sample
+from core.schedule import NoiseSchedule, ScheduleConfig
+
+ModelSize = Literal["small", "default", "large"]
+MODEL_SIZES: tuple[str, ...] = ("small", "default", "large")
+MAX_BATCH_SIZE = 65_536
+MAX_STEPS = 100_000_000
+LOSS_HISTORY_LIMIT = 4096
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run.
+
+    data: "digits", a 2-D toy set name, or a folder of images. model: None = the default
+    model for the data (see `default_model_config`). The run ends at `max_steps` optimizer
+    steps or after `max_minutes` of training time (not counting pauses and previews),
+    whichever comes first; the learning rate warms up over `warmup_steps` and then follows
+    `lr_decay` to zero at that end.
+    """
+
+    data: str = "digits"
+    image_size: int = 28
+    channels: int = 1
+    model: ModelConfig | None = None
+    schedule: ScheduleConfig = ScheduleConfig("cosine", 1000)
+    prediction_type: PredictionType = "v"
+    min_snr_gamma: float | None = 5.0
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    lr_decay: Literal["cosine", "constant"] = "cosine"
+    max_steps: int | None = None
+    max_minutes: float | None = 5.0
+    ema_decay: float = 0.999
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = False
+    num_points: int = 20_000
+    preview_every: int = 0
+    preview_count: int = 16
+    preview_steps: int = 50
+
+    def __post_init__(self) -> None:
+        _validate_train_config(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["model"] = self.model.to_dict() if self.model is not None else None
+        data["schedule"] = self.schedule.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
+        values = dict(data)
+        if values.get("model") is not None:
+            values["model"] = model_config_from_dict(values["model"])
+        if "schedule" in values:
+            values["schedule"] = ScheduleConfig.from_dict(values["schedule"])
+        return cls(**values)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _validate_train_config(c: TrainConfig) -> None:
+    if c.prediction_type not in PREDICTION_TYPES:
+        raise ConfigError(
+            f"unknown prediction type {c.prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}"
+        )
+    if not _is_int(c.batch_size) or not 1 <= c.batch_size <= MAX_BATCH_SIZE:
+        raise ConfigError(
+            f"batch size must be a whole number in 1..{MAX_BATCH_SIZE}, got {c.batch_size!r}"
+        )
+    for name in ("learning_rate", "weight_decay"):
+        value = getattr(c, name)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ConfigError(
+                f"{name.replace('_', ' ')} must be a finite number >= 0, got {value!r}"
+            )
+    if c.learning_rate <= 0:
+        raise ConfigError(f"learning rate must be > 0, got {c.learning_rate!r}")
+    if c.learning_rate > 1:
+        raise ConfigError(
+            f"learning rate {c.learning_rate} is far too large: use at most 1 (try 1e-3)"
+        )
+    if c.max_steps is None and c.max_minutes is None:
+        raise ConfigError("give a number of steps or a time budget in minutes (or both)")
+    if c.max_steps is not None and (not _is_int(c.max_steps) or not 1 <= c.max_steps <= MAX_STEPS):
+        raise ConfigError(
+            f"number of steps must be a whole number in 1..{MAX_STEPS}, got {c.max_steps!r}"
+        )
+    if c.max_minutes is not None and (
+        not isinstance(c.max_minutes, (int, float))
+        or not math.isfinite(c.max_minutes)
+        or not 0 < c.max_minutes <= 60 * 24 * 30
+    ):
+        raise ConfigError(f"time budget must be between 0 and 43200 minutes, got {c.max_minutes!r}")
+    if not _is_int(c.warmup_steps) or c.warmup_steps < 0:
+        raise ConfigError(f"warm-up steps must be a whole number >= 0, got {c.warmup_steps!r}")
+    if c.lr_decay not in ("cosine", "constant"):
+        raise ConfigError(f"unknown learning-rate decay {c.lr_decay!r}; choose cosine or constant")
+    if not isinstance(c.ema_decay, (int, float)) or not 0 <= c.ema_decay < 1:
+        raise ConfigError(f"EMA decay must lie in [0, 1), got {c.ema_decay!r}")
+    if c.min_snr_gamma is not None and (
+        not isinstance(c.min_snr_gamma, (int, float)) or not c.min_snr_gamma > 0
+    ):
+        raise ConfigError(f"min-SNR gamma must be > 0 (or none), got {c.min_snr_gamma!r}")
+    if c.grad_clip is not None and not c.grad_clip > 0:
+        raise ConfigError(f"gradient clipping must be > 0 (or none), got {c.grad_clip!r}")
+    if not _is_int(c.seed):
+        raise ConfigError(f"seed must be a whole number, got {c.seed!r}")
+    for name in ("preview_every", "preview_count", "preview_steps", "num_points"):
+        value = getattr(c, name)
+        if not _is_int(value) or value < 0:
+            raise ConfigError(
+                f"{name.replace('_', ' ')} must be a whole number >= 0, got {value!r}"
+            )
+    if c.preview_every and (c.preview_count < 1 or c.preview_steps < 1):
+        raise ConfigError("previews need at least 1 sample and 1 sampling step")
+    if c.preview_every and c.preview_steps > c.schedule.num_timesteps:
+        raise ConfigError(
+            f"preview sampling steps {c.preview_steps} exceed the schedule's T = "
+            f"{c.schedule.num_timesteps}"
+        )
+
+
+def default_model_config(
+    dataset_kind: str, image_size: int = 28, channels: int = 1, size: ModelSize = "default"
+) -> ModelConfig:
+    """The model preset for a data kind ("images" or "points") and a size."""
+    if size not in MODEL_SIZES:
+        raise ConfigError(f"unknown model size {size!r}; choose one of {', '.join(MODEL_SIZES)}")
+    if dataset_kind == "points":
+        hidden = {"small": 64, "default": 128, "large": 256}[size]
+        return MLPConfig(hidden=hidden, layers=3)
+    widths = {"small": (16, 32, 32), "default": (32, 64, 64), "large": (64, 128, 128)}[size]
+    unshuffle = 1
+    levels = len(widths)
+    while levels > 1 and image_size % (2 ** (levels - 1)):
+        levels -= 1
+    return UNetConfig(
+        in_channels=channels,
+        image_size=image_size,
+        channels=widths[:levels],
+        pixel_unshuffle=unshuffle,
+        norm_groups=8,
+    )
+
+
+def preset_config(
+    data: str = "digits", size: ModelSize = "default", **overrides: Any
+) -> TrainConfig:
+    """A ready-to-run TrainConfig for a data source and model size; keyword overrides win."""
+    from core.data import TOY_DATASETS
+
+    base: dict[str, Any]
+    if data in TOY_DATASETS:
+        base = dict(
+            data=data,
+            model=default_model_config("points", size=size),
+            schedule=ScheduleConfig("linear", 1000),
+            prediction_type="epsilon",
+            min_snr_gamma=None,
+            batch_size=256,
+            learning_rate=3e-3,
+            max_minutes=0.5,
+            ema_decay=0.995,
+        )
+    else:
+        image_size = overrides.get("image_size", 28)
+        channels = overrides.get("channels", 1)
+        base = dict(data=data, model=default_model_config("images", image_size, channels, size))
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """One optimizer step. timesteps / losses: (B,) per-sample timestep and unweighted MSE."""
+
+    step: int
+    total_steps: int | None
+    loss: float
+    timesteps: np.ndarray
+    losses: np.ndarray
+    lr: float
+    samples_per_s: float
+    elapsed_s: float
+    eta_s: float | None
+    fraction_done: float
+
+
+@dataclass(frozen=True)
+class TrainPreview:
+    """Samples from the EMA model at `step`: (n, C, H, W) in [-1, 1] or (n, 2)."""
+
+    step: int
+    samples: np.ndarray
+
+
+class TrainControl:
+    """Thread-safe pause / resume / cancel flags, checked by the trainer between steps."""
+
+    def __init__(self) -> None:
+        self._running = threading.Event()
+        self._running.set()
+        self._cancelled = threading.Event()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._running.set()
+
+    @property
+    def is_paused(self) -> bool:
+        return not self._running.is_set()
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def wait_while_paused(self, poll_s: float = 0.1) -> None:
+        """Block while paused; return at once when resumed or cancelled."""
+        while not self._running.wait(poll_s):
+            pass
+
+
+def min_snr_weights(snr: torch.Tensor, gamma: float | None, prediction_type: str) -> torch.Tensor:
+    """Per-sample loss weights (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+    Weighting"): min(SNR, gamma) / SNR for epsilon, min(SNR, gamma) / (SNR + 1) for v,
+    min(SNR, gamma) for x0. gamma None: all ones."""
+    if gamma is None:
+        return torch.ones_like(snr)
+    clipped = torch.clamp(snr, max=gamma)
+    if prediction_type == "epsilon":
+        return clipped / snr.clamp(min=1e-20)
+    if prediction_type == "v":
+        return clipped / (snr + 1)
+    return clipped
+
+
+def learning_rate_at(config: TrainConfig, step: int, fraction_done: float) -> float:
+    """Linear warm-up over warmup_steps, then constant or cosine to zero at fraction_done = 1."""
+    lr = config.learning_rate
+    if config.warmup_steps and step < config.warmup_steps:
+        return lr * (step + 1) / config.warmup_steps
+    if config.lr_decay == "constant":
+        return lr
+    return lr * 0.5 * (1 + math.cos(math.pi * min(max(fraction_done, 0.0), 1.0)))
+
+
+def _pack_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            tensors[f"optim/{index}/{key}"] = torch.as_tensor(value)
+    return tensors, {"param_groups": state["param_groups"]}
+
+
+def _unpack_optimizer(tensors: dict[str, torch.Tensor], groups: dict) -> dict:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim/"):
+            _, index, key = name.split("/", 2)
+            state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": groups["param_groups"]}
+
+
+class Trainer:
+    """One training run: data, model, EMA model, optimizer and RNG, stepped by `run()`."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        control: TrainControl | None = None,
+        resume: Checkpoint | None = None,
+        dataset: Dataset | None = None,
+    ) -> None:
+        self.control = control if control is not None else TrainControl()
+        self.device = resolve_device(config.device)
+        self.dataset = (
+            dataset
+            if dataset is not None
+            else make_dataset(
+                config.data, config.image_size, config.channels, config.num_points, config.seed
+            )
+        )
+        if config.model is None:
+            config = replace(
+                config,
+                model=default_model_config(self.dataset.kind, config.image_size, config.channels),
+            )
+        self.config = config
+        self._check_model_fits_data()
+        self.schedule = NoiseSchedule(config.schedule)
+        with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
+            torch.manual_seed(config.seed)
+            self.model: nn.Module = build_model(config.model).to(self.device)
+        self.ema_model: nn.Module = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.elapsed_s = 0.0
+        self.loss_history: list[tuple[int, float]] = []
+        self._history_stride = 1
+        self._snr = self.schedule.snr.to(torch.float32)
+        if resume is not None:
+            self._restore(resume)
+
+    # ------------------------------------------------------------------ set-up and state
+
+    def _check_model_fits_data(self) -> None:
+        model, data = self.config.model, self.dataset
+        if data.kind == "points":
+            if not isinstance(model, MLPConfig):
+                raise ConfigError("2-D point data needs the MLP model, not a UNet")
+            return
+        if not isinstance(model, UNetConfig):
+            raise ConfigError("image data needs the UNet model, not the MLP")
+        shape = tuple(data.data.shape[1:])
+        expected = (model.in_channels, model.image_size, model.image_size)
+        if shape != expected:
+            raise ConfigError(
+                f"the data are {shape[0]}x{shape[1]}x{shape[2]} (channels x height x width) but "
+                f"the model expects {expected[0]}x{expected[1]}x{expected[2]}"
+            )
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        if not ckpt.can_resume:
+            raise ConfigError(
+                "this checkpoint holds no training state (it is for sampling only) and cannot be resumed"
+            )
+        mismatches = [
+            name
+            for name, mine, theirs in (
+                ("model", self.config.model, ckpt.model_config),
+                ("schedule", self.config.schedule, ckpt.schedule_config),
+                ("prediction type", self.config.prediction_type, ckpt.prediction_type),
+            )
+            if mine != theirs
+        ]
+        if mismatches:
+            raise ConfigError(
+                f"cannot resume: the checkpoint's {', '.join(mismatches)} differ from this run's "
+                "settings (resume with the checkpoint's own settings)"
+            )
+        training = ckpt.training or {}
+        tensors = ckpt.training_state
+        raw = {k[len("raw/") :]: v for k, v in tensors.items() if k.startswith("raw/")}
+        try:
+            self.model.load_state_dict(raw)
+            self.ema_model.load_state_dict(ckpt.model_state)
+            self.optimizer.load_state_dict(_unpack_optimizer(tensors, training["optimizer"]))
+            self.generator.set_state(tensors["rng/train"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise ConfigError(
+                f"the checkpoint's training state is incomplete or damaged: {exc}"
+            ) from exc
+        self.step = int(training.get("step", 0))
+        self.elapsed_s = float(training.get("elapsed_s", 0.0))
+        if "history/step" in tensors and "history/loss" in tensors:
+            self.loss_history = list(
+                zip(tensors["history/step"].tolist(), tensors["history/loss"].tolist())
+            )
+            self._history_stride = int(training.get("history_stride", 1))
+
+    def checkpoint(self) -> Checkpoint:
+        """The current state (call between steps). model_state = EMA weights."""
+        tensors: dict[str, torch.Tensor] = {
+            "raw/" + k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+        }
+        optim_tensors, optim_json = _pack_optimizer(self.optimizer)
+        tensors.update({k: v.detach().cpu().clone() for k, v in optim_tensors.items()})
+        tensors["rng/train"] = self.generator.get_state()
+        if self.loss_history:
+            steps, losses = zip(*self.loss_history)
+            tensors["history/step"] = torch.tensor(steps, dtype=torch.int64)
+            tensors["history/loss"] = torch.tensor(losses, dtype=torch.float32)
+        data = {
+            "name": self.dataset.name,
+            "kind": self.dataset.kind,
+            "image_size": self.config.image_size if self.dataset.kind == "images" else None,
+            "channels": self.config.channels if self.dataset.kind == "images" else None,
+        }
+        return Checkpoint(
+            model_config=self.config.model,
+            schedule_config=self.config.schedule,
+            prediction_type=self.config.prediction_type,
+            model_state={
+                k: v.detach().cpu().clone() for k, v in self.ema_model.state_dict().items()
+            },
+            data=data,
+            training={
+                "step": self.step,
+                "elapsed_s": self.elapsed_s,
+                "config": self.config.to_dict(),
+                "optimizer": optim_json,
+                "history_stride": self._history_stride,
+            },
+            training_state=tensors,
+        )
+
+    def save(self, path: str) -> None:
+        """Write the current state to `path` atomically."""
+        save_checkpoint(path, self.checkpoint())
+
+    # ------------------------------------------------------------------ progress
+
+    def fraction_done(self) -> float:
+        """How far the run is, 0..1, by steps or time, whichever is further."""
+        parts = []
+        if self.config.max_steps is not None:
+            parts.append(self.step / self.config.max_steps)
+        if self.config.max_minutes is not None:
+            parts.append(self.elapsed_s / (60.0 * self.config.max_minutes))
+        return min(max(parts), 1.0)
+
+    @property
+    def is_done(self) -> bool:
+        return self.fraction_done() >= 1.0
+
+    def _record_loss(self, loss: float) -> None:
+        """Keep a bounded loss history: every `stride`-th step, thinned when full."""
+        if self.step % self._history_stride == 0:
+            self.loss_history.append((self.step, loss))
+        if len(self.loss_history) > LOSS_HISTORY_LIMIT:
+            self._history_stride *= 2
+            self.loss_history = [p for p in self.loss_history if p[0] % self._history_stride == 0]
+
+    # ------------------------------------------------------------------ the loop
+
+    def _train_step(self) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """One optimizer step. Returns (objective, timesteps (B,), per-sample MSE (B,))."""
+        config, data = self.config, self.dataset.data
+        b = config.batch_size
+        # all random draws come from self.generator, on the CPU, in a fixed order (exact resume)
+        index = torch.randint(0, data.shape[0], (b,), generator=self.generator)
+        t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=self.generator)
+        x0 = data[index]
+        noise = torch.randn(x0.shape, generator=self.generator)
+        x0, noise, t_dev = x0.to(self.device), noise.to(self.device), t.to(self.device)
+        x_t = self.schedule.add_noise(x0, noise, t_dev)  # DDPM eq. 4
+        if config.prediction_type == "epsilon":
+            target = noise
+        elif config.prediction_type == "v":
+            target = self.schedule.velocity(x0, noise, t_dev)
+        else:
+            target = x0
+        lr = learning_rate_at(config, self.step, self.fraction_done())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            output = self.model(x_t, t_dev)
+        mse = ((output.float() - target) ** 2).flatten(1).mean(dim=1)  # (B,)
+        weights = min_snr_weights(
+            self._snr[t].to(self.device), config.min_snr_gamma, config.prediction_type
+        )
+        loss = (weights * mse).mean()
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {float(loss.detach())} at step {self.step + 1}: training is unstable. "
+                f"Lower the learning rate (now {config.learning_rate:g}); the weights of the last "
+                "good step are kept."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = config.grad_clip if config.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if not torch.isfinite(grad_norm):
+            raise TrainingError(
+                f"the gradients became non-finite at step {self.step + 1}: training is unstable. "
+                f"Lower the learning rate (now {config.learning_rate:g}); the weights of the last "
+                "good step are kept."
+            )
+        self.optimizer.step()
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise TrainingError(
+                f"the weights became non-finite at step {self.step + 1}. Lower the learning rate "
+                f"(now {config.learning_rate:g})."
+            )
+        self._update_ema()
+        return float(loss.detach()), t, mse.detach().cpu()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """ema <- d * ema + (1 - d) * raw, with warm-up d = min(decay, (1 + n) / (10 + n))."""
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        ema_params = list(self.ema_model.parameters())
+        raw_params = list(self.model.parameters())
+        torch._foreach_lerp_(ema_params, raw_params, 1.0 - decay)
+        for ema_buffer, raw_buffer in zip(self.ema_model.buffers(), self.model.buffers()):
+            ema_buffer.copy_(raw_buffer)
+
+    def preview(self) -> TrainPreview:
+        """Samples from the EMA model with DDIM and a fixed seed (does not touch the training RNG)."""
+        config = self.config
+        sampler = make_sampler(
+            SamplerConfig("ddim", config.preview_steps, "trailing"),
+            self.schedule,
+            config.prediction_type,
+        )
+        generator = torch.Generator().manual_seed(config.seed + 1)
+        final = None
+        for frame in sample(
+            self.ema_model,
+            self.schedule,
+            sampler,
+            config.preview_count,
+            tuple(self.dataset.sample_shape),
+            generator,
+            self.device,
+        ):
+            final = frame.x_t
+        assert final is not None
+        return TrainPreview(self.step, final.numpy().copy())
+
+    def run(self) -> Iterator[TrainProgress | TrainPreview]:
+        """Train until the step or time budget is spent or the run is cancelled."""
+        config = self.config
+        while not self.is_done:
+            self.control.wait_while_paused()
+            if self.control.is_cancelled:
+                return
+            started = time.perf_counter()
+            try:
+                loss, t, mse = self._train_step()
+            except torch.OutOfMemoryError as exc:
+                raise TrainingError(
+                    f"out of memory at batch size {config.batch_size}: use a smaller batch or model"
+                ) from exc
+            except RuntimeError as exc:
+                if "memory" in str(exc).lower():
+                    raise TrainingError(
+                        f"out of memory at batch size {config.batch_size}: use a smaller batch or model"
+                    ) from exc
+                raise
+            seconds = time.perf_counter() - started
+            self.step += 1
+            self.elapsed_s += seconds
+            self._record_loss(loss)
+            fraction = self.fraction_done()
+            rate = config.batch_size / seconds if seconds > 0 else float("inf")
+            eta = self.elapsed_s * (1 - fraction) / fraction if fraction > 0 else None
+            # steps at the end of the run: exact for a step budget, an estimate for a time budget
+            total = round(self.step / fraction) if fraction > 0 else config.max_steps
+            yield TrainProgress(
+                step=self.step,
+                total_steps=total,
+                loss=loss,
+                timesteps=t.numpy(),
+                losses=mse.numpy(),
+                lr=self.optimizer.param_groups[0]["lr"],
+                samples_per_s=rate,
+                elapsed_s=self.elapsed_s,
+                eta_s=eta,
+                fraction_done=fraction,
+            )
+            if config.preview_every and (self.step % config.preview_every == 0 or self.is_done):
+                yield self.preview()
+
+
+def train(
+    config: TrainConfig, control: TrainControl | None = None, resume: Checkpoint | None = None
+) -> Iterator[TrainProgress | TrainPreview]:
+    """Convenience: `Trainer(config, control, resume).run()`."""
+    return Trainer(config, control, resume).run()
+
+
+def resume_config(ckpt: Checkpoint, **overrides: Any) -> TrainConfig:
+    """The TrainConfig a checkpoint was trained with, with overrides (e.g. a new max_steps)."""
+    if not ckpt.can_resume:
+        raise ConfigError("this checkpoint holds no training state and cannot be resumed")
+    try:
+        config = TrainConfig.from_dict(dict(ckpt.training["config"]))
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"the checkpoint's training settings are damaged: {exc}") from exc
+    return replace(config, **overrides) if overrides else config

@@ -1,0 +1,254 @@
+"""The CLI as a user runs it: subprocesses on tiny settings, checking the files they write."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), QT_QPA_PLATFORM="offscreen")
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, needle: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("diffusion-studio: error:"), result.stderr
+    assert needle in lines[0]
+
+
+def test_version_and_help(tmp_path):
+    assert run("--version", cwd=tmp_path).stdout.startswith("diffusion-studio ")
+    help_text = run("--help", cwd=tmp_path).stdout
+    for word in ("schedule", "forward", "train", "sample", "prod"):
+        assert word in help_text
+
+
+def test_schedule_csv(tmp_path):
+    result = run("schedule", "--kind", "cosine", "--steps", "50", "--out", "s.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader((tmp_path / "s.csv").open()))
+    assert len(rows) == 50
+    assert list(rows[0]) == [
+        "t",
+        "beta",
+        "alpha_bar",
+        "sqrt_alpha_bar",
+        "sqrt_one_minus_alpha_bar",
+        "log_snr",
+    ]
+    assert [int(r["t"]) for r in rows] == list(range(50))
+    ab = np.array([float(r["alpha_bar"]) for r in rows])
+    beta = np.array([float(r["beta"]) for r in rows])
+    np.testing.assert_allclose(ab, np.cumprod(1 - beta), rtol=1e-12)
+
+
+def test_forward_gif(tmp_path):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(
+        tmp_path / "in.png"
+    )
+    result = run(
+        "forward",
+        "in.png",
+        "--steps",
+        "100",
+        "--frames",
+        "12",
+        "--gif",
+        "f.gif",
+        "--png-dir",
+        "frames",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    gif = Image.open(tmp_path / "f.gif")
+    assert gif.n_frames == 12
+    assert len(list((tmp_path / "frames").glob("*.png"))) == 12
+
+
+def test_train_sample_end_to_end_and_resume(tmp_path):
+    result = run(
+        "train",
+        "--data",
+        "moons",
+        "--steps",
+        "30",
+        "--seed",
+        "1",
+        "--out",
+        "m.safetensors",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    ckpt = load_checkpoint(tmp_path / "m.safetensors")
+    assert ckpt.training["step"] == 30 and ckpt.is_points
+    result = run(
+        "train",
+        "--data",
+        "moons",
+        "--resume",
+        "m.safetensors",
+        "--steps",
+        "40",
+        "--out",
+        "m.safetensors",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(tmp_path / "m.safetensors").training["step"] == 40
+    result = run(
+        "sample",
+        "--checkpoint",
+        "m.safetensors",
+        "--sampler",
+        "ddpm",
+        "--steps",
+        "20",
+        "--n",
+        "64",
+        "--gif",
+        "r.gif",
+        "--npy",
+        "s.npy",
+        "--frames",
+        "10",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.shape == (64, 2) and samples.dtype == np.float32
+    assert Image.open(tmp_path / "r.gif").n_frames >= 2
+
+
+def test_train_image_model_and_sample_grid(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    result = run(
+        "train",
+        "--data",
+        str(folder),
+        "--image-size",
+        "16",
+        "--channels",
+        "3",
+        "--model-size",
+        "small",
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--timesteps",
+        "50",
+        "--out",
+        "img.safetensors",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    result = run(
+        "sample",
+        "--checkpoint",
+        "img.safetensors",
+        "--steps",
+        "5",
+        "--n",
+        "4",
+        "--grid",
+        "g.png",
+        "--npy",
+        "s.npy",
+        "--gif",
+        "r.gif",
+        "--gif-view",
+        "both",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "s.npy").shape == (4, 3, 16, 16)
+    assert Image.open(tmp_path / "g.png").mode == "RGB"
+    gif = Image.open(tmp_path / "r.gif")
+    assert gif.n_frames >= 2 and gif.size[0] > gif.size[1]  # x_t and x0 side by side
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["schedule", "--steps", "0", "--out", "x.csv"], "T = 0"),
+        (["schedule", "--steps", "1000000000", "--out", "x.csv"], "too large"),
+        (["forward", "missing.png", "--gif", "f.gif"], "not found"),
+        (["forward", "text.png", "--gif", "f.gif"], "not an image"),
+        (["forward", "truncated.png", "--gif", "f.gif"], "truncated.png"),
+        (["sample", "--checkpoint", "missing.safetensors", "--npy", "s.npy"], "does not exist"),
+        (["sample", "--checkpoint", "text.png", "--npy", "s.npy"], "text.png"),
+        (
+            ["sample", "--checkpoint", "wrong.safetensors", "--npy", "s.npy"],
+            "not a Diffusion Studio",
+        ),
+        (["train", "--data", "nowhere", "--steps", "5", "--out", "o.safetensors"], "nowhere"),
+        (["train", "--data", "moons", "--steps", "1000000000", "--out", "o.safetensors"], "steps"),
+        (["train", "--data", "moons", "--out", "o.safetensors"], "--steps"),
+        (["train", "--data", "empty", "--steps", "5", "--out", "o.safetensors"], "empty"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, needle):
+    (tmp_path / "text.png").write_text("this is not an image")
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 100).save(good)
+    (tmp_path / "truncated.png").write_bytes(good.read_bytes()[:60])
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "wrong.safetensors"))
+    (tmp_path / "empty").mkdir()
+    result = run(*args, cwd=tmp_path)
+    assert_one_line_error(result, needle)
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_sample_steps_out_of_range(tmp_path):
+    result = run(
+        "train",
+        "--data",
+        "moons",
+        "--steps",
+        "2",
+        "--timesteps",
+        "50",
+        "--out",
+        "m.safetensors",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    result = run(
+        "sample", "--checkpoint", "m.safetensors", "--steps", "51", "--npy", "s.npy", cwd=tmp_path
+    )
+    assert_one_line_error(result, "1..50")
+
+
+def test_train_refuses_to_overwrite_without_flag(tmp_path):
+    (tmp_path / "o.safetensors").write_bytes(b"precious")
+    result = run("train", "--data", "moons", "--steps", "2", "--out", "o.safetensors", cwd=tmp_path)
+    assert_one_line_error(result, "--overwrite")
+    assert (tmp_path / "o.safetensors").read_bytes() == b"precious"

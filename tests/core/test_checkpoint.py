@@ -1,0 +1,195 @@
+"""Checkpoint format: round trip, atomic writes, and refusal of bad or unsafe files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from core.checkpoint import (
+    FORMAT_VERSION,
+    Checkpoint,
+    build_model_from_checkpoint,
+    checkpoint_bytes,
+    load_checkpoint,
+    save_checkpoint,
+)
+from core.errors import CheckpointError
+from core.models import MLPConfig, UNetConfig, build_model
+from core.schedule import ScheduleConfig
+
+
+def make_ckpt(model_config=None) -> Checkpoint:
+    model_config = model_config or MLPConfig(hidden=16, layers=1)
+    torch.manual_seed(0)
+    model = build_model(model_config)
+    return Checkpoint(
+        model_config=model_config,
+        schedule_config=ScheduleConfig("cosine", 100),
+        prediction_type="v",
+        model_state=model.state_dict(),
+        data={"name": "moons", "kind": "points"},
+        training={"step": 3},
+        training_state={"rng/train": torch.Generator().get_state()},
+    )
+
+
+def test_round_trip(tmp_path):
+    ckpt = make_ckpt(UNetConfig(channels=(8, 16), attention_heads=2))
+    path = save_checkpoint(tmp_path / "m.safetensors", ckpt)
+    loaded = load_checkpoint(path)
+    assert loaded.model_config == ckpt.model_config
+    assert loaded.schedule_config == ckpt.schedule_config
+    assert loaded.prediction_type == "v" and loaded.training == {"step": 3}
+    assert loaded.sample_shape == (1, 28, 28) and loaded.can_resume
+    assert loaded.meta["versions"]["torch"]
+    for name, value in ckpt.model_state.items():
+        torch.testing.assert_close(loaded.model_state[name], value)
+    model = build_model_from_checkpoint(loaded)
+    assert not model.training
+    x = torch.randn(2, 1, 28, 28)
+    assert model(x, torch.tensor([1, 2])).shape == x.shape
+
+
+def test_overwrite_is_atomic_and_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, make_ckpt())
+    save_checkpoint(path, make_ckpt())
+    assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, make_ckpt())
+    before = path.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(CheckpointError, match="No space left"):
+        save_checkpoint(path, make_ckpt(MLPConfig(hidden=8, layers=1)))
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        save_checkpoint(tmp_path / "nope" / "m.safetensors", make_ckpt())
+
+
+def write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "damage,match",
+    [
+        (lambda b: b[: len(b) // 2], "truncated|damaged"),
+        (lambda b: b[:5], "truncated"),
+        (lambda b: b"", "empty or truncated"),
+        (lambda b: b[:8] + b"{not json" + b[17:], "damaged header"),
+        (lambda b: struct.pack("<Q", 10**12) + b[8:], "not a safetensors file"),
+        (lambda b: b"hello, I am a text file pretending", "not a safetensors"),
+    ],
+)
+def test_damaged_files_refused(tmp_path, damage, match):
+    good = checkpoint_bytes(make_ckpt())
+    path = write(tmp_path / "bad.safetensors", damage(good))
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(path)
+
+
+def _with_config(tmp_path, edit):
+    ckpt = make_ckpt()
+    config = ckpt.config_json()
+    edit(config)
+    tensors = {"model/" + k: v for k, v in ckpt.model_state.items()}
+    path = tmp_path / "edited.safetensors"
+    save_file(tensors, str(path), metadata={
+        "format": "diffusion-studio", "format_version": str(FORMAT_VERSION),
+        "config": json.dumps(config),
+    })
+    return path
+
+
+def test_wrong_shapes_refused(tmp_path):
+    path = _with_config(tmp_path, lambda c: c["model"].update(hidden=32))
+    with pytest.raises(CheckpointError, match="shape"):
+        load_checkpoint(path)
+
+
+def test_other_model_kind_refused(tmp_path):
+    path = _with_config(tmp_path, lambda c: c.update(model=UNetConfig().to_dict()))
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_checkpoint(path)
+
+
+def test_bad_config_values_refused(tmp_path):
+    path = _with_config(tmp_path, lambda c: c["schedule"].update(num_timesteps=0))
+    with pytest.raises(CheckpointError, match="invalid config"):
+        load_checkpoint(path)
+    path = _with_config(tmp_path, lambda c: c.update(prediction_type="score"))
+    with pytest.raises(CheckpointError, match="score"):
+        load_checkpoint(path)
+
+
+def test_newer_format_refused(tmp_path):
+    ckpt = make_ckpt()
+    path = tmp_path / "new.safetensors"
+    save_file({"model/" + k: v for k, v in ckpt.model_state.items()}, str(path), metadata={
+        "format": "diffusion-studio", "format_version": "99", "config": json.dumps(ckpt.config_json()),
+    })
+    with pytest.raises(CheckpointError, match="newer"):
+        load_checkpoint(path)
+
+
+def test_foreign_safetensors_refused(tmp_path):
+    path = tmp_path / "foreign.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(path))
+    with pytest.raises(CheckpointError, match="not a Diffusion Studio checkpoint"):
+        load_checkpoint(path)
+
+
+def test_missing_and_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nothing.safetensors")
+    with pytest.raises(CheckpointError, match="folder"):
+        load_checkpoint(tmp_path)
+
+
+def test_legacy_torch_file_loads_with_weights_only(tmp_path):
+    ckpt = make_ckpt()
+    path = tmp_path / "old.pt"
+    torch.save({"config": json.dumps(ckpt.config_json()), "model": ckpt.model_state}, path)
+    loaded = load_checkpoint(path)
+    assert loaded.model_config == ckpt.model_config and not loaded.can_resume
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned.txt"
+    path = tmp_path / "evil.pt"
+    torch.save({"config": "{}", "model": {"w": _Payload(str(marker))}}, path)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="never run"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    raw = tmp_path / "evil.ckpt"
+    raw.write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(raw)
+    assert not marker.exists()

@@ -1,0 +1,106 @@
+"""sample() generator and Trajectory storage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from core.errors import ConfigError
+from core.models import MLPConfig, build_model
+from core.samplers import SamplerConfig, make_sampler
+from core.sampling import Frame, Trajectory, sample
+from core.schedule import NoiseSchedule
+
+
+class ExactNoise(nn.Module):
+    """A 'model' that knows x0 and returns the exact eps of x_t (so DDIM must land on x0)."""
+
+    def __init__(self, schedule: NoiseSchedule, x0: torch.Tensor) -> None:
+        super().__init__()
+        self.schedule, self.x0 = schedule, x0
+
+    def forward(self, x, t):
+        ab = self.schedule.alphas_cumprod[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        return (x - ab.sqrt() * self.x0) / (1 - ab).sqrt()
+
+
+def test_frames_and_landing_on_x0():
+    schedule = NoiseSchedule.from_kind("linear", 100)
+    x0 = torch.rand(3, 1, 4, 4) * 2 - 1
+    sampler = make_sampler(SamplerConfig("ddim", 10), schedule, "epsilon")
+    frames = list(sample(ExactNoise(schedule, x0), schedule, sampler, 3, (1, 4, 4),
+                         torch.Generator().manual_seed(0)))
+    assert [f.step for f in frames] == list(range(11))
+    assert [f.t for f in frames] == sampler.timesteps.tolist() + [-1]
+    assert all(f.x_t.shape == (3, 1, 4, 4) and f.x_t.dtype == torch.float32 for f in frames)
+    torch.testing.assert_close(frames[-1].x_t, x0, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(frames[3].pred_x0, x0, atol=1e-4, rtol=1e-4)
+
+
+def test_same_seed_same_frames_and_points_shape():
+    schedule = NoiseSchedule.from_kind("cosine", 50)
+    model = build_model(MLPConfig(hidden=8, layers=1))
+    sampler = make_sampler(SamplerConfig("ddpm", 5), schedule, "epsilon")
+
+    def run(seed):
+        return list(sample(model, schedule, sampler, 4, (2,), torch.Generator().manual_seed(seed)))
+
+    a, b = run(1), run(1)
+    torch.testing.assert_close(a[-1].x_t, b[-1].x_t)
+    assert a[-1].x_t.shape == (4, 2)
+    assert not torch.equal(a[-1].x_t, run(2)[-1].x_t)
+
+
+def test_start_from_a_noised_image():
+    schedule = NoiseSchedule.from_kind("linear", 100)
+    image = torch.rand(1, 4, 4) * 2 - 1
+    sampler = make_sampler(SamplerConfig("ddim", 20), schedule, "epsilon")
+    model = ExactNoise(schedule, image.expand(2, 1, 4, 4))
+    frames = list(sample(model, schedule, sampler, 2, (1, 4, 4), torch.Generator().manual_seed(0),
+                         x_start=image, t_start=30))
+    assert frames[0].t <= 30 and frames[0].t == 30
+    torch.testing.assert_close(frames[-1].x_t, image.expand(2, 1, 4, 4), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="start timestep"):
+        list(sample(model, schedule, sampler, 2, (1, 4, 4), x_start=image, t_start=-5))
+
+
+def _frame(step, t, value, shape=(2, 1, 3, 3)):
+    x = torch.full(shape, value)
+    return Frame(step, t, x, -x)
+
+
+def test_trajectory_stores_uint8_and_final_in_float():
+    traj = Trajectory()
+    traj.append(_frame(0, 9, -1.0))
+    traj.append(_frame(1, -1, 1.0))
+    assert len(traj) == 2 and traj.x_t(0).dtype == np.uint8 and traj.x_t(0).shape == (2, 3, 3, 1)
+    assert traj.x_t(0).max() == 0 and traj.x_t(1).min() == 255 and traj.pred_x0(1).max() == 0
+    np.testing.assert_array_equal(traj.timesteps, [9, -1])
+    assert traj.final_samples.dtype == np.float32 and traj.is_complete
+
+
+def test_trajectory_bounds_frames_evenly():
+    traj = Trajectory(max_frames=10)
+    for step in range(101):
+        traj.append(_frame(step, 100 - step if step < 100 else -1, 0.0))
+    assert len(traj) <= 10
+    steps = traj.steps
+    assert steps[0] == 0 and steps[-1] == 100
+    gaps = np.diff(steps[:-1])
+    assert len(set(gaps.tolist())) == 1  # evenly spread (the newest frame aside)
+
+
+def test_trajectory_memory_for_64_digits_and_1000_frames_is_uint8_sized():
+    traj = Trajectory(max_frames=1000)
+    for step in range(1001):
+        traj.append(_frame(step, 999 - step, 0.0, shape=(64, 1, 28, 28)))
+    assert len(traj) <= 1000
+    assert traj.nbytes < 120e6
+
+
+def test_trajectory_points():
+    traj = Trajectory()
+    traj.append(Frame(0, 5, torch.ones(4, 2), torch.zeros(4, 2)))
+    assert traj.is_points and traj.x_t(0).dtype == np.float32 and traj.x_t(0).shape == (4, 2)
