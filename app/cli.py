@@ -387,7 +387,7 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from app.progress import ProgressBar, format_seconds
-    from core.errors import TrainingError
+    from core.errors import CheckpointError, TrainingError
     from core.training import Trainer
 
     out = args.out
@@ -413,9 +413,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     saved_step = trainer.step
 
     def save(reason: str) -> None:
+        """Save now; an interval save that fails warns and training goes on."""
         nonlocal last_save, saved_step
-        trainer.save(out)
-        last_save, saved_step = time.monotonic(), trainer.step
+        last_save = time.monotonic()
+        try:
+            trainer.save(out)
+        except CheckpointError as exc:
+            if not reason:
+                raise
+            print(f"\n{PROG}: warning: {exc} (training continues)", file=sys.stderr)
+            return
+        saved_step = trainer.step
         if reason:
             bar.update(
                 trainer.fraction_done(), f"saved ({reason}) at step {trainer.step}", force=True

@@ -252,3 +252,102 @@ def test_train_refuses_to_overwrite_without_flag(tmp_path):
     result = run("train", "--data", "moons", "--steps", "2", "--out", "o.safetensors", cwd=tmp_path)
     assert_one_line_error(result, "--overwrite")
     assert (tmp_path / "o.safetensors").read_bytes() == b"precious"
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_never_leaves_a_broken_checkpoint(tmp_path):
+    """Kill a training run (saving every step) at random moments; the checkpoint always loads
+    and the run resumes to the end."""
+    import random
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    rng = random.Random(0)
+    out = tmp_path / "k.safetensors"
+    command = [
+        sys.executable,
+        "-m",
+        "app.cli",
+        "train",
+        "--data",
+        "moons",
+        "--steps",
+        "100000",
+        "--save-every",
+        "1",
+        "--out",
+        str(out),
+    ]
+    steps_seen = []
+    for _attempt in range(5):
+        args = command + (["--resume", str(out)] if out.exists() else [])
+        before = out.stat().st_mtime_ns if out.exists() else 0
+        proc = subprocess.Popen(
+            args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        # wait until this run is saving (every step), then kill it at a random moment
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (
+            not out.exists() or out.stat().st_mtime_ns == before
+        ):
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        if out.exists():
+            ckpt = load_checkpoint(out)  # must never raise
+            steps_seen.append(ckpt.training["step"])
+    assert steps_seen and steps_seen == sorted(steps_seen) and steps_seen[-1] > 0
+    result = run(
+        "train",
+        "--data",
+        "moons",
+        "--resume",
+        str(out),
+        "--steps",
+        str(steps_seen[-1] + 5),
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(out).training["step"] == steps_seen[-1] + 5
+
+
+def test_interrupt_saves_the_run(tmp_path):
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = tmp_path / "i.safetensors"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "train",
+            "--data",
+            "moons",
+            "--steps",
+            "1000000",
+            "--save-every",
+            "20",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert out.exists(), "training never saved"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted: saved step" in err and "Traceback" not in err
+    assert load_checkpoint(out).training["step"] >= 20
