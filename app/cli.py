@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--self-check",
+        action="store_true",
+        help="load every shipped resource, build a model, run a few sampling steps, exit 0 if all "
+        "is well (no display needed)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     # schedule
@@ -557,6 +563,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_app(argv)
     args = parser.parse_args(argv)
+    if args.self_check:
+        from app.self_check import run_self_check
+
+        return run_self_check()
     if args.command is None:
         parser.print_help()
         return 0
