@@ -299,6 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="write the samples as float32 .npy, (n, C, H, W) in [-1, 1] or (n, 2)",
     )
+    # export
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint for sampling only (smaller: no training state)",
+        description="Copy a checkpoint without its training state (raw weights, optimizer, "
+        "RNG), optionally with float16 weights: the file to share or ship.",
+    )
+    p.add_argument("checkpoint", type=Path, help="a .safetensors checkpoint")
+    p.add_argument("--out", required=True, type=Path, metavar="CKPT", help="the file to write")
+    p.add_argument("--half", action="store_true", help="store the weights as float16")
     return parser
 
 
@@ -525,6 +535,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for frame in sample(model, schedule, sampler, args.n, ckpt.sample_shape, generator, device):
         trajectory.append(frame)
         bar.update(frame.step / n_steps, f"step {frame.step}/{n_steps}")
+    bar.update(1.0, f"step {n_steps}/{n_steps}", force=True)
     bar.close()
     samples = trajectory.final_samples
     assert samples is not None
@@ -546,12 +557,33 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from core.checkpoint import for_sampling, load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    path = save_checkpoint(args.out, for_sampling(ckpt, half=args.half))
+    size = path.stat().st_size
+    print(f"wrote {path} ({size / 1e6:.2f} MB, for sampling only)")
+    return 0
+
+
 COMMANDS = {
     "schedule": cmd_schedule,
     "forward": cmd_forward,
     "train": cmd_train,
     "sample": cmd_sample,
+    "export": cmd_export,
 }
+
+
+def _display_available() -> bool:
+    """False on Linux without X11/Wayland (Qt would abort); True elsewhere or when a Qt
+    platform is chosen explicitly (e.g. QT_QPA_PLATFORM=offscreen)."""
+    import os
+
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -559,6 +591,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # No subcommand: the GUI, optionally with files to open.
     if not argv or (argv[0] not in COMMANDS and not argv[0].startswith("-")):
+        if not _display_available():
+            print(
+                f"{PROG}: error: no display found (DISPLAY and WAYLAND_DISPLAY are unset): start "
+                "the app on a desktop, or use a subcommand (see --help)",
+                file=sys.stderr,
+            )
+            return EXIT_USER_ERROR
         from app.main_window import run_app
 
         return run_app(argv)

@@ -30,6 +30,7 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from core import __version__
+from core.diffusers_models import find_diffusers_model, load_diffusers_checkpoint
 from core.errors import CheckpointError, DiffusionStudioError
 from core.files import atomic_write
 from core.models import ModelConfig, build_model, model_config_from_dict
@@ -70,6 +71,8 @@ class Checkpoint:
         config = self.model_config
         if config.kind == "unet":
             return (config.in_channels, config.image_size, config.image_size)
+        if config.kind == "diffusers_unet":
+            return config.sample_shape
         return (config.dim,)
 
     @property
@@ -218,12 +221,21 @@ def _check_shapes(
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read and validate a checkpoint. Raises CheckpointError with a clear message on any problem."""
+    """Read and validate a checkpoint. Raises CheckpointError with a clear message on any problem.
+
+    `path` may also be a diffusers UNet2DModel folder (or a pipeline folder holding one in
+    unet/, or one of their files): see core.diffusers_models (needs the diffusers extra).
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
+    if find_diffusers_model(path) is not None:
+        return load_diffusers_checkpoint(path)
     if path.is_dir():
-        raise CheckpointError(f"'{path}' is a folder, not a checkpoint file")
+        raise CheckpointError(
+            f"'{path}' is a folder, not a checkpoint file nor a diffusers model folder "
+            "(config.json + diffusion_pytorch_model.safetensors)"
+        )
     if path.suffix.lower() in LEGACY_SUFFIXES:
         return _load_legacy(path)
     try:
@@ -303,6 +315,24 @@ def _load_legacy(path: Path) -> Checkpoint:
         model_state=dict(state),
         data=dict(config.get("data") or {}),
         meta=dict(config.get("meta") or {}),
+    )
+
+
+def for_sampling(ckpt: Checkpoint, half: bool = False) -> Checkpoint:
+    """A copy with only what sampling needs: no training state, optionally float16 weights
+    (half the size; they are cast back to float32 when loaded)."""
+    state = {
+        name: tensor.half() if half and tensor.is_floating_point() else tensor
+        for name, tensor in ckpt.model_state.items()
+    }
+    return Checkpoint(
+        model_config=ckpt.model_config,
+        schedule_config=ckpt.schedule_config,
+        prediction_type=ckpt.prediction_type,
+        model_state=state,
+        data=dict(ckpt.data),
+        meta={k: v for k, v in ckpt.meta.items() if k not in ("created", "versions")}
+        | {"trained_steps": (ckpt.training or {}).get("step")},
     )
 
 

@@ -351,3 +351,39 @@ def test_interrupt_saves_the_run(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted: saved step" in err and "Traceback" not in err
     assert load_checkpoint(out).training["step"] >= 20
+
+
+def test_export_for_sampling_is_small_and_samples(tmp_path):
+    result = run(
+        "train", "--data", "moons", "--steps", "3", "--out", "full.safetensors", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    result = run("export", "full.safetensors", "--out", "slim.safetensors", "--half", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    slim = load_checkpoint(tmp_path / "slim.safetensors")
+    assert not slim.can_resume and slim.meta["trained_steps"] == 3
+    assert (tmp_path / "slim.safetensors").stat().st_size < (
+        tmp_path / "full.safetensors"
+    ).stat().st_size / 4
+    result = run(
+        "sample", "--checkpoint", "slim.safetensors", "--steps", "4", "--npy", "s.npy", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_gui_without_display_says_so(tmp_path):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")
+    }
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert_one_line_error(result, "no display")
