@@ -1,42 +1,145 @@
-"""`diffusion-studio --self-check`: prove an installation or bundle works, without a display."""
+"""`diffusion-studio --self-check`: prove an installation or bundle works, without a display.
+
+Each check loads something that ships (data, photos, icons, pretrained models) or exercises a
+part that a broken bundle would lack (a model, a few sampling steps, Qt with its offscreen
+platform plugin, the GUI modules). Every check runs even when an earlier one failed, and each
+prints one line; the exit status is 0 only when all passed.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
+
+ICON_SIZES = (16, 32, 48, 64, 128, 256, 512)
+ICON_NAME = "diffusion-studio"
 
 
-def run_self_check() -> int:
-    """Load every shipped resource, build a model and sample a few steps. 0 = all well."""
+def _check_digits() -> str:
+    from core.data import load_digits
+
+    images, labels = load_digits()
+    return f"{images.shape[0]} images, {len(set(labels.tolist()))} classes"
+
+
+def _check_photos() -> str:
+    from core.data import load_image, sample_photo_paths
+
+    paths = sample_photo_paths()
+    if not paths:
+        raise FileNotFoundError("no sample photos found in resources/photos")
+    shapes = [tuple(load_image(path, max_side=64).shape) for path in paths]
+    return ", ".join(f"{p.name} {s}" for p, s in zip(paths, shapes))
+
+
+def _check_icons() -> str:
+    from PIL import Image
+
+    from core.resources import resource_path
+
+    resource_path("icons", f"{ICON_NAME}.svg")
+    for size in ICON_SIZES:
+        with Image.open(resource_path("icons", f"{ICON_NAME}-{size}.png")) as image:
+            if image.size != (size, size):
+                raise ValueError(f"icon {ICON_NAME}-{size}.png is {image.size}, not {size}x{size}")
+    return f"SVG and {len(ICON_SIZES)} PNG sizes"
+
+
+def _check_sampling() -> str:
     import torch
 
-    from core.data import load_digits, load_image, sample_photo_paths
     from core.models import UNetConfig, build_model
     from core.samplers import SamplerConfig, make_sampler
     from core.sampling import sample
     from core.schedule import NoiseSchedule
 
-    checks: list[tuple[str, str]] = []
-    try:
-        images, labels = load_digits()
-        checks.append(
-            ("built-in digits", f"{images.shape[0]} images, {len(set(labels.tolist()))} classes")
-        )
-        for path in sample_photo_paths():
-            image = load_image(path, max_side=64)
-            checks.append((f"photo {path.name}", f"{image.shape}"))
-        schedule = NoiseSchedule.from_kind("cosine", 100)
-        model = build_model(UNetConfig(channels=(8, 16), attention_heads=2))
-        sampler = make_sampler(SamplerConfig("ddim", 3), schedule, "v")
-        frames = list(
-            sample(model, schedule, sampler, 2, (1, 28, 28), torch.Generator().manual_seed(0))
-        )
-        checks.append(("sampling", f"{len(frames)} frames"))
-    except Exception as exc:  # noqa: BLE001 - a self-check reports every failure
-        for name, result in checks:
+    schedule = NoiseSchedule.from_kind("cosine", 100)
+    model = build_model(UNetConfig(channels=(8, 16), attention_heads=2))
+    sampler = make_sampler(SamplerConfig("ddim", 3), schedule, "v")
+    generator = torch.Generator().manual_seed(0)
+    frames = list(sample(model, schedule, sampler, 2, (1, 28, 28), generator))
+    if not torch.isfinite(frames[-1].x_t).all():
+        raise ValueError("sampling produced non-finite values")
+    return f"{len(frames)} frames"
+
+
+def _check_pretrained() -> str:
+    import torch
+
+    from core.checkpoint import (
+        build_model_from_checkpoint,
+        load_checkpoint,
+        pretrained_checkpoint_paths,
+    )
+    from core.samplers import SamplerConfig, make_sampler
+    from core.sampling import sample
+    from core.schedule import NoiseSchedule
+
+    paths = pretrained_checkpoint_paths()
+    if not paths:
+        return "none shipped"
+    for name, path in paths.items():
+        ckpt = load_checkpoint(path)
+        model = build_model_from_checkpoint(ckpt)
+        schedule = NoiseSchedule(ckpt.schedule_config)
+        sampler = make_sampler(SamplerConfig("ddim", 2), schedule, ckpt.prediction_type)
+        generator = torch.Generator().manual_seed(0)
+        frames = list(sample(model, schedule, sampler, 1, ckpt.sample_shape, generator))
+        if not torch.isfinite(frames[-1].x_t).all():
+            raise ValueError(f"pretrained model '{name}' sampled non-finite values")
+    return f"{len(paths)} loaded and sampled ({', '.join(paths)})"
+
+
+def _check_qt() -> str:
+    """Qt starts on its offscreen platform (the plugin a bundle must carry) and reads the icon."""
+    from PySide6.QtGui import QIcon
+    from PySide6.QtWidgets import QApplication
+
+    import app.main_window  # noqa: F401 - every GUI module (and pyqtgraph) must import
+    from core.resources import resource_path
+
+    qt_app = QApplication.instance()
+    if qt_app is None:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+        qt_app = QApplication([sys.argv[0] if sys.argv else "diffusion-studio"])
+    icon = QIcon(str(resource_path("icons", f"{ICON_NAME}-256.png")))
+    if icon.isNull() or icon.pixmap(64, 64).isNull():
+        raise ValueError("Qt could not read the application icon")
+    return f"{qt_app.platformName()} platform, icon read"
+
+
+def _check_diffusers() -> str:
+    from core.diffusers_models import diffusers_available
+
+    return "installed" if diffusers_available() else "not installed (optional)"
+
+
+CHECKS: list[tuple[str, Callable[[], str]]] = [
+    ("built-in digits", _check_digits),
+    ("sample photos", _check_photos),
+    ("icons", _check_icons),
+    ("sampling", _check_sampling),
+    ("pretrained models", _check_pretrained),
+    ("Qt", _check_qt),
+    ("diffusers", _check_diffusers),
+]
+
+
+def run_self_check() -> int:
+    """Run every check, print one line each. 0 = all well, 1 = something failed."""
+    failed = 0
+    for name, check in CHECKS:
+        try:
+            result = check()
+        except Exception as exc:  # noqa: BLE001 - a self-check reports every failure
+            failed += 1
+            print(f"FAIL  {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        else:
             print(f"ok    {name}: {result}")
-        print(f"FAIL  {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.stdout.flush()
+    if failed:
+        print(f"self-check FAILED ({failed} of {len(CHECKS)} checks)", file=sys.stderr)
         return 1
-    for name, result in checks:
-        print(f"ok    {name}: {result}")
     print("self-check passed")
     return 0

@@ -1,0 +1,516 @@
+"""Forward panel: an image, noised to any timestep, live.
+
+x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps  (DDPM eq. 4), with one fixed eps per
+seed. Slider position k = 0 shows the clean image x_0; k = 1..T shows timestep index t = k - 1.
+Everything that does not depend on t (x_0, eps, the coefficient tables, a pixel subsample for
+the histogram) is prepared when the image, seed or schedule changes, so a slider move is two
+multiply-adds over the image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+import torch
+from PIL import Image
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QSlider,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app import dialogs
+from app.panels.base import Panel
+from app.panels.schedule_panel import describe
+from app.widgets import (
+    ClickableLabel,
+    ErrorLabel,
+    ImageView,
+    button,
+    check_box,
+    pixmap_from_uint8,
+    spin_box,
+    to_display,
+)
+from app.worker import Job, JobRunner, JobStatus
+from core.data import default_photo_path, load_image, sample_photo_paths
+from core.errors import DiffusionStudioError
+from core.export import save_gif, select_frame_indices, to_uint8_images
+from core.schedule import NoiseSchedule, ScheduleConfig
+
+DISPLAY_MAX_SIDE = 512
+THUMB_SIDE = 96
+FILMSTRIP_FRAMES = 8
+HIST_SAMPLES = 65536
+HIST_BINS = np.linspace(-4.0, 4.0, 81)
+
+
+def noise_for(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """eps ~ N(0, I) of `shape` (C, H, W), float32, from a torch generator seeded with `seed`."""
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.randn(shape, generator=generator, dtype=torch.float32).numpy()
+
+
+@dataclass(frozen=True)
+class GifRequest:
+    """A forward-trajectory GIF to write: frames at slider positions `positions`."""
+
+    path: Path
+    positions: tuple[int, ...]
+    fps: float
+    max_side: int
+
+
+class ForwardPanel(Panel):
+    """Watch an image dissolve into noise as t grows."""
+
+    title = "Forward"
+    image_changed = Signal(str)  # path of the image now shown
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.schedule = NoiseSchedule(ScheduleConfig())
+        self.image_path: Path | None = None
+        self.x0: np.ndarray | None = None  # (C, H, W) float32 in [-1, 1]
+        self.noise: np.ndarray | None = None  # (C, H, W) float32
+        self.xt: np.ndarray | None = None  # the displayed x_t, (H, W) or (H, W, 3)
+        self.export_runner = JobRunner("forward-export", self)
+        self.export_runner.finished.connect(self._on_gif_done)
+        self.export_runner.failed.connect(self._on_gif_failed)
+        self._gif_path: Path | None = None
+        self._build()
+        self._prepare_coefficients()
+        self.play_timer = QTimer(self)
+        self.play_timer.setInterval(33)
+        self.play_timer.timeout.connect(self._on_play_tick)
+
+    # ------------------------------------------------------------------ layout
+
+    def _build(self) -> None:
+        self.photo = QComboBox()
+        self.photo.setToolTip("One of the photographs shipped with Diffusion Studio")
+        for path in sample_photo_paths():
+            self.photo.addItem(path.stem, str(path))
+        self.photo.activated.connect(self._on_photo_chosen)
+        self.open_button = button("Open image…", "Load any image file (or drop one on the window)")
+        self.open_button.clicked.connect(self.choose_image)
+        self.path_label = QLabel("–")
+        self.path_label.setWordWrap(True)
+        self.path_label.setToolTip("The image shown (downscaled to at most 512 pixels a side)")
+
+        self.seed = spin_box(0, 2**31 - 1, 0, "Seed of the fixed noise eps (same seed, same eps)")
+        self.seed.valueChanged.connect(self._on_seed_changed)
+        self.reseed_button = button("New noise", "Draw a new eps (the next seed)")
+        self.reseed_button.clicked.connect(lambda: self.seed.setValue(self.seed.value() + 1))
+
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, self.schedule.num_timesteps)
+        self.slider.setToolTip(
+            "Timestep: 0 shows the clean image x_0, k shows x_t at t = k - 1 "
+            "(x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps)"
+        )
+        self.slider.valueChanged.connect(self._on_slider)
+        self.play_button = button("Play", "Run the forward process from the clean image to noise")
+        self.play_button.setCheckable(True)
+        self.play_button.toggled.connect(self._on_play_toggled)
+        self.loop = check_box("Loop", "Start again from the clean image at the end")
+        self.t_label = QLabel()
+        self.t_label.setMinimumWidth(110)
+
+        self.numbers = QLabel()
+        self.numbers.setTextFormat(Qt.TextFormat.RichText)
+        self.numbers.setToolTip(
+            "The coefficients at t: x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps, "
+            "alphabar_t = prod alpha_s, SNR_t = alphabar_t / (1 - alphabar_t)"
+        )
+        self.schedule_label = QLabel()
+        self.schedule_label.setWordWrap(True)
+        self.schedule_label.setToolTip("The noise schedule is chosen on the Schedules tab")
+
+        self.gif_frames = spin_box(2, 500, 40, "Number of frames in the GIF (evenly spaced in t)")
+        self.gif_fps = spin_box(1, 50, 10, "GIF frames per second", suffix=" fps")
+        self.gif_size = spin_box(16, 1024, 256, "Longest side of the GIF in pixels", 16, " px")
+        self.gif_button = button("Export GIF…", "Save the forward trajectory x_0 -> x_T as a GIF")
+        self.gif_button.clicked.connect(self.export_gif)
+        self.error = ErrorLabel()
+
+        image_box = QGroupBox("Image")
+        image_form = QFormLayout(image_box)
+        image_form.addRow("Sample photo", self.photo)
+        image_form.addRow(self.open_button)
+        image_form.addRow(self.path_label)
+        noise_box = QGroupBox("Noise eps")
+        noise_form = QFormLayout(noise_box)
+        noise_form.addRow("Seed", self.seed)
+        noise_form.addRow(self.reseed_button)
+        t_box = QGroupBox("Timestep")
+        t_layout = QGridLayout(t_box)
+        t_layout.addWidget(self.slider, 0, 0, 1, 3)
+        t_layout.addWidget(self.play_button, 1, 0)
+        t_layout.addWidget(self.loop, 1, 1)
+        t_layout.addWidget(self.t_label, 1, 2)
+        t_layout.addWidget(self.numbers, 2, 0, 1, 3)
+        t_layout.addWidget(self.schedule_label, 3, 0, 1, 3)
+        gif_box = QGroupBox("Export")
+        gif_form = QFormLayout(gif_box)
+        gif_form.addRow("Frames", self.gif_frames)
+        gif_form.addRow("Speed", self.gif_fps)
+        gif_form.addRow("Size", self.gif_size)
+        gif_form.addRow(self.gif_button)
+
+        controls = QWidget()
+        left = QVBoxLayout(controls)
+        for w in (image_box, noise_box, t_box, gif_box, self.error):
+            left.addWidget(w)
+        left.addStretch(1)
+        controls.setMinimumWidth(300)
+
+        self.view = ImageView("x_t")
+        self.view.setToolTip("x_t, shown with fixed levels [-1, 1] (values outside are clipped)")
+        self.hist = pg.PlotWidget(title="Pixel histogram of x_t vs N(0, 1)")
+        self.hist.setToolTip("Histogram of all pixel values of x_t; the red curve is N(0, 1)")
+        self.hist.setMenuEnabled(False)
+        self.hist.setMouseEnabled(False, False)
+        self.hist.showGrid(x=True, y=True, alpha=0.25)
+        self.hist.setXRange(-4, 4, padding=0)
+        self.hist.setYRange(0, 1.2, padding=0)
+        self.hist.setLabel("bottom", "pixel value")
+        self.hist.setLabel("left", "density")
+        self.hist_curve = self.hist.plot(
+            HIST_BINS,
+            np.zeros(len(HIST_BINS) - 1),
+            stepMode="center",
+            fillLevel=0,
+            brush=(31, 119, 180, 90),
+            pen=pg.mkPen((31, 119, 180), width=1.5),
+            name="x_t",
+        )
+        grid = np.linspace(-4, 4, 201)
+        self.hist.plot(
+            grid,
+            np.exp(-0.5 * grid**2) / math.sqrt(2 * math.pi),
+            pen=pg.mkPen((214, 39, 40), width=2),
+            name="N(0, 1)",
+        )
+
+        self.filmstrip = QWidget()
+        self.filmstrip.setToolTip("x_t at evenly spaced t; click one to jump there")
+        strip = QHBoxLayout(self.filmstrip)
+        strip.setContentsMargins(0, 0, 0, 0)
+        self.thumbs: list[ClickableLabel] = []
+        self.thumb_captions: list[QLabel] = []
+        for index in range(FILMSTRIP_FRAMES):
+            cell = QVBoxLayout()
+            thumb = ClickableLabel()
+            thumb.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            thumb.setFixedSize(THUMB_SIDE + 4, THUMB_SIDE + 4)
+            caption = QLabel()
+            caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            cell.addWidget(thumb)
+            cell.addWidget(caption)
+            strip.addLayout(cell)
+            thumb.clicked.connect(lambda i=index: self._on_thumb_clicked(i))
+            self.thumbs.append(thumb)
+            self.thumb_captions.append(caption)
+        self.filmstrip_positions: list[int] = []
+
+        top = QSplitter(Qt.Orientation.Horizontal)
+        top.addWidget(self.view)
+        top.addWidget(self.hist)
+        top.setStretchFactor(0, 3)
+        top.setStretchFactor(1, 2)
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(0, 0, 0, 0)
+        right_layout.addWidget(top, 1)
+        right_layout.addWidget(self.filmstrip)
+
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(controls)
+        self.splitter.addWidget(right)
+        self.splitter.setStretchFactor(1, 1)
+        QHBoxLayout(self).addWidget(self.splitter)
+
+    # ------------------------------------------------------------------ inputs
+
+    def choose_image(self) -> None:
+        path = dialogs.ask_open_path(self, "Open image", dialogs.IMAGE_FILTER)
+        if path is not None:
+            self.load_image(path)
+
+    def _on_photo_chosen(self, index: int) -> None:
+        self.load_image(Path(self.photo.itemData(index)))
+
+    def load_image(self, path: str | Path) -> bool:
+        """Show the image at `path`. On failure the old image stays and the error is shown."""
+        try:
+            image = load_image(path, max_side=DISPLAY_MAX_SIDE)
+        except DiffusionStudioError as exc:
+            self.error.show_message(str(exc))
+            self.report_error("Cannot open image", str(exc))
+            return False
+        self.error.show_message("")
+        self.image_path = Path(path)
+        self.x0 = image
+        self.path_label.setText(f"{self.image_path.name}  ({image.shape[2]}×{image.shape[1]})")
+        self.path_label.setToolTip(str(self.image_path))
+        index = self.photo.findData(str(self.image_path))
+        if index >= 0:
+            self.photo.setCurrentIndex(index)
+        self._prepare_image()
+        self.file_used.emit(str(self.image_path))
+        self.image_changed.emit(str(self.image_path))
+        self.status_message.emit(f"Loaded {self.image_path}")
+        return True
+
+    def _on_seed_changed(self) -> None:
+        self._prepare_image()
+
+    def set_schedule(self, config: ScheduleConfig) -> None:
+        """Use this schedule (from the Schedules tab); the slider keeps its relative place."""
+        if config == self.schedule.config:
+            return
+        old_max = max(1, self.slider.maximum())
+        fraction = self.slider.value() / old_max
+        self.schedule = NoiseSchedule(config)
+        self._prepare_coefficients()
+        self.slider.blockSignals(True)
+        self.slider.setRange(0, self.schedule.num_timesteps)
+        self.slider.setValue(round(fraction * self.schedule.num_timesteps))
+        self.slider.blockSignals(False)
+        self._update_filmstrip()
+        self.render()
+
+    # ------------------------------------------------------------------ precomputation
+
+    def _prepare_coefficients(self) -> None:
+        """a[k], b[k] for slider positions k = 0..T (k = 0: the clean image), float32 as core's
+        add_noise uses them for float32 images."""
+        s = self.schedule
+        self.coef_a = np.concatenate([[1.0], s.sqrt_alphas_cumprod.numpy()]).astype(np.float32)
+        self.coef_b = np.concatenate([[0.0], s.sqrt_one_minus_alphas_cumprod.numpy()]).astype(
+            np.float32
+        )
+        self.schedule_label.setText(f"Schedule: {describe(s.config)} (set on the Schedules tab)")
+
+    def _prepare_image(self) -> None:
+        if self.x0 is None:
+            return
+        self.noise = noise_for(self.x0.shape, self.seed.value())
+        self._x0_display = to_display(self.x0)
+        self._noise_display = to_display(self.noise)
+        flat_x0, flat_noise = self.x0.reshape(-1), self.noise.reshape(-1)
+        step = max(1, flat_x0.size // HIST_SAMPLES)
+        self._x0_sample = np.ascontiguousarray(flat_x0[::step])
+        self._noise_sample = np.ascontiguousarray(flat_noise[::step])
+        stride = max(1, math.ceil(max(self.x0.shape[1:]) / THUMB_SIDE))
+        self._x0_thumb = self.x0[:, ::stride, ::stride]
+        self._noise_thumb = self.noise[:, ::stride, ::stride]
+        self._update_filmstrip()
+        self.render()
+
+    # ------------------------------------------------------------------ drawing
+
+    def timestep(self) -> int | None:
+        """The timestep index shown (None for the clean image)."""
+        k = self.slider.value()
+        return None if k == 0 else k - 1
+
+    def _on_slider(self, _value: int) -> None:
+        self.render()
+
+    def render(self) -> None:
+        """Compute x_t for the slider's position and show it, its histogram and its numbers."""
+        k = self.slider.value()
+        a, b = self.coef_a[k], self.coef_b[k]
+        t = k - 1
+        self.t_label.setText(
+            "clean x_0" if k == 0 else f"t = {t} / {self.schedule.num_timesteps - 1}"
+        )
+        self._show_numbers(k)
+        if self.x0 is None:
+            return
+        xt = a * self._x0_display
+        xt += b * self._noise_display  # x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps
+        self.xt = xt
+        self.view.set_image(xt)
+        self.view.set_title("x_0 (clean)" if k == 0 else f"x_t at t = {t}")
+        sample = a * self._x0_sample + b * self._noise_sample
+        density, _ = np.histogram(sample, bins=HIST_BINS, density=True)
+        self.hist_curve.setData(HIST_BINS, density)
+        self.hist.setYRange(0, max(0.5, 1.1 * float(density.max())), padding=0)
+
+    def _show_numbers(self, k: int) -> None:
+        a = float(self.coef_a[k])
+        b = float(self.coef_b[k])
+        if k == 0:
+            beta_text, snr_text = "–", "∞"
+        else:
+            s = self.schedule
+            beta_text = f"{float(s.betas[k - 1]):.5g}"
+            snr = float(s.snr[k - 1])
+            snr_text = f"{snr:.4g} (log {math.log(snr):.2f})" if snr > 0 else "0"
+        self.numbers.setText(
+            "<table cellspacing='2'>"
+            f"<tr><td>beta_t</td><td>{beta_text}</td></tr>"
+            f"<tr><td>alphabar_t = prod alpha_s</td><td>{a * a:.5g}</td></tr>"
+            f"<tr><td>sqrt(alphabar_t)</td><td>{a:.5g}</td></tr>"
+            f"<tr><td>sqrt(1 - alphabar_t)</td><td>{b:.5g}</td></tr>"
+            f"<tr><td>SNR_t</td><td>{snr_text}</td></tr></table>"
+        )
+
+    def _update_filmstrip(self) -> None:
+        if self.x0 is None:
+            return
+        T = self.schedule.num_timesteps
+        positions = [int(p) for p in select_frame_indices(T + 1, FILMSTRIP_FRAMES)]
+        self.filmstrip_positions = positions
+        a = self.coef_a[positions][:, None, None, None]
+        b = self.coef_b[positions][:, None, None, None]
+        frames = to_uint8_images(a * self._x0_thumb[None] + b * self._noise_thumb[None])
+        for i, (thumb, caption, k) in enumerate(zip(self.thumbs, self.thumb_captions, positions)):
+            thumb.setPixmap(pixmap_from_uint8(frames[i]))
+            caption.setText("x_0" if k == 0 else f"t = {k - 1}")
+
+    def _on_thumb_clicked(self, index: int) -> None:
+        if index < len(self.filmstrip_positions):
+            self.slider.setValue(self.filmstrip_positions[index])
+
+    # ------------------------------------------------------------------ playback
+
+    def _on_play_toggled(self, on: bool) -> None:
+        if on:
+            if self.slider.value() >= self.slider.maximum():
+                self.slider.setValue(0)
+            self.play_button.setText("Pause")
+            self.play_timer.start()
+        else:
+            self.play_button.setText("Play")
+            self.play_timer.stop()
+
+    def _on_play_tick(self) -> None:
+        step = max(1, self.slider.maximum() // 150)  # about 5 s from x_0 to x_T
+        value = self.slider.value() + step
+        if value > self.slider.maximum():
+            if self.loop.isChecked():
+                value = 0
+            else:
+                self.slider.setValue(self.slider.maximum())
+                self.play_button.setChecked(False)
+                return
+        self.slider.setValue(value)
+
+    # ------------------------------------------------------------------ export
+
+    def runners(self) -> list[JobRunner]:
+        return [self.export_runner]
+
+    def export_gif(self) -> None:
+        """Ask for a file name and write the forward trajectory as a GIF (in the worker)."""
+        if self.x0 is None:
+            self.report_error("Export GIF", "Load an image first.")
+            return
+        stem = self.image_path.stem if self.image_path else "image"
+        path = dialogs.ask_save_path(
+            self,
+            "Export forward process as GIF",
+            dialogs.GIF_FILTER,
+            self.suggest(f"{stem}_forward.gif"),
+        )
+        if path is None:
+            return
+        T = self.schedule.num_timesteps
+        positions = tuple(int(p) for p in select_frame_indices(T + 1, self.gif_frames.value()))
+        request = GifRequest(path, positions, float(self.gif_fps.value()), self.gif_size.value())
+        x0, noise = self.x0.copy(), self.noise.copy()
+        a, b = self.coef_a.copy(), self.coef_b.copy()
+        n = len(positions)
+
+        def run() -> Iterator[int]:
+            frames = []
+            for i, k in enumerate(request.positions):
+                frame = to_uint8_images(a[k] * x0 + b[k] * noise)
+                frames.append(_fit(frame, request.max_side))
+                yield i + 1
+            save_gif(request.path, frames, fps=request.fps)
+            yield n + 1
+
+        self._gif_path = request.path
+        self.export_runner.start(
+            Job(
+                "Export GIF",
+                run,
+                describe=lambda i: JobStatus(
+                    "Writing GIF…" if i > n else f"GIF frame {i}/{n}",
+                    fraction=min(1.0, i / (n + 1)),
+                ),
+            )
+        )
+
+    def _on_gif_done(self, _result: object) -> None:
+        self.file_used.emit(str(self._gif_path))
+        self.status_message.emit(f"Saved the forward process to {self._gif_path}")
+
+    def _on_gif_failed(self, message: str) -> None:
+        self.report_error("Export GIF", message)
+
+    # ------------------------------------------------------------------ settings
+
+    def save_state(self, settings: QSettings) -> None:
+        super().save_state(settings)
+        key = self.key()
+        if self.image_path is not None:
+            settings.setValue(f"{key}/image", str(self.image_path))
+        settings.setValue(f"{key}/seed", self.seed.value())
+        settings.setValue(f"{key}/position", self.slider.value())
+        for name in ("gif_frames", "gif_fps", "gif_size"):
+            settings.setValue(f"{key}/{name}", getattr(self, name).value())
+
+    def restore_state(self, settings: QSettings) -> None:
+        super().restore_state(settings)
+        key = self.key()
+        for name in ("gif_frames", "gif_fps", "gif_size"):
+            _set_int(getattr(self, name), settings.value(f"{key}/{name}"))
+        self.seed.blockSignals(True)
+        _set_int(self.seed, settings.value(f"{key}/seed"))
+        self.seed.blockSignals(False)
+        saved = settings.value(f"{key}/image")
+        if not (saved and Path(str(saved)).is_file() and self.load_image(Path(str(saved)))):
+            self.load_default_image()
+        _set_int(self.slider, settings.value(f"{key}/position"))
+
+    def load_default_image(self) -> None:
+        self.load_image(default_photo_path())
+        if self.slider.value() == 0:
+            self.slider.setValue(self.slider.maximum() // 4)
+
+
+def _set_int(widget, value) -> None:
+    try:
+        widget.setValue(int(value))
+    except (TypeError, ValueError):
+        pass
+
+
+def _fit(frame: np.ndarray, max_side: int) -> np.ndarray:
+    """Downscale a uint8 (H, W, C) frame so that its longest side is at most max_side."""
+    h, w = frame.shape[:2]
+    if max(h, w) <= max_side:
+        return frame
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    picture = Image.fromarray(frame[..., 0] if frame.shape[2] == 1 else frame)
+    return np.asarray(picture.resize(size, Image.Resampling.LANCZOS))

@@ -1,0 +1,773 @@
+"""Playback panel: sample from a model in the worker, then play the reverse process back.
+
+Frames arrive from `core.sampling.sample` as the worker produces them and are stored in a
+`core.sampling.Trajectory` (uint8 images / float points, bounded memory) owned by the GUI
+thread; a 30 Hz timer draws the newest frame while sampling and the chosen frame afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+import torch
+from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtWidgets import (
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QScrollArea,
+    QSlider,
+    QSplitter,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app import dialogs
+from app.panels.base import Panel
+from app.panels.schedule_panel import describe
+from app.settings import read_json, write_json
+from app.widgets import (
+    REDRAW_INTERVAL_MS,
+    ErrorLabel,
+    ImageView,
+    button,
+    check_box,
+    combo_box,
+    double_box,
+    set_combo_data,
+    spin_box,
+)
+from app.worker import Job, JobControl, JobRunner, JobStatus
+from core.checkpoint import (
+    Checkpoint,
+    build_model_from_checkpoint,
+    load_checkpoint,
+    pretrained_checkpoint_paths,
+)
+from core.data import load_image
+from core.errors import ConfigError, DiffusionStudioError
+from core.export import (
+    make_grid,
+    render_points,
+    save_gif,
+    save_png_frames,
+    select_frame_indices,
+    upscale_nearest,
+)
+from core.models import count_parameters
+from core.samplers import SamplerConfig, make_sampler
+from core.sampling import Frame, Trajectory, sample
+from core.schedule import NoiseSchedule
+
+SPEEDS = [(f"{s:g}×", s) for s in (0.25, 0.5, 1.0, 2.0, 4.0)]
+BASE_FPS = 15.0
+TRAIL_FRAMES = 8
+POINT_EXTENT = 2.5
+
+VIEW_GRID_XT = "grid_xt"
+VIEW_GRID_X0 = "grid_x0"
+VIEW_PAIR = "pair"
+VIEW_POINTS = "points"
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One sampling job's settings."""
+
+    sampler: SamplerConfig
+    num_samples: int
+    seed: int
+    start_image: Path | None
+    start_t: int | None
+
+
+def _copy_frame(frame: Frame) -> Frame:
+    """A frame whose tensors the worker no longer references (safe to hand to the GUI thread)."""
+    return Frame(frame.step, frame.t, frame.x_t.clone(), frame.pred_x0.clone())
+
+
+class PlaybackPanel(Panel):
+    """Choose a model and a sampler, sample, and play the reverse process back."""
+
+    title = "Playback"
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.runner = JobRunner("sampling", self)
+        self.runner.progressed.connect(self._on_frame)
+        self.runner.finished.connect(self._on_sampling_ended)
+        self.runner.cancelled.connect(self._on_sampling_ended)
+        self.runner.failed.connect(self._on_sampling_failed)
+        self.runner.ended.connect(self._update_buttons)
+        self.export_runner = JobRunner("playback-export", self)
+        self.export_runner.finished.connect(self._on_export_done)
+        self.export_runner.failed.connect(lambda m: self.report_error("Export", m))
+        self.models: dict[str, Checkpoint | Path] = {}
+        self.checkpoint: Checkpoint | None = None
+        self.trajectory: Trajectory | None = None
+        self.start_image: Path | None = None
+        self.frame_index = 0
+        self._dirty = False
+        self._export_path: Path | None = None
+        self._build()
+        for name, path in pretrained_checkpoint_paths().items():
+            self._add_model(f"pretrained:{name}", f"Pretrained: {name}", path)
+        self._update_buttons()
+        self.redraw_timer = QTimer(self)
+        self.redraw_timer.setInterval(REDRAW_INTERVAL_MS)
+        self.redraw_timer.timeout.connect(self._on_redraw_timer)
+        self.play_timer = QTimer(self)
+        self.play_timer.timeout.connect(self._on_play_tick)
+        self._on_speed_changed()
+
+    # ------------------------------------------------------------------ layout
+
+    def _build(self) -> None:
+        self.model_choice = combo_box([], "The model to sample from")
+        self.model_choice.currentIndexChanged.connect(self._on_model_chosen)
+        self.open_button = button("Open checkpoint…", "Load a model saved by Diffusion Studio")
+        self.open_button.clicked.connect(self.choose_checkpoint)
+        self.model_info = QLabel(
+            "No model yet: train one on the Training tab or open a checkpoint."
+        )
+        self.model_info.setWordWrap(True)
+        self.model_info.setToolTip("What the chosen model is and how it was trained")
+
+        self.sampler_kind = combo_box(
+            [("DDIM", "ddim"), ("DDPM", "ddpm")],
+            "DDPM: the ancestral sampler (Ho et al. 2020); DDIM: deterministic at eta = 0, "
+            "fewer steps (Song et al. 2021)",
+        )
+        self.sampler_kind.currentIndexChanged.connect(self._on_sampler_changed)
+        self.num_steps = spin_box(1, 10000, 50, "Number of sampling steps (at most T)")
+        self.eta = double_box(
+            0.0, 1.0, 0.0, "DDIM eta: 0 = deterministic, 1 = as much noise as DDPM", 2, 0.1
+        )
+        self.spacing = combo_box(
+            [("trailing", "trailing"), ("leading", "leading"), ("linspace", "linspace")],
+            "How the sampling timesteps are spread over 0..T-1",
+        )
+        self.num_samples = spin_box(1, 20000, 16, "How many samples to draw at once")
+        self.seed = spin_box(0, 2**31 - 1, 0, "Seed of the initial noise (and of DDPM's noise)")
+        self.from_image = check_box(
+            "Start from an image",
+            "Noise an image to the start t and run the reverse process from there",
+        )
+        self.from_image.toggled.connect(self._update_buttons)
+        self.image_button = button(
+            "Choose image…", "The image to start from (default: the Forward tab's)"
+        )
+        self.image_button.clicked.connect(self.choose_start_image)
+        self.image_label = QLabel("–")
+        self.image_label.setWordWrap(True)
+        self.start_t = spin_box(0, 999, 500, "Timestep the image is noised to before reversing")
+        self.sample_button = button("Sample", "Run the reverse process", "Ctrl+R")
+        self.sample_button.clicked.connect(self.start_sampling)
+        self.cancel_button = button("Cancel", "Stop sampling")
+        self.cancel_button.clicked.connect(self.runner.cancel)
+        self.error = ErrorLabel()
+
+        # playback
+        self.play_button = button("Play", "Play the stored frames", "Space")
+        self.play_button.setCheckable(True)
+        self.play_button.toggled.connect(self._on_play_toggled)
+        self.back_button = button("◀", "One frame back", "Left")
+        self.back_button.clicked.connect(lambda: self.step_frames(-1))
+        self.forward_button = button("▶", "One frame forward", "Right")
+        self.forward_button.clicked.connect(lambda: self.step_frames(1))
+        self.scrub = QSlider(Qt.Orientation.Horizontal)
+        self.scrub.setToolTip(
+            "Scrub through the stored frames (noise on the left, samples on the right)"
+        )
+        self.scrub.valueChanged.connect(self.show_frame)
+        self.speed = combo_box([(label, s) for label, s in SPEEDS], "Playback speed")
+        set_combo_data(self.speed, 1.0)
+        self.speed.currentIndexChanged.connect(self._on_speed_changed)
+        self.loop = check_box("Loop", "Start again at the end", True)
+        self.sample_index = spin_box(
+            0, 0, 0, "Which sample to show as x_t beside its x_0 prediction"
+        )
+        self.sample_index.valueChanged.connect(lambda _v: self._draw())
+        self.grid_of = combo_box(
+            [("x_t", "x_t"), ("x_0 predictions", "pred_x0")], "What the grid of all samples shows"
+        )
+        self.grid_of.currentIndexChanged.connect(lambda _i: self._draw())
+        self.frame_label = QLabel("no frames")
+
+        # export
+        self.export_view = combo_box(
+            [
+                ("Grid of x_t", VIEW_GRID_XT),
+                ("Grid of x_0 predictions", VIEW_GRID_X0),
+                ("One sample: x_t | x_0 prediction", VIEW_PAIR),
+                ("Point cloud with trails", VIEW_POINTS),
+            ],
+            "What the GIF / PNG frames show",
+        )
+        self.export_from = spin_box(0, 0, 0, "First stored frame to export")
+        self.export_to = spin_box(0, 0, 0, "Last stored frame to export")
+        self.export_frames = spin_box(2, 1000, 60, "Number of frames (evenly spaced in the range)")
+        self.export_fps = spin_box(1, 50, 15, "GIF frames per second", suffix=" fps")
+        self.export_scale = spin_box(1, 16, 4, "Enlarge each pixel this many times", suffix="×")
+        self.export_loop = check_box("Loop GIF", "The GIF repeats forever", True)
+        self.gif_button = button("Export GIF…", "Save the playback as an animated GIF")
+        self.gif_button.clicked.connect(self.export_gif)
+        self.png_button = button("Export PNG frames…", "Save the frames as numbered PNG files")
+        self.png_button.clicked.connect(self.export_png_frames)
+
+        model_box = QGroupBox("Model")
+        model_form = QFormLayout(model_box)
+        model_form.addRow("Model", self.model_choice)
+        model_form.addRow(self.open_button)
+        model_form.addRow(self.model_info)
+        sampler_box = QGroupBox("Sampler")
+        sampler_form = QFormLayout(sampler_box)
+        sampler_form.addRow("Sampler", self.sampler_kind)
+        sampler_form.addRow("Steps", self.num_steps)
+        sampler_form.addRow("eta", self.eta)
+        sampler_form.addRow("Spacing", self.spacing)
+        sampler_form.addRow("Samples", self.num_samples)
+        sampler_form.addRow("Seed", self.seed)
+        sampler_form.addRow(self.from_image)
+        sampler_form.addRow(self.image_button, self.image_label)
+        sampler_form.addRow("Start t", self.start_t)
+        row = QHBoxLayout()
+        row.addWidget(self.sample_button)
+        row.addWidget(self.cancel_button)
+        sampler_form.addRow(row)
+        play_box = QGroupBox("Playback")
+        play_grid = QGridLayout(play_box)
+        play_grid.addWidget(self.back_button, 0, 0)
+        play_grid.addWidget(self.play_button, 0, 1)
+        play_grid.addWidget(self.forward_button, 0, 2)
+        play_grid.addWidget(self.scrub, 1, 0, 1, 3)
+        play_grid.addWidget(self.frame_label, 2, 0, 1, 3)
+        play_form = QFormLayout()
+        play_form.addRow("Speed", self.speed)
+        play_form.addRow(self.loop)
+        play_form.addRow("Sample #", self.sample_index)
+        play_form.addRow("Grid shows", self.grid_of)
+        play_grid.addLayout(play_form, 3, 0, 1, 3)
+        export_box = QGroupBox("Export")
+        export_form = QFormLayout(export_box)
+        export_form.addRow("View", self.export_view)
+        export_form.addRow("From frame", self.export_from)
+        export_form.addRow("To frame", self.export_to)
+        export_form.addRow("Frames", self.export_frames)
+        export_form.addRow("Speed", self.export_fps)
+        export_form.addRow("Scale", self.export_scale)
+        export_form.addRow(self.export_loop)
+        export_form.addRow(self.gif_button)
+        export_form.addRow(self.png_button)
+
+        controls = QWidget()
+        left = QVBoxLayout(controls)
+        for w in (model_box, sampler_box, self.error, play_box, export_box):
+            left.addWidget(w)
+        left.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidget(controls)
+        scroll.setWidgetResizable(True)
+        scroll.setMinimumWidth(330)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+        # views: images
+        self.xt_view = ImageView("x_t")
+        self.xt_view.setToolTip("The chosen sample's x_t at this frame")
+        self.x0_view = ImageView("x_0 prediction")
+        self.x0_view.setToolTip("What the model predicts x_0 to be from x_t at this frame")
+        self.grid_view = ImageView("All samples")
+        self.grid_view.setToolTip("Every sample at this frame")
+        image_views = QWidget()
+        image_grid = QGridLayout(image_views)
+        image_grid.setContentsMargins(0, 0, 0, 0)
+        image_grid.addWidget(self.xt_view, 0, 0)
+        image_grid.addWidget(self.x0_view, 1, 0)
+        image_grid.addWidget(self.grid_view, 0, 1, 2, 1)
+        image_grid.setColumnStretch(0, 1)
+        image_grid.setColumnStretch(1, 2)
+        # views: points
+        self.points_plot = pg.PlotWidget(title="x_t: from the Gaussian to the data")
+        self.points_plot.setToolTip("The samples' x_t, with trails of the last frames")
+        self.pred_plot = pg.PlotWidget(title="x_0 predictions")
+        self.pred_plot.setToolTip("The model's x_0 prediction for every sample at this frame")
+        for plot in (self.points_plot, self.pred_plot):
+            plot.setAspectLocked(True)
+            plot.showGrid(x=True, y=True, alpha=0.25)
+            plot.setRange(
+                xRange=(-POINT_EXTENT, POINT_EXTENT), yRange=(-POINT_EXTENT, POINT_EXTENT)
+            )
+        self.trail_curve = pg.PlotCurveItem(pen=pg.mkPen(31, 119, 180, 60))
+        self.points_scatter = pg.ScatterPlotItem(
+            size=4, pen=None, brush=pg.mkBrush(31, 119, 180, 220)
+        )
+        self.pred_scatter = pg.ScatterPlotItem(size=4, pen=None, brush=pg.mkBrush(214, 39, 40, 200))
+        self.points_plot.addItem(self.trail_curve)
+        self.points_plot.addItem(self.points_scatter)
+        self.pred_plot.addItem(self.pred_scatter)
+        point_views = QWidget()
+        point_layout = QHBoxLayout(point_views)
+        point_layout.setContentsMargins(0, 0, 0, 0)
+        point_layout.addWidget(self.points_plot, 3)
+        point_layout.addWidget(self.pred_plot, 2)
+        self.views = QStackedWidget()
+        self.views.addWidget(image_views)
+        self.views.addWidget(point_views)
+        self.image_views, self.point_views = image_views, point_views
+
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(scroll)
+        self.splitter.addWidget(self.views)
+        self.splitter.setStretchFactor(1, 1)
+        QHBoxLayout(self).addWidget(self.splitter)
+
+    # ------------------------------------------------------------------ models
+
+    def _add_model(self, key: str, label: str, model: Checkpoint | Path) -> None:
+        self.models[key] = model
+        index = self.model_choice.findData(key)
+        if index < 0:
+            self.model_choice.addItem(label, key)
+        else:
+            self.model_choice.setItemText(index, label)
+
+    def set_trained_checkpoint(self, ckpt: Checkpoint) -> None:
+        """The model the Training tab just finished (or stopped); it becomes the choice."""
+        step = (ckpt.training or {}).get("step", "?")
+        self._add_model(
+            "trained", f"Just trained ({ckpt.data.get('name', 'model')}, step {step})", ckpt
+        )
+        set_combo_data(self.model_choice, "trained")
+        self._on_model_chosen()
+
+    def choose_checkpoint(self) -> None:
+        path = dialogs.ask_open_path(self, "Open checkpoint", dialogs.CHECKPOINT_FILTER)
+        if path is not None:
+            self.load_checkpoint(path)
+
+    def load_checkpoint(self, path: str | Path) -> bool:
+        """Load and check a checkpoint; it becomes the chosen model. False (and a message) on error."""
+        path = Path(path)
+        try:
+            ckpt = load_checkpoint(path)
+        except DiffusionStudioError as exc:
+            self.error.show_message(str(exc))
+            self.report_error("Cannot open checkpoint", str(exc))
+            return False
+        self.error.show_message("")
+        self._add_model(f"file:{path}", f"File: {path.name}", ckpt)
+        set_combo_data(self.model_choice, f"file:{path}")
+        self._on_model_chosen()
+        self.file_used.emit(str(path))
+        self.status_message.emit(f"Loaded checkpoint {path}")
+        return True
+
+    def _on_model_chosen(self, _index: int = 0) -> None:
+        key = self.model_choice.currentData()
+        model = self.models.get(key) if key is not None else None
+        if isinstance(model, Path):  # a pretrained file, loaded on first use
+            try:
+                model = load_checkpoint(model)
+            except DiffusionStudioError as exc:
+                self.report_error("Cannot open pretrained model", str(exc))
+                return
+            self.models[key] = model
+        was_points = self.checkpoint.is_points if self.checkpoint is not None else None
+        self.checkpoint = model
+        if model is None:
+            self._update_buttons()
+            return
+        T = model.schedule_config.num_timesteps
+        self.num_steps.setMaximum(T)
+        self.start_t.setMaximum(T - 1)
+        if was_points != model.is_points:
+            self.num_samples.setValue(1000 if model.is_points else 16)
+            set_combo_data(self.export_view, VIEW_POINTS if model.is_points else VIEW_GRID_XT)
+        self.views.setCurrentWidget(self.point_views if model.is_points else self.image_views)
+        try:
+            params = count_parameters(build_model_from_checkpoint(model))
+        except (DiffusionStudioError, RuntimeError):
+            params = 0
+        data = model.data or {}
+        shape = "×".join(str(s) for s in model.sample_shape)
+        step = (model.training or {}).get("step")
+        self.model_info.setText(
+            f"{model.model_config.kind.upper()}, {params / 1e6:.2f} M parameters<br>"
+            f"data: {data.get('name', '?')} ({shape})<br>"
+            f"schedule: {describe(model.schedule_config)}<br>"
+            f"predicts: {model.prediction_type}"
+            + (f"<br>trained for {step} steps" if step is not None else "")
+        )
+        self._update_buttons()
+
+    # ------------------------------------------------------------------ start image
+
+    def set_start_image(self, path: str) -> None:
+        """The image "start from an image" uses (the Forward tab's image by default)."""
+        self.start_image = Path(path)
+        self.image_label.setText(self.start_image.name)
+        self.image_label.setToolTip(str(self.start_image))
+
+    def choose_start_image(self) -> None:
+        path = dialogs.ask_open_path(self, "Image to start from", dialogs.IMAGE_FILTER)
+        if path is not None:
+            self.set_start_image(str(path))
+            self.from_image.setChecked(True)
+
+    # ------------------------------------------------------------------ sampling
+
+    def runners(self) -> list[JobRunner]:
+        return [self.runner, self.export_runner]
+
+    def _on_sampler_changed(self) -> None:
+        self.eta.setEnabled(self.sampler_kind.currentData() == "ddim")
+
+    def request(self) -> SampleRequest:
+        use_image = self.from_image.isChecked()
+        return SampleRequest(
+            sampler=SamplerConfig(
+                kind=self.sampler_kind.currentData(),
+                num_inference_steps=self.num_steps.value(),
+                spacing=self.spacing.currentData(),
+                eta=self.eta.value() if self.sampler_kind.currentData() == "ddim" else 0.0,
+            ),
+            num_samples=self.num_samples.value(),
+            seed=self.seed.value(),
+            start_image=self.start_image if use_image else None,
+            start_t=self.start_t.value() if use_image else None,
+        )
+
+    def start_sampling(self) -> bool:
+        """Sample from the chosen model in the worker. False (and a message) when it cannot."""
+        ckpt = self.checkpoint
+        if ckpt is None:
+            self.report_error(
+                "Cannot sample", "Choose a model first: train one or open a checkpoint."
+            )
+            return False
+        if self.runner.is_running:
+            if not dialogs.ask_yes_no(
+                self, "Sampling", "Sampling is running. Stop it and start again?"
+            ):
+                return False
+        try:
+            request = self.request()
+            x_start = self._start_tensor(ckpt, request)
+        except DiffusionStudioError as exc:
+            self.error.show_message(str(exc))
+            self.report_error("Cannot sample", str(exc))
+            return False
+        self.error.show_message("")
+        self.play_button.setChecked(False)
+        self.trajectory = Trajectory()
+        self.frame_index = 0
+        total = request.sampler.num_inference_steps + 1
+
+        def run() -> Iterator[Frame]:  # worker thread
+            model = build_model_from_checkpoint(ckpt)
+            schedule = NoiseSchedule(ckpt.schedule_config)
+            sampler = make_sampler(request.sampler, schedule, ckpt.prediction_type)
+            generator = torch.Generator().manual_seed(request.seed)
+            for frame in sample(
+                model,
+                schedule,
+                sampler,
+                request.num_samples,
+                ckpt.sample_shape,
+                generator,
+                x_start=x_start,
+                t_start=request.start_t,
+            ):
+                yield _copy_frame(frame)
+
+        def status(frame: Frame) -> JobStatus:
+            label = "final" if frame.t < 0 else f"t = {frame.t}"
+            return JobStatus(
+                f"Sampling step {frame.step + 1}/{total} ({label})", (frame.step + 1) / total
+            )
+
+        self.runner.start(Job("Sampling", run, JobControl(), describe=status))
+        self.redraw_timer.start()
+        self._update_buttons()
+        return True
+
+    def _start_tensor(self, ckpt: Checkpoint, request: SampleRequest) -> torch.Tensor | None:
+        if request.start_image is None:
+            return None
+        if ckpt.is_points:
+            raise ConfigError("'start from an image' needs an image model, not a 2-D point model")
+        channels, size, _ = ckpt.sample_shape
+        image = load_image(request.start_image, size=size, channels=channels)
+        return torch.from_numpy(image)
+
+    def _on_frame(self, frame: object) -> None:
+        if isinstance(frame, Frame) and self.trajectory is not None:
+            self.trajectory.append(frame)
+            self._dirty = True
+
+    def _on_redraw_timer(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            self._sync_slider(follow=True)
+        if not self.runner.is_running:
+            self.redraw_timer.stop()
+
+    def _on_sampling_ended(self, *_args: object) -> None:
+        self._sync_slider(follow=True)
+        self._update_buttons()
+        n = len(self.trajectory) if self.trajectory is not None else 0
+        self.status_message.emit(f"Sampling done: {n} frames stored.")
+
+    def _on_sampling_failed(self, message: str) -> None:
+        self._update_buttons()
+        self.error.show_message(message)
+        self.report_error("Sampling failed", message)
+
+    def _update_buttons(self) -> None:
+        running = self.runner.is_running
+        has_model = self.checkpoint is not None
+        self.sample_button.setEnabled(has_model and not running)
+        self.cancel_button.setEnabled(running)
+        image_model = has_model and not self.checkpoint.is_points
+        self.from_image.setEnabled(image_model)
+        use_image = image_model and self.from_image.isChecked()
+        self.image_button.setEnabled(use_image)
+        self.start_t.setEnabled(use_image)
+        frames = self.has_frames()
+        for w in (self.play_button, self.back_button, self.forward_button, self.scrub):
+            w.setEnabled(frames)
+        self.gif_button.setEnabled(frames and not running)
+        self.png_button.setEnabled(frames and not running)
+        self._on_sampler_changed()
+
+    # ------------------------------------------------------------------ playback
+
+    def has_frames(self) -> bool:
+        return self.trajectory is not None and len(self.trajectory) > 0
+
+    def _sync_slider(self, follow: bool) -> None:
+        """Fit the slider and export ranges to the stored frames; jump to the newest if `follow`."""
+        if not self.has_frames():
+            return
+        last = len(self.trajectory) - 1
+        self.scrub.blockSignals(True)
+        self.scrub.setRange(0, last)
+        if follow:
+            self.scrub.setValue(last)
+        self.scrub.blockSignals(False)
+        for box in (self.export_from, self.export_to):
+            box.setMaximum(last)
+        self.export_to.setValue(last)
+        self.sample_index.setMaximum(self.trajectory.x_t(0).shape[0] - 1)
+        self.show_frame(self.scrub.value())
+        self._update_buttons()
+
+    def show_frame(self, index: int) -> None:
+        """Show stored frame `index` (0 = the noise, last = the samples)."""
+        if not self.has_frames():
+            return
+        self.frame_index = int(np.clip(index, 0, len(self.trajectory) - 1))
+        if self.scrub.value() != self.frame_index:
+            self.scrub.blockSignals(True)
+            self.scrub.setValue(self.frame_index)
+            self.scrub.blockSignals(False)
+        self._draw()
+
+    def step_frames(self, delta: int) -> None:
+        if self.has_frames():
+            self.show_frame(self.frame_index + delta)
+
+    def _draw(self) -> None:
+        if not self.has_frames():
+            return
+        traj, i = self.trajectory, self.frame_index
+        t = int(traj.timesteps[i])
+        step = int(traj.steps[i])
+        self.frame_label.setText(
+            f"frame {i + 1}/{len(traj)} · step {step} · "
+            + ("final samples" if t < 0 else f"t = {t}")
+        )
+        k = min(self.sample_index.value(), traj.x_t(i).shape[0] - 1)
+        if traj.is_points:
+            points = traj.x_t(i)
+            self.points_scatter.setData(points[:, 0], points[:, 1])
+            pred = traj.pred_x0(i)
+            self.pred_scatter.setData(pred[:, 0], pred[:, 1])
+            self._draw_trails(i)
+            return
+        xt, x0 = traj.x_t(i), traj.pred_x0(i)
+        self.xt_view.set_image(_squeeze(xt[k]))
+        self.xt_view.set_title(f"x_t of sample {k}" + ("" if t < 0 else f" at t = {t}"))
+        self.x0_view.set_image(_squeeze(x0[k]))
+        self.x0_view.set_title(f"x_0 prediction of sample {k}")
+        shown = xt if self.grid_of.currentData() == "x_t" else x0
+        self.grid_view.set_image(_squeeze(make_grid(shown, padding=1, pad_value=255)))
+        self.grid_view.set_title(
+            f"All {shown.shape[0]} samples: " + ("x_t" if shown is xt else "x_0 predictions")
+        )
+
+    def _draw_trails(self, i: int) -> None:
+        first = max(0, i - TRAIL_FRAMES)
+        history = np.stack([self.trajectory.x_t(j) for j in range(first, i + 1)])  # (K, N, 2)
+        if history.shape[0] < 2:
+            self.trail_curve.setData([], [])
+            return
+        lines = np.transpose(history, (1, 0, 2))  # (N, K, 2): one polyline per point
+        connect = np.ones(lines.shape[:2], dtype=bool)
+        connect[:, -1] = False  # break between points
+        self.trail_curve.setData(
+            lines[..., 0].reshape(-1), lines[..., 1].reshape(-1), connect=connect.reshape(-1)
+        )
+
+    def _on_speed_changed(self) -> None:
+        fps = BASE_FPS * float(self.speed.currentData())
+        self.play_timer.setInterval(max(10, int(1000 / fps)))
+
+    def _on_play_toggled(self, on: bool) -> None:
+        if on and self.has_frames():
+            if self.frame_index >= len(self.trajectory) - 1:
+                self.show_frame(0)
+            self.play_button.setText("Pause")
+            self.play_timer.start()
+        else:
+            self.play_button.setText("Play")
+            self.play_timer.stop()
+            if on:
+                self.play_button.setChecked(False)
+
+    def _on_play_tick(self) -> None:
+        if not self.has_frames():
+            self.play_button.setChecked(False)
+            return
+        nxt = self.frame_index + 1
+        if nxt >= len(self.trajectory):
+            if self.loop.isChecked():
+                nxt = 0
+            else:
+                self.play_button.setChecked(False)
+                return
+        self.show_frame(nxt)
+
+    # ------------------------------------------------------------------ export
+
+    def export_pictures(self) -> list[np.ndarray] | None:
+        """The uint8 pictures the export settings describe (None and a message when impossible)."""
+        if not self.has_frames():
+            self.report_error("Export", "Nothing to export yet: sample first.")
+            return None
+        traj = self.trajectory
+        lo, hi = self.export_from.value(), self.export_to.value()
+        if lo > hi:
+            lo, hi = hi, lo
+        picks = lo + select_frame_indices(hi - lo + 1, self.export_frames.value())
+        view = self.export_view.currentData()
+        scale = self.export_scale.value()
+        k = min(self.sample_index.value(), traj.x_t(0).shape[0] - 1)
+        frames = []
+        for i in picks:
+            i = int(i)
+            if traj.is_points:
+                first = max(0, i - TRAIL_FRAMES)
+                trails = np.stack([traj.x_t(j) for j in range(first, i)]) if i > first else None
+                picture = render_points(
+                    traj.x_t(i), size=128 * min(scale, 4), extent=POINT_EXTENT, trails=trails
+                )
+                frames.append(picture)
+                continue
+            if view == VIEW_GRID_X0:
+                picture = make_grid(traj.pred_x0(i), padding=1, pad_value=255)
+            elif view == VIEW_PAIR:
+                picture = make_grid(
+                    np.stack([traj.x_t(i)[k], traj.pred_x0(i)[k]]), padding=1, pad_value=255
+                )
+            else:
+                picture = make_grid(traj.x_t(i), padding=1, pad_value=255)
+            frames.append(upscale_nearest(picture, scale))
+        return frames
+
+    def export_gif(self) -> None:
+        frames = self.export_pictures()
+        if frames is None:
+            return
+        path = dialogs.ask_save_path(
+            self, "Export playback as GIF", dialogs.GIF_FILTER, self.suggest("reverse.gif")
+        )
+        if path is None:
+            return
+        fps, loop = float(self.export_fps.value()), self.export_loop.isChecked()
+        self._export_path = path
+
+        def run() -> Iterator[int]:
+            yield save_gif(path, frames, fps=fps, loop=loop)
+
+        self.export_runner.start(
+            Job("Export GIF", run, describe=lambda _n: JobStatus("Writing GIF…"))
+        )
+
+    def export_png_frames(self) -> None:
+        frames = self.export_pictures()
+        if frames is None:
+            return
+        folder = dialogs.ask_folder(self, "Folder for the PNG frames")
+        if folder is None:
+            return
+        self._export_path = folder
+
+        def run() -> Iterator[int]:
+            yield len(save_png_frames(folder, frames))
+
+        self.export_runner.start(
+            Job("Export PNG frames", run, describe=lambda _n: JobStatus("Writing PNG frames…"))
+        )
+
+    def _on_export_done(self, _result: object) -> None:
+        if self._export_path is not None:
+            self.file_used.emit(str(self._export_path))
+            self.status_message.emit(f"Exported to {self._export_path}")
+
+    # ------------------------------------------------------------------ settings
+
+    INTS = (
+        "num_steps",
+        "num_samples",
+        "seed",
+        "start_t",
+        "export_frames",
+        "export_fps",
+        "export_scale",
+    )
+
+    def save_state(self, settings: QSettings) -> None:
+        super().save_state(settings)
+        values: dict[str, object] = {name: getattr(self, name).value() for name in self.INTS}
+        values["eta"] = self.eta.value()
+        values["sampler"] = self.sampler_kind.currentData()
+        values["spacing"] = self.spacing.currentData()
+        values["speed"] = self.speed.currentData()
+        write_json(settings, f"{self.key()}/fields", values)
+
+    def restore_state(self, settings: QSettings) -> None:
+        super().restore_state(settings)
+        values = read_json(settings, f"{self.key()}/fields", {})
+        if not isinstance(values, dict):
+            return
+        for name in self.INTS:
+            if isinstance(values.get(name), int):
+                getattr(self, name).setValue(values[name])
+        if isinstance(values.get("eta"), (int, float)):
+            self.eta.setValue(values["eta"])
+        set_combo_data(self.sampler_kind, values.get("sampler"))
+        set_combo_data(self.spacing, values.get("spacing"))
+        set_combo_data(self.speed, values.get("speed"))
+
+
+def _squeeze(image: np.ndarray) -> np.ndarray:
+    """(H, W, 1) -> (H, W) for grey images."""
+    return image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image

@@ -1,0 +1,426 @@
+"""Schedules panel: beta_t and what follows from it, for one or several schedules."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+from pyqtgraph import exporters
+from PySide6.QtCore import QRectF, QSettings, Qt, Signal
+from PySide6.QtGui import QPainter
+from PySide6.QtSvg import QSvgGenerator
+from PySide6.QtWidgets import (
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app import dialogs
+from app.panels.base import Panel
+from app.settings import read_json, write_json
+from app.widgets import (
+    ErrorLabel,
+    button,
+    check_box,
+    color,
+    combo_box,
+    double_box,
+    set_combo_data,
+    spin_box,
+)
+from core.errors import DiffusionStudioError
+from core.export import save_csv
+from core.schedule import MAX_TIMESTEPS, SCHEDULE_KINDS, NoiseSchedule, ScheduleConfig
+
+KIND_TIPS = {
+    "linear": "beta_t rises linearly from beta_start to beta_end (DDPM, Ho et al. 2020)",
+    "scaled_linear": "sqrt(beta_t) rises linearly (Stable Diffusion)",
+    "cosine": "alphabar_t = cos^2(((t/T + s)/(1 + s)) pi/2) (Nichol & Dhariwal 2021); ignores the beta range",
+    "sigmoid": "beta_t follows a sigmoid between beta_start and beta_end (GeoDiff)",
+}
+
+# (table key, plot title, y-axis label, tooltip)
+CURVES: list[tuple[str, str, str]] = [
+    ("beta", "beta_t", "beta_t: the variance of the noise added at step t"),
+    (
+        "alpha_bar",
+        "alphabar_t = prod alpha_s",
+        "alphabar_t = prod_{s<=t} (1 - beta_s), a cumulative product: the signal variance left at t",
+    ),
+    ("sqrt_alpha_bar", "sqrt(alphabar_t)", "sqrt(alphabar_t): the weight of x_0 in x_t"),
+    (
+        "sqrt_one_minus_alpha_bar",
+        "sqrt(1 - alphabar_t)",
+        "sqrt(1 - alphabar_t): the weight of the noise eps in x_t",
+    ),
+    ("log_snr", "log SNR_t", "log SNR_t = log(alphabar_t / (1 - alphabar_t))"),
+]
+
+
+@dataclass(frozen=True)
+class ShownSchedule:
+    """A schedule on the plots: its config, its curves and a label."""
+
+    label: str
+    config: ScheduleConfig
+    table: dict[str, np.ndarray]
+
+
+def describe(config: ScheduleConfig) -> str:
+    text = f"{config.kind}, T={config.num_timesteps}"
+    if config.kind != "cosine":
+        text += f", beta {config.beta_start:g}..{config.beta_end:g}"
+    if config.zero_terminal_snr:
+        text += ", zero-SNR"
+    return text
+
+
+def plot_values(values: np.ndarray) -> np.ndarray:
+    """Non-finite values (log SNR = -inf at zero terminal SNR) become NaN gaps."""
+    out = np.asarray(values, dtype=np.float64).copy()
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+class SchedulesPanel(Panel):
+    """Pick a schedule; see beta_t, alphabar_t, sqrt(alphabar_t), sqrt(1-alphabar_t), log-SNR."""
+
+    title = "Schedules"
+    schedule_changed = Signal(object)  # ScheduleConfig of the current schedule
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.schedule = NoiseSchedule(ScheduleConfig())
+        self.comparison: list[ShownSchedule] = []
+        self.hover_t: int | None = None
+        self._build()
+        self._apply()
+
+    # ------------------------------------------------------------------ layout
+
+    def _build(self) -> None:
+        self.kind = combo_box(
+            [(k, k) for k in SCHEDULE_KINDS],
+            "How beta_t grows with t:\n" + "\n".join(f"{k}: {v}" for k, v in KIND_TIPS.items()),
+        )
+        self.steps = spin_box(
+            2, MAX_TIMESTEPS, 1000, "T: the number of diffusion steps (timesteps 0..T-1)", step=50
+        )
+        self.beta_start = double_box(
+            1e-6, 0.5, 1e-4, "beta_start: beta at t = 0 (in (0, 1))", decimals=6, step=1e-4
+        )
+        self.beta_end = double_box(
+            1e-6, 0.999, 0.02, "beta_end: beta at t = T-1 (in (0, 1), >= beta_start)", 5, 1e-3
+        )
+        self.zero_snr = check_box(
+            "Zero terminal SNR",
+            "Rescale so that alphabar_{T-1} = 0: the last step is pure noise (Lin et al. 2024)",
+        )
+        self.log_beta = check_box("Log axis for beta", "Show beta_t on a logarithmic axis", True)
+        self.error = ErrorLabel()
+        self.add_button = button(
+            "Add to comparison", "Keep the current schedule on the plots to compare with others"
+        )
+        self.clear_button = button("Clear comparison", "Remove the kept schedules from the plots")
+        self.csv_button = button("Export CSV…", "Save the current schedule's curves as a CSV table")
+        self.plot_button = button("Export plot…", "Save the plots as a PNG or SVG picture")
+
+        form = QFormLayout()
+        form.addRow("Kind", self.kind)
+        form.addRow("Steps T", self.steps)
+        form.addRow("beta_start", self.beta_start)
+        form.addRow("beta_end", self.beta_end)
+        form.addRow(self.zero_snr)
+        form.addRow(self.log_beta)
+        box = QGroupBox("Schedule")
+        box.setLayout(form)
+
+        formulas = QLabel(
+            "alpha_t = 1 - beta_t<br>"
+            "alphabar_t = prod<sub>s&le;t</sub> alpha_s &nbsp;(a product)<br>"
+            "x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps<br>"
+            "SNR_t = alphabar_t / (1 - alphabar_t)"
+        )
+        formulas.setToolTip("The DDPM forward process (Ho et al. 2020, eq. 4)")
+        formulas.setWordWrap(True)
+
+        compare = QGroupBox("Compare and export")
+        compare_layout = QVBoxLayout(compare)
+        for b in (self.add_button, self.clear_button, self.csv_button, self.plot_button):
+            compare_layout.addWidget(b)
+
+        controls = QWidget()
+        left = QVBoxLayout(controls)
+        left.addWidget(box)
+        left.addWidget(self.error)
+        left.addWidget(compare)
+        left.addWidget(formulas)
+        left.addStretch(1)
+        controls.setMinimumWidth(230)
+
+        self.plots = pg.GraphicsLayoutWidget()
+        self.plot_items: dict[str, pg.PlotItem] = {}
+        self.crosshairs: dict[str, pg.InfiniteLine] = {}
+        for i, (key, title, tip) in enumerate(CURVES):
+            plot = self.plots.addPlot(row=i // 2, col=i % 2, title=title)
+            plot.showGrid(x=True, y=True, alpha=0.25)
+            plot.setLabel("bottom", "t")
+            plot.setMenuEnabled(False)
+            plot.setToolTip(tip)
+            if self.plot_items:
+                plot.setXLink(self.plot_items["beta"])
+            line = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen((120, 120, 120), width=1))
+            line.setVisible(False)
+            plot.addItem(line, ignoreBounds=True)
+            self.plot_items[key] = plot
+            self.crosshairs[key] = line
+        # The legend fills the sixth cell of the 3 x 2 grid.
+        legend_box = self.plots.addViewBox(row=2, col=1, enableMenu=False)
+        legend_box.setMouseEnabled(False, False)
+        self.legend = pg.LegendItem(offset=(10, 30), labelTextSize="10pt")
+        self.legend.setParentItem(legend_box)
+        self.readout = QLabel()
+        self.readout.setTextFormat(Qt.TextFormat.RichText)
+        self.readout.setToolTip("Every curve's value at the t under the mouse")
+        self.readout.setMinimumHeight(60)
+        self.plots.scene().sigMouseMoved.connect(self._on_mouse_moved)
+
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(0, 0, 0, 0)
+        right_layout.addWidget(self.plots, 1)
+        right_layout.addWidget(self.readout)
+
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(controls)
+        self.splitter.addWidget(right)
+        self.splitter.setStretchFactor(1, 1)
+        layout = QHBoxLayout(self)
+        layout.addWidget(self.splitter)
+
+        self.curves: dict[str, pg.PlotDataItem] = {}
+        self._comparison_items: list[pg.PlotDataItem] = []
+
+        self.kind.currentIndexChanged.connect(self._apply)
+        self.steps.valueChanged.connect(self._apply)
+        self.beta_start.valueChanged.connect(self._apply)
+        self.beta_end.valueChanged.connect(self._apply)
+        self.zero_snr.toggled.connect(self._apply)
+        self.log_beta.toggled.connect(self._on_log_beta)
+        self.add_button.clicked.connect(self.add_to_comparison)
+        self.clear_button.clicked.connect(self.clear_comparison)
+        self.csv_button.clicked.connect(self.export_csv)
+        self.plot_button.clicked.connect(self.export_plot)
+        self._on_log_beta(self.log_beta.isChecked())
+
+    # ------------------------------------------------------------------ state
+
+    def config_from_fields(self) -> ScheduleConfig:
+        """The ScheduleConfig the fields describe (ConfigError when they make no sense)."""
+        return ScheduleConfig(
+            kind=self.kind.currentData(),
+            num_timesteps=self.steps.value(),
+            beta_start=self.beta_start.value(),
+            beta_end=self.beta_end.value(),
+            zero_terminal_snr=self.zero_snr.isChecked(),
+        )
+
+    def set_config(self, config: ScheduleConfig) -> None:
+        """Show `config` in the fields (and on the plots)."""
+        widgets = (self.kind, self.steps, self.beta_start, self.beta_end, self.zero_snr)
+        for w in widgets:
+            w.blockSignals(True)
+        set_combo_data(self.kind, config.kind)
+        self.steps.setValue(config.num_timesteps)
+        self.beta_start.setValue(config.beta_start)
+        self.beta_end.setValue(config.beta_end)
+        self.zero_snr.setChecked(config.zero_terminal_snr)
+        for w in widgets:
+            w.blockSignals(False)
+        self._apply()
+
+    def _apply(self) -> None:
+        uses_range = self.kind.currentData() != "cosine"
+        self.beta_start.setEnabled(uses_range)
+        self.beta_end.setEnabled(uses_range)
+        try:
+            schedule = NoiseSchedule(self.config_from_fields())
+        except DiffusionStudioError as exc:
+            self.error.show_message(f"{exc}. The plots still show the last valid schedule.")
+            return
+        self.error.show_message("")
+        self.schedule = schedule
+        self._redraw()
+        self.schedule_changed.emit(schedule.config)
+
+    def _redraw(self) -> None:
+        table = self.schedule.table()
+        t = table["t"].astype(np.float64)
+        pen = pg.mkPen(color(0), width=2)
+        name = f"current: {describe(self.schedule.config)}"
+        for key, _, _ in CURVES:
+            values = plot_values(table[key])
+            curve = self.curves.get(key)
+            if curve is None:
+                curve = self.plot_items[key].plot(t, values, pen=pen, name=name, connect="finite")
+                self.curves[key] = curve
+            else:
+                curve.setData(t, values, connect="finite")
+                curve.opts["name"] = name
+        self._refresh_legend()
+        if self.hover_t is not None:
+            self._show_readout(min(self.hover_t, self.schedule.num_timesteps - 1))
+
+    def _refresh_legend(self) -> None:
+        self.legend.clear()
+        self.legend.addItem(self.curves["log_snr"], self.curves["log_snr"].opts["name"])
+        last = len(CURVES) - 1  # the log-SNR item of each kept schedule
+        for shown, item in zip(self.comparison, self._comparison_items[last :: len(CURVES)]):
+            self.legend.addItem(item, shown.label)
+
+    def _on_log_beta(self, on: bool) -> None:
+        self.plot_items["beta"].setLogMode(x=False, y=on)
+
+    # ------------------------------------------------------------------ comparison
+
+    def add_to_comparison(self) -> None:
+        """Keep the current schedule on the plots (dashed, in its own colour)."""
+        config = self.schedule.config
+        if any(s.config == config for s in self.comparison):
+            self.status_message.emit("This schedule is already in the comparison.")
+            return
+        shown = ShownSchedule(describe(config), config, self.schedule.table())
+        self.comparison.append(shown)
+        pen = pg.mkPen(color(len(self.comparison)), width=1.5, style=Qt.PenStyle.DashLine)
+        t = shown.table["t"].astype(np.float64)
+        for key, _, _ in CURVES:
+            item = self.plot_items[key].plot(
+                t, plot_values(shown.table[key]), pen=pen, name=shown.label, connect="finite"
+            )
+            self._comparison_items.append(item)
+        self._refresh_legend()
+        self.status_message.emit(f"Added {shown.label} to the comparison.")
+
+    def clear_comparison(self) -> None:
+        for item in self._comparison_items:
+            view = item.getViewBox()
+            if view is not None:
+                view.removeItem(item)
+        self._comparison_items.clear()
+        self.comparison.clear()
+        self._refresh_legend()
+
+    # ------------------------------------------------------------------ crosshair
+
+    def _on_mouse_moved(self, pos) -> None:
+        for plot in self.plot_items.values():
+            if plot.sceneBoundingRect().contains(pos):
+                x = plot.vb.mapSceneToView(pos).x()
+                t = int(round(x))
+                if 0 <= t < self.schedule.num_timesteps:
+                    self.set_hover_t(t)
+                return
+
+    def set_hover_t(self, t: int) -> None:
+        """Move the crosshair to timestep t and show every value there."""
+        self.hover_t = t
+        for line in self.crosshairs.values():
+            line.setPos(t)
+            line.setVisible(True)
+        self._show_readout(t)
+
+    def _show_readout(self, t: int) -> None:
+        header = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in CURVES)
+        rows = [("current", self.schedule.table())] + [(s.label, s.table) for s in self.comparison]
+        body = ""
+        for i, (label, table) in enumerate(rows):
+            if t >= len(table["t"]):
+                continue
+            r, g, b = color(i)
+            cells = "".join(f"<td>{table[key][t]:.5g}</td>" for key, _, _ in CURVES)
+            body += f"<tr><td style='color: rgb({r},{g},{b})'>{label}</td>{cells}</tr>"
+        self.readout.setText(
+            f"<b>t = {t}</b><table cellspacing='6'><tr><th></th>{header}</tr>{body}</table>"
+        )
+
+    # ------------------------------------------------------------------ export
+
+    def export_csv(self) -> None:
+        path = dialogs.ask_save_path(
+            self, "Export schedule as CSV", dialogs.CSV_FILTER, self.suggest("schedule.csv")
+        )
+        if path is None:
+            return
+        try:
+            save_csv(path, self.schedule.table())
+        except DiffusionStudioError as exc:
+            self.report_error("Export CSV", str(exc))
+            return
+        self.file_used.emit(str(path))
+        self.status_message.emit(f"Saved the schedule curves to {path}")
+
+    def export_plot(self) -> None:
+        path = dialogs.ask_save_path(
+            self, "Export plot", dialogs.PLOT_FILTER, self.suggest("schedule.png")
+        )
+        if path is None:
+            return
+        try:
+            export_layout(self.plots, str(path))
+        except (OSError, ValueError) as exc:
+            self.report_error("Export plot", f"cannot write '{path}': {exc}")
+            return
+        self.status_message.emit(f"Saved the plots to {path}")
+
+    # ------------------------------------------------------------------ settings
+
+    def save_state(self, settings: QSettings) -> None:
+        super().save_state(settings)
+        write_json(settings, f"{self.key()}/config", self.schedule.config.to_dict())
+        settings.setValue(f"{self.key()}/log_beta", self.log_beta.isChecked())
+
+    def restore_state(self, settings: QSettings) -> None:
+        super().restore_state(settings)
+        data = read_json(settings, f"{self.key()}/config", None)
+        if isinstance(data, dict):
+            try:
+                self.set_config(ScheduleConfig.from_dict(data))
+            except (DiffusionStudioError, TypeError):
+                pass
+        log_beta = settings.value(f"{self.key()}/log_beta")
+        if log_beta is not None:
+            self.log_beta.setChecked(str(log_beta).lower() == "true")
+
+
+def export_layout(widget: pg.GraphicsLayoutWidget, path: str) -> None:
+    """Save a whole pyqtgraph layout as PNG (2x resolution) or SVG, by suffix."""
+    if path.lower().endswith(".svg"):
+        # pyqtgraph's SVGExporter cannot parse the paths Qt 6.8+ writes; render with Qt's own
+        # SVG generator instead (vector output, same look as the window).
+        generator = QSvgGenerator()
+        generator.setFileName(path)
+        size = widget.size()
+        generator.setSize(size)
+        generator.setViewBox(QRectF(0, 0, size.width(), size.height()))
+        generator.setTitle("Diffusion Studio plot")
+        painter = QPainter(generator)
+        try:
+            widget.render(painter)
+        finally:
+            painter.end()
+        if not Path(path).is_file():
+            raise OSError("the picture could not be written (check the folder and the file name)")
+        return
+    exporter = exporters.ImageExporter(widget.ci)
+    width = int(max(widget.width(), 400) * 2)
+    exporter.parameters()["width"] = width
+    exporter.export(path)
+    if not Path(path).is_file():
+        raise OSError("the picture could not be written (check the folder and the file name)")

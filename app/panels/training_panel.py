@@ -1,0 +1,910 @@
+"""Training panel: settings, Start / Pause / Resume / Stop, and the run drawn live.
+
+`core.training.Trainer` runs in the worker thread. Its records are stored here as they
+arrive (cheap appends); the plots are redrawn from that state by a 30 Hz timer. Checkpoints
+are written in the worker thread (the trainer's state may only be read between its steps):
+autosave every few minutes and at the end (Stop or done) to the app's data folder, and
+"Save Checkpoint As…" on request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import queue
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+import torch
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QScrollArea,
+    QSplitter,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app import dialogs
+from app.panels.base import Panel
+from app.settings import checkpoints_dir, read_json, write_json
+from app.widgets import (
+    REDRAW_INTERVAL_MS,
+    ErrorLabel,
+    ImageView,
+    button,
+    check_box,
+    combo_box,
+    double_box,
+    format_duration,
+    set_combo_data,
+    spin_box,
+)
+from app.worker import Job, JobRunner, JobStatus
+from core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from core.data import TOY_DATASETS, list_image_files, toy_points
+from core.errors import ConfigError, DataError, DiffusionStudioError
+from core.export import make_grid, to_uint8_images
+from core.models import build_model, count_parameters
+from core.samplers import PREDICTION_TYPES
+from core.schedule import SCHEDULE_KINDS, ScheduleConfig
+from core.training import (
+    MODEL_SIZES,
+    TrainConfig,
+    TrainControl,
+    Trainer,
+    TrainPreview,
+    TrainProgress,
+    default_model_config,
+    preset_config,
+    resume_config,
+)
+
+FOLDER = "folder"
+SCATTER_POINTS = 4096
+SMOOTHING = 0.98
+PREVIEW_POINTS = 2000
+
+PREDICTION_TIPS = {
+    "epsilon": "the noise eps (DDPM)",
+    "v": "v = sqrt(alphabar_t) eps - sqrt(1 - alphabar_t) x_0 (Salimans & Ho 2022)",
+    "x0": "the clean sample x_0",
+}
+
+
+def available_devices() -> list[str]:
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run that ended (finished or stopped) leaves: its checkpoint and where it was saved."""
+
+    checkpoint: Checkpoint
+    path: Path | None
+    step: int
+
+
+class Series:
+    """A growable (step, value) series in numpy arrays (amortised O(1) append)."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.x = np.empty(capacity, dtype=np.float64)
+        self.y = np.empty(capacity, dtype=np.float64)
+        self.n = 0
+
+    def append(self, x: float, y: float) -> None:
+        if self.n == len(self.x):
+            self.x = np.concatenate([self.x, np.empty_like(self.x)])
+            self.y = np.concatenate([self.y, np.empty_like(self.y)])
+        self.x[self.n] = x
+        self.y[self.n] = y
+        self.n += 1
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def data(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.x[: self.n], self.y[: self.n]
+
+
+class TrainingPanel(Panel):
+    """Train a small diffusion model and watch it learn."""
+
+    title = "Training"
+    model_trained = Signal(object)  # Checkpoint of a run that ended (done or stopped)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.runner = JobRunner("training", self)
+        self.runner.progressed.connect(self._on_progressed)
+        self.runner.finished.connect(self._on_run_ended)
+        self.runner.cancelled.connect(self._on_run_ended)
+        self.runner.failed.connect(self._on_failed)
+        self.runner.ended.connect(self._update_buttons)
+        self.runner.paused_changed.connect(self._on_paused_changed)
+        self.folder: Path | None = None
+        self.resume_from: Checkpoint | None = None
+        self.resume_path: Path | None = None
+        self.last_result: TrainResult | None = None
+        self.autosave_path: Path | None = None
+        self.loss = Series()
+        self.smoothed = Series()
+        self._smooth_state = 0.0
+        self._smooth_count = 0
+        self.scatter_t = np.zeros(SCATTER_POINTS)
+        self.scatter_loss = np.zeros(SCATTER_POINTS)
+        self.scatter_n = 0
+        self.latest: TrainProgress | None = None
+        self.preview: TrainPreview | None = None
+        self._dirty = False
+        self._preview_dirty = False
+        self._ticks = 0
+        self._save_requests: queue.Queue[Path] = queue.Queue()
+        self._save_results: queue.Queue[tuple[Path, str | None]] = queue.Queue()
+        self._build()
+        self._on_source_changed()
+        self._update_buttons()
+        self.timer = QTimer(self)
+        self.timer.setInterval(REDRAW_INTERVAL_MS)
+        self.timer.timeout.connect(self._on_timer)
+
+    # ------------------------------------------------------------------ layout
+
+    def _build(self) -> None:
+        sources = [("Digits (built-in MNIST, 28×28)", "digits")]
+        sources += [(f"2-D points: {name}", name) for name in TOY_DATASETS]
+        sources += [("Image folder…", FOLDER)]
+        self.source = combo_box(
+            sources, "What to train on: built-in digits, a 2-D toy set, or a folder of images"
+        )
+        self.source.currentIndexChanged.connect(self._on_source_changed)
+        self.source.activated.connect(self._on_source_chosen)
+        self.folder_button = button("Choose folder…", "Pick a folder of images to train on")
+        self.folder_button.clicked.connect(self.choose_folder)
+        self.folder_label = QLabel("no folder chosen")
+        self.folder_label.setWordWrap(True)
+        self.image_size = spin_box(
+            8, 128, 32, "Images are centre-cropped and resized to this side", 4, " px"
+        )
+        self.channels = combo_box(
+            [("grey (1)", 1), ("colour (3)", 3)], "Train on grey or colour images"
+        )
+        self.model_size = combo_box(
+            [(s, s) for s in MODEL_SIZES], "Model size preset (wider nets learn more, slower)"
+        )
+        set_combo_data(self.model_size, "default")
+        self.model_size.currentIndexChanged.connect(self._update_model_info)
+        self.model_info = QLabel()
+        self.model_info.setToolTip("The network the preset builds")
+        self.kind = combo_box(
+            [(k, k) for k in SCHEDULE_KINDS], "Noise schedule kind (see the Schedules tab)"
+        )
+        set_combo_data(self.kind, "cosine")
+        self.steps_T = spin_box(10, 10000, 1000, "T: the number of diffusion timesteps", 50)
+        self.prediction = combo_box(
+            [(p, p) for p in PREDICTION_TYPES],
+            "What the network predicts:\n"
+            + "\n".join(f"{k}: {v}" for k, v in PREDICTION_TIPS.items()),
+        )
+        set_combo_data(self.prediction, "v")
+        self.batch = spin_box(1, 4096, 64, "Samples per optimizer step")
+        self.lr = double_box(
+            1e-6, 1.0, 2e-3, "Peak learning rate (AdamW; warm-up, then cosine decay)", 6, 1e-4
+        )
+        self.budget = combo_box(
+            [("steps", "steps"), ("minutes", "minutes")],
+            "End the run after a number of steps or minutes",
+        )
+        self.max_steps = spin_box(1, 10_000_000, 2000, "Optimizer steps to run", 100)
+        self.max_minutes = double_box(0.05, 24 * 60, 5.0, "Minutes of training to run", 2, 0.5)
+        self.budget.currentIndexChanged.connect(self._on_budget_changed)
+        self.seed = spin_box(0, 2**31 - 1, 0, "Seed of every random draw of the run")
+        self.device = combo_box(
+            [(d, d) for d in available_devices()], "Where to train (auto: a GPU if present)"
+        )
+        self.preview_every = spin_box(
+            0, 100000, 200, "Sample previews every this many steps (0 = never)", 50
+        )
+        self.autosave_minutes = double_box(
+            0.0,
+            120.0,
+            2.0,
+            "Save a checkpoint every this many minutes (0 = only at the end)",
+            1,
+            0.5,
+        )
+
+        self.start_button = button("Start", "Start training with these settings", "Ctrl+Return")
+        self.pause_button = button("Pause", "Pause (and then resume) the run")
+        self.pause_button.setCheckable(True)
+        self.stop_button = button(
+            "Stop", "Stop the run; the model so far is saved and kept for Playback"
+        )
+        self.resume_button = button(
+            "Resume from checkpoint…", "Continue a saved run from where it stopped"
+        )
+        self.clear_resume_button = button("Start fresh", "Forget the checkpoint to resume from")
+        self.save_button = button(
+            "Save checkpoint as…", "Save the current (or last) model to a file"
+        )
+        self.start_button.clicked.connect(self.start)
+        self.pause_button.toggled.connect(self._on_pause_toggled)
+        self.stop_button.clicked.connect(self.stop)
+        self.resume_button.clicked.connect(self.choose_resume_checkpoint)
+        self.clear_resume_button.clicked.connect(self.clear_resume)
+        self.save_button.clicked.connect(self.save_checkpoint_as)
+        self.resume_label = QLabel()
+        self.resume_label.setWordWrap(True)
+        self.error = ErrorLabel()
+
+        data_box = QGroupBox("Data")
+        data_form = QFormLayout(data_box)
+        data_form.addRow("Source", self.source)
+        data_form.addRow(self.folder_button, self.folder_label)
+        data_form.addRow("Image size", self.image_size)
+        data_form.addRow("Channels", self.channels)
+        model_box = QGroupBox("Model and diffusion")
+        model_form = QFormLayout(model_box)
+        model_form.addRow("Model size", self.model_size)
+        model_form.addRow(self.model_info)
+        model_form.addRow("Schedule", self.kind)
+        model_form.addRow("Steps T", self.steps_T)
+        model_form.addRow("Predicts", self.prediction)
+        opt_box = QGroupBox("Optimisation")
+        opt_form = QFormLayout(opt_box)
+        opt_form.addRow("Batch size", self.batch)
+        opt_form.addRow("Learning rate", self.lr)
+        opt_form.addRow("Run for", self.budget)
+        opt_form.addRow("Steps", self.max_steps)
+        opt_form.addRow("Minutes", self.max_minutes)
+        opt_form.addRow("Seed", self.seed)
+        opt_form.addRow("Device", self.device)
+        opt_form.addRow("Preview every", self.preview_every)
+        opt_form.addRow("Autosave every", self.autosave_minutes)
+        self.settings_boxes = (data_box, model_box, opt_box)
+
+        run_box = QGroupBox("Run")
+        run_layout = QGridLayout(run_box)
+        run_layout.addWidget(self.start_button, 0, 0)
+        run_layout.addWidget(self.pause_button, 0, 1)
+        run_layout.addWidget(self.stop_button, 0, 2)
+        run_layout.addWidget(self.resume_button, 1, 0, 1, 2)
+        run_layout.addWidget(self.clear_resume_button, 1, 2)
+        run_layout.addWidget(self.save_button, 2, 0, 1, 3)
+        run_layout.addWidget(self.resume_label, 3, 0, 1, 3)
+
+        self.stats = QLabel("Not started.")
+        self.stats.setTextFormat(Qt.TextFormat.RichText)
+        self.stats.setToolTip("Step, loss, throughput, time and the autosave file of the run")
+        self.stats.setWordWrap(True)
+
+        controls = QWidget()
+        left = QVBoxLayout(controls)
+        for w in (*self.settings_boxes, run_box, self.error, self.stats):
+            left.addWidget(w)
+        left.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidget(controls)
+        scroll.setWidgetResizable(True)
+        scroll.setMinimumWidth(330)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+        # plots
+        self.log_y = check_box("Log loss axis", "Show the loss on a logarithmic axis", True)
+        self.log_y.toggled.connect(self._on_log_y)
+        self.loss_plot = pg.PlotWidget(title="Loss")
+        self.loss_plot.setToolTip("Training loss per step (faint) and smoothed (bold)")
+        self.loss_plot.showGrid(x=True, y=True, alpha=0.25)
+        self.loss_plot.setLabel("bottom", "step")
+        self.loss_plot.addLegend(offset=(-10, 10))
+        self.loss_curve = self.loss_plot.plot(
+            pen=pg.mkPen((31, 119, 180, 90), width=1), name="loss"
+        )
+        self.smooth_curve = self.loss_plot.plot(
+            pen=pg.mkPen((214, 39, 40), width=2), name="smoothed"
+        )
+        for curve in (self.loss_curve, self.smooth_curve):
+            curve.setDownsampling(auto=True, method="peak")
+            curve.setClipToView(True)
+        self.scatter_plot = pg.PlotWidget(title="Loss against t (recent samples)")
+        self.scatter_plot.setToolTip("Per-sample loss (unweighted MSE) against its timestep t")
+        self.scatter_plot.showGrid(x=True, y=True, alpha=0.25)
+        self.scatter_plot.setLabel("bottom", "t")
+        self.scatter = self.scatter_plot.plot(
+            [],
+            [],
+            pen=None,
+            symbol="o",
+            symbolSize=3,
+            symbolPen=None,
+            symbolBrush=pg.mkBrush(31, 119, 180, 120),
+        )
+
+        self.preview_stack = QStackedWidget()
+        self.preview_image = ImageView("Preview samples (EMA model)")
+        self.preview_image.setToolTip(
+            "Samples from the model being trained, refreshed every few steps"
+        )
+        self.preview_points = pg.PlotWidget(title="Preview samples over the data")
+        self.preview_points.setToolTip("Grey: the training data; blue: samples from the model")
+        self.preview_points.setAspectLocked(True)
+        self.preview_points.showGrid(x=True, y=True, alpha=0.25)
+        self.data_scatter = pg.ScatterPlotItem(
+            size=3, pen=None, brush=pg.mkBrush(160, 160, 160, 120)
+        )
+        self.sample_scatter = pg.ScatterPlotItem(
+            size=4, pen=None, brush=pg.mkBrush(31, 119, 180, 200)
+        )
+        self.preview_points.addItem(self.data_scatter)
+        self.preview_points.addItem(self.sample_scatter)
+        self.preview_points.setRange(xRange=(-2.5, 2.5), yRange=(-2.5, 2.5))
+        self.preview_stack.addWidget(self.preview_image)
+        self.preview_stack.addWidget(self.preview_points)
+
+        plots = QWidget()
+        grid = QGridLayout(plots)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.addWidget(self.loss_plot, 0, 0)
+        grid.addWidget(self.scatter_plot, 1, 0)
+        grid.addWidget(self.preview_stack, 0, 1, 2, 1)
+        grid.addWidget(self.log_y, 2, 0)
+        grid.setColumnStretch(0, 3)
+        grid.setColumnStretch(1, 2)
+
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(scroll)
+        self.splitter.addWidget(plots)
+        self.splitter.setStretchFactor(1, 1)
+        QHBoxLayout(self).addWidget(self.splitter)
+        self._on_log_y(True)
+        self._on_budget_changed()
+
+    # ------------------------------------------------------------------ settings widgets
+
+    def source_name(self) -> str:
+        """ "digits", a toy set name, or the chosen folder's path."""
+        data = self.source.currentData()
+        if data == FOLDER:
+            return str(self.folder) if self.folder is not None else ""
+        return str(data)
+
+    def is_points(self) -> bool:
+        return self.source.currentData() in TOY_DATASETS
+
+    def _on_source_chosen(self, _index: int) -> None:
+        """The user picked a data source: load the settings recommended for that kind of data."""
+        points = self.is_points()
+        set_combo_data(self.kind, "linear" if points else "cosine")
+        set_combo_data(self.prediction, "epsilon" if points else "v")
+        self.batch.setValue(256 if points else 64)
+        self.lr.setValue(3e-3 if points else 2e-3)
+
+    def _on_source_changed(self) -> None:
+        data = self.source.currentData()
+        folder = data == FOLDER
+        for w in (self.folder_button, self.folder_label, self.image_size, self.channels):
+            w.setEnabled(folder)
+        if data in TOY_DATASETS:
+            self.preview_stack.setCurrentWidget(self.preview_points)
+            points = toy_points(data, PREVIEW_POINTS, torch.Generator().manual_seed(0)).numpy()
+            self.data_scatter.setData(points[:, 0], points[:, 1])
+        else:
+            self.preview_stack.setCurrentWidget(self.preview_image)
+        self._update_model_info()
+
+    def _on_budget_changed(self) -> None:
+        steps = self.budget.currentData() == "steps"
+        self.max_steps.setEnabled(steps)
+        self.max_minutes.setEnabled(not steps)
+
+    def _data_shape(self) -> tuple[str, int, int]:
+        """(kind, image_size, channels) the settings describe."""
+        if self.is_points():
+            return "points", 0, 0
+        if self.source.currentData() == FOLDER:
+            return "images", self.image_size.value(), int(self.channels.currentData())
+        return "images", 28, 1
+
+    def _update_model_info(self) -> None:
+        kind, size, channels = self._data_shape()
+        try:
+            config = default_model_config(
+                kind, size or 28, channels or 1, self.model_size.currentData()
+            )
+            params = count_parameters(build_model(config))
+        except DiffusionStudioError as exc:
+            self.model_info.setText(f"<span style='color:#b00020'>{exc}</span>")
+            return
+        name = "MLP" if kind == "points" else f"UNet {list(config.channels)}"
+        self.model_info.setText(f"{name}, {params / 1e6:.2f} M parameters")
+
+    def choose_folder(self) -> None:
+        folder = dialogs.ask_folder(self, "Choose a folder of training images")
+        if folder is not None:
+            self.set_data_folder(folder)
+
+    def set_data_folder(self, folder: str | Path) -> bool:
+        """Train on the images in `folder` (checked now: it must hold image files)."""
+        folder = Path(folder)
+        try:
+            files = list_image_files(folder)
+            if not files:
+                raise DataError(
+                    f"no image files in folder '{folder}'. Choose a folder that contains images."
+                )
+        except DiffusionStudioError as exc:
+            self.report_error("Cannot use folder", str(exc))
+            return False
+        self.folder = folder
+        self.folder_label.setText(f"{folder.name} ({len(files)} images)")
+        self.folder_label.setToolTip(str(folder))
+        set_combo_data(self.source, FOLDER)
+        self.file_used.emit(str(folder))
+        self.status_message.emit(f"Training data: {folder} ({len(files)} images)")
+        return True
+
+    # ------------------------------------------------------------------ config
+
+    def build_config(self) -> TrainConfig:
+        """The TrainConfig the fields describe (ConfigError / DataError when they make no sense)."""
+        steps = self.budget.currentData() == "steps"
+        common: dict[str, Any] = dict(
+            batch_size=self.batch.value(),
+            learning_rate=self.lr.value(),
+            device=self.device.currentData(),
+            preview_every=self.preview_every.value(),
+        )
+        if self.resume_from is not None:
+            training = self.resume_from.training or {}
+            done_steps = int(training.get("step", 0))
+            done_minutes = float(training.get("elapsed_s", 0.0)) / 60.0
+            budget = (
+                dict(max_steps=done_steps + self.max_steps.value(), max_minutes=None)
+                if steps
+                else dict(max_steps=None, max_minutes=done_minutes + self.max_minutes.value())
+            )
+            return resume_config(self.resume_from, **common, **budget)
+        source = self.source_name()
+        if not source:
+            raise DataError("choose a folder of images first (Choose folder…)")
+        kind, size, channels = self._data_shape()
+        schedule = ScheduleConfig(self.kind.currentData(), self.steps_T.value())
+        overrides: dict[str, Any] = dict(
+            common,
+            schedule=schedule,
+            prediction_type=self.prediction.currentData(),
+            seed=self.seed.value(),
+            max_steps=self.max_steps.value() if steps else None,
+            max_minutes=None if steps else self.max_minutes.value(),
+            preview_count=PREVIEW_POINTS if kind == "points" else 16,
+            preview_steps=min(50, schedule.num_timesteps),
+        )
+        if kind == "images":
+            overrides.update(image_size=size, channels=channels)
+        return preset_config(source, self.model_size.currentData(), **overrides)
+
+    # ------------------------------------------------------------------ run control
+
+    def runners(self) -> list[JobRunner]:
+        return [self.runner]
+
+    def start(self) -> bool:
+        """Start a run with the current settings. False (and a message) when they are invalid."""
+        if self.runner.is_running:
+            return False
+        try:
+            config = self.build_config()
+        except (DiffusionStudioError, TypeError) as exc:
+            self.error.show_message(str(exc))
+            self.report_error("Cannot start training", str(exc))
+            return False
+        self.error.show_message("")
+        resume = self.resume_from
+        if resume is None:
+            self._reset_plots()
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = Path(config.data).name if self.source.currentData() == FOLDER else config.data
+        self.autosave_path = checkpoints_dir() / f"{name}-{stamp}.safetensors"
+        self.start_time = time.monotonic()
+        job = self._make_job(config, resume, self.autosave_path)
+        self.runner.start(job)
+        self.timer.start()
+        self._update_buttons()
+        self.status_message.emit(f"Training on {name}; autosaving to {self.autosave_path}")
+        return True
+
+    def _make_job(self, config: TrainConfig, resume: Checkpoint | None, autosave: Path) -> Job:
+        control = TrainControl()
+        interval_s = self.autosave_minutes.value() * 60.0
+        requests, results = self._save_requests, self._save_results
+        state: dict[str, Any] = {"trainer": None, "saved_at": time.monotonic()}
+        unit = "pts/s" if self.is_points() and resume is None else "img/s"
+        if resume is not None and resume.is_points:
+            unit = "pts/s"
+
+        def run():  # worker thread
+            trainer = Trainer(config, control, resume=resume)
+            state["trainer"] = trainer
+            return trainer.run()
+
+        def handle_requests(trainer: Trainer) -> None:
+            while True:
+                try:
+                    path = requests.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    trainer.save(str(path))
+                    results.put((path, None))
+                except DiffusionStudioError as exc:
+                    results.put((path, str(exc)))
+
+        def on_record(_record) -> None:  # worker thread, between steps
+            trainer = state["trainer"]
+            handle_requests(trainer)
+            if interval_s > 0 and time.monotonic() - state["saved_at"] >= interval_s:
+                state["saved_at"] = time.monotonic()
+                try:
+                    trainer.save(str(autosave))
+                except DiffusionStudioError as exc:
+                    results.put((autosave, str(exc)))
+
+        def on_end(_outcome) -> TrainResult | None:  # worker thread, after the last step
+            trainer = state["trainer"]
+            if trainer is None:
+                return None
+            handle_requests(trainer)
+            ckpt = trainer.checkpoint()
+            path: Path | None = None
+            if trainer.step > 0:
+                save_checkpoint(autosave, ckpt)
+                path = autosave
+            return TrainResult(ckpt, path, trainer.step)
+
+        def describe(record) -> JobStatus | None:  # GUI thread
+            if not isinstance(record, TrainProgress):
+                return None
+            total = f"/{record.total_steps}" if record.total_steps else ""
+            return JobStatus(
+                text=f"Training step {record.step}{total}",
+                fraction=record.fraction_done,
+                rate=f"{record.samples_per_s:,.0f} {unit}",
+                eta_s=record.eta_s,
+            )
+
+        return Job("Training", run, control, on_record, on_end, describe)
+
+    def stop(self) -> None:
+        """Stop the run; it saves its checkpoint and the model goes to Playback."""
+        if self.runner.is_running:
+            self.runner.cancel()
+            self.status_message.emit("Stopping training (saving a checkpoint)…")
+
+    def _on_pause_toggled(self, on: bool) -> None:
+        if on:
+            self.runner.pause()
+        else:
+            self.runner.resume()
+
+    def _on_paused_changed(self, paused: bool) -> None:
+        self.pause_button.blockSignals(True)
+        self.pause_button.setChecked(paused)
+        self.pause_button.setText("Resume" if paused else "Pause")
+        self.pause_button.blockSignals(False)
+        self.status_message.emit("Training paused." if paused else "Training resumed.")
+
+    def _update_buttons(self) -> None:
+        running = self.runner.is_running
+        self.start_button.setEnabled(not running)
+        self.pause_button.setEnabled(running)
+        self.stop_button.setEnabled(running)
+        self.resume_button.setEnabled(not running)
+        self.clear_resume_button.setEnabled(not running and self.resume_from is not None)
+        for box in self.settings_boxes:
+            box.setEnabled(not running)
+        if not running:
+            self._on_paused_changed_quiet()
+        if self.resume_from is not None and not running:
+            self._lock_for_resume(True)
+
+    def _on_paused_changed_quiet(self) -> None:
+        self.pause_button.blockSignals(True)
+        self.pause_button.setChecked(False)
+        self.pause_button.setText("Pause")
+        self.pause_button.blockSignals(False)
+
+    # ------------------------------------------------------------------ records (GUI thread)
+
+    def _on_progressed(self, record: object) -> None:
+        if isinstance(record, TrainProgress):
+            self.latest = record
+            self.loss.append(record.step, record.loss)
+            self._smooth_count += 1
+            self._smooth_state = SMOOTHING * self._smooth_state + (1 - SMOOTHING) * record.loss
+            self.smoothed.append(
+                record.step, self._smooth_state / (1 - SMOOTHING**self._smooth_count)
+            )
+            n = len(record.timesteps)
+            index = (self.scatter_n + np.arange(n)) % SCATTER_POINTS
+            self.scatter_t[index] = record.timesteps
+            self.scatter_loss[index] = record.losses
+            self.scatter_n += n
+            self._dirty = True
+        elif isinstance(record, TrainPreview):
+            self.preview = record
+            self._preview_dirty = True
+
+    def _on_timer(self) -> None:
+        self._ticks += 1
+        self._poll_save_results()
+        if self._dirty:
+            self._dirty = False
+            self._redraw_curves()
+            if self._ticks % 5 == 0 or not self.runner.is_running:
+                self._redraw_scatter()
+            self._update_stats()
+        if self._preview_dirty:
+            self._preview_dirty = False
+            self._redraw_preview()
+        if not self.runner.is_running and not self._dirty and self._save_results.empty():
+            self.timer.stop()
+
+    def redraw_now(self) -> None:
+        """Draw the latest state at once (the timer does this ~30 times a second)."""
+        self._redraw_curves()
+        self._redraw_scatter()
+        self._redraw_preview()
+        self._update_stats()
+
+    def _redraw_curves(self) -> None:
+        steps, losses = self.loss.data()
+        s_steps, s_losses = self.smoothed.data()
+        self.loss_curve.setData(steps, losses)
+        self.smooth_curve.setData(s_steps, s_losses)
+
+    def _redraw_scatter(self) -> None:
+        n = min(self.scatter_n, SCATTER_POINTS)
+        t, loss = self.scatter_t[:n], self.scatter_loss[:n]
+        keep = loss > 0  # a log axis cannot show 0
+        self.scatter.setData(t[keep], loss[keep])
+
+    def _redraw_preview(self) -> None:
+        preview = self.preview
+        if preview is None:
+            return
+        if preview.samples.ndim == 2:
+            self.sample_scatter.setData(preview.samples[:, 0], preview.samples[:, 1])
+            self.preview_points.setTitle(f"Preview samples at step {preview.step}")
+        else:
+            grid = make_grid(to_uint8_images(preview.samples), padding=1, pad_value=255)
+            self.preview_image.set_image(grid)
+            self.preview_image.set_title(f"Preview samples at step {preview.step}")
+
+    def _update_stats(self) -> None:
+        r = self.latest
+        if r is None:
+            return
+        total = f" / {r.total_steps}" if r.total_steps else ""
+        unit = (
+            "points/s" if self.preview_stack.currentWidget() is self.preview_points else "images/s"
+        )
+        where = f"<br>Autosave: {self.autosave_path}" if self.autosave_path else ""
+        self.stats.setText(
+            f"Step <b>{r.step}</b>{total} &nbsp; loss {r.loss:.4g}<br>"
+            f"{r.samples_per_s:,.0f} {unit} &nbsp; lr {r.lr:.2e}<br>"
+            f"elapsed {format_duration(r.elapsed_s)} &nbsp; ETA {format_duration(r.eta_s)}{where}"
+        )
+
+    def _on_log_y(self, on: bool) -> None:
+        self.loss_plot.setLogMode(x=False, y=on)
+        self.scatter_plot.setLogMode(x=False, y=on)
+
+    def _reset_plots(self) -> None:
+        self.loss.clear()
+        self.smoothed.clear()
+        self._smooth_state = 0.0
+        self._smooth_count = 0
+        self.scatter_n = 0
+        self.latest = None
+        self.preview = None
+        self.sample_scatter.clear()
+        self.preview_image.clear_image()
+        self.redraw_now()
+        self.stats.setText("Starting…")
+
+    # ------------------------------------------------------------------ end of a run
+
+    def _on_run_ended(self, *_args: object) -> None:
+        result = self.runner.result
+        self._update_buttons()
+        self.redraw_now()
+        if isinstance(result, TrainResult):
+            self.last_result = result
+            self.resume_from = None
+            self.resume_path = None
+            self._lock_for_resume(False)
+            self.resume_label.setText("")
+            where = f" and saved to {result.path}" if result.path else ""
+            self.status_message.emit(f"Training ended at step {result.step}{where}.")
+            if result.path is not None:
+                self.file_used.emit(str(result.path))
+            self.model_trained.emit(result.checkpoint)
+        self.timer.start()  # draw the last records, then the timer stops itself
+
+    def _on_failed(self, message: str) -> None:
+        self._update_buttons()
+        self.redraw_now()
+        kept = ""
+        if self.autosave_path is not None and self.autosave_path.exists():
+            kept = f"\n\nThe last good checkpoint is kept at {self.autosave_path}."
+        self.error.show_message(message)
+        self.report_error("Training stopped", message + kept)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint_as(self) -> None:
+        """Save the model: the running one (between two steps) or the last one that ended."""
+        if not self.runner.is_running and self.last_result is None:
+            self.report_error("Save checkpoint", "Nothing to save yet: train a model first.")
+            return
+        path = dialogs.ask_save_path(
+            self, "Save checkpoint as", dialogs.CHECKPOINT_FILTER, self.suggest("model.safetensors")
+        )
+        if path is None:
+            return
+        if self.runner.is_running:
+            self._save_requests.put(path)  # the worker saves it after the current step
+            self.timer.start()
+            return
+        try:
+            save_checkpoint(path, self.last_result.checkpoint)
+        except DiffusionStudioError as exc:
+            self.report_error("Save checkpoint", str(exc))
+            return
+        self.file_used.emit(str(path))
+        self.status_message.emit(f"Saved the model to {path}")
+
+    def _poll_save_results(self) -> None:
+        while True:
+            try:
+                path, error = self._save_results.get_nowait()
+            except queue.Empty:
+                return
+            if error is None:
+                self.file_used.emit(str(path))
+                self.status_message.emit(f"Saved the model to {path}")
+            else:
+                self.report_error("Save checkpoint", error)
+
+    def choose_resume_checkpoint(self) -> None:
+        path = dialogs.ask_open_path(
+            self, "Resume training from checkpoint", dialogs.CHECKPOINT_FILTER
+        )
+        if path is not None:
+            self.set_resume_checkpoint(path)
+
+    def set_resume_checkpoint(self, path: str | Path) -> bool:
+        """Prepare to continue the run saved in `path` (Start then resumes it)."""
+        try:
+            ckpt = load_checkpoint(path)
+            if not ckpt.can_resume:
+                raise ConfigError(
+                    f"'{Path(path).name}' holds no training state (it is for sampling only): "
+                    "open it on the Playback tab instead"
+                )
+            config = resume_config(ckpt)
+        except DiffusionStudioError as exc:
+            self.report_error("Cannot resume", str(exc))
+            return False
+        self.resume_from, self.resume_path = ckpt, Path(path)
+        self._show_config(config)
+        step = int((ckpt.training or {}).get("step", 0))
+        self.resume_label.setText(
+            f"Resuming <b>{Path(path).name}</b> from step {step}: Start continues it for the "
+            "steps / minutes set above."
+        )
+        self._reset_plots()
+        history_steps = ckpt.training_state.get("history/step")
+        history_losses = ckpt.training_state.get("history/loss")
+        if history_steps is not None and history_losses is not None:
+            for s, value in zip(history_steps.tolist(), history_losses.tolist()):
+                self.loss.append(s, value)
+                self._smooth_count += 1
+                self._smooth_state = SMOOTHING * self._smooth_state + (1 - SMOOTHING) * value
+                self.smoothed.append(s, self._smooth_state / (1 - SMOOTHING**self._smooth_count))
+        self.redraw_now()
+        self._update_buttons()
+        self.file_used.emit(str(path))
+        return True
+
+    def clear_resume(self) -> None:
+        self.resume_from = None
+        self.resume_path = None
+        self.resume_label.setText("")
+        self._lock_for_resume(False)
+        self._update_buttons()
+
+    def _lock_for_resume(self, locked: bool) -> None:
+        """While resuming, data, model and diffusion settings come from the checkpoint."""
+        for w in (
+            self.source,
+            self.folder_button,
+            self.model_size,
+            self.kind,
+            self.steps_T,
+            self.prediction,
+            self.seed,
+            self.image_size,
+            self.channels,
+        ):
+            w.setEnabled(not locked)
+        if not locked:
+            self._on_source_changed()
+
+    def _show_config(self, config: TrainConfig) -> None:
+        if config.data in TOY_DATASETS or config.data == "digits":
+            set_combo_data(self.source, config.data)
+        else:
+            self.folder = Path(config.data)
+            self.folder_label.setText(self.folder.name)
+            set_combo_data(self.source, FOLDER)
+            self.image_size.setValue(config.image_size)
+            set_combo_data(self.channels, config.channels)
+        set_combo_data(self.kind, config.schedule.kind)
+        self.steps_T.setValue(config.schedule.num_timesteps)
+        set_combo_data(self.prediction, config.prediction_type)
+        self.batch.setValue(config.batch_size)
+        self.lr.setValue(config.learning_rate)
+        self.seed.setValue(config.seed)
+
+    # ------------------------------------------------------------------ settings
+
+    FIELDS = ("image_size", "steps_T", "batch", "max_steps", "seed", "preview_every")
+    FLOAT_FIELDS = ("lr", "max_minutes", "autosave_minutes")
+    COMBOS = ("source", "channels", "model_size", "kind", "prediction", "budget", "device")
+
+    def save_state(self, settings: QSettings) -> None:
+        super().save_state(settings)
+        values: dict[str, Any] = {name: getattr(self, name).value() for name in self.FIELDS}
+        values.update({name: getattr(self, name).value() for name in self.FLOAT_FIELDS})
+        values.update({name: getattr(self, name).currentData() for name in self.COMBOS})
+        values["folder"] = str(self.folder) if self.folder else None
+        values["log_y"] = self.log_y.isChecked()
+        write_json(settings, f"{self.key()}/fields", values)
+
+    def restore_state(self, settings: QSettings) -> None:
+        super().restore_state(settings)
+        values = read_json(settings, f"{self.key()}/fields", {})
+        if not isinstance(values, dict):
+            return
+        for name in self.FIELDS + self.FLOAT_FIELDS:
+            if isinstance(values.get(name), (int, float)):
+                box = getattr(self, name)
+                box.setValue(values[name] if name in self.FLOAT_FIELDS else int(values[name]))
+        folder = values.get("folder")
+        if isinstance(folder, str) and Path(folder).is_dir():
+            self.folder = Path(folder)
+            self.folder_label.setText(self.folder.name)
+        for name in self.COMBOS:
+            if name == "source" and values.get(name) == FOLDER and self.folder is None:
+                continue
+            set_combo_data(getattr(self, name), values.get(name))
+        if isinstance(values.get("log_y"), bool):
+            self.log_y.setChecked(values["log_y"])
+        self._on_source_changed()
+        self._on_budget_changed()

@@ -1,0 +1,153 @@
+"""pytest-qt set-up for the app tests: headless Qt, settings and files in tmp paths, dialogs
+answered by the test, and a check that no test leaves a worker thread running."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from collections import deque
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from PySide6.QtCore import QSettings
+
+from app import dialogs
+from core.checkpoint import save_checkpoint
+from core.models import UNetConfig
+from core.schedule import ScheduleConfig
+from core.training import Trainer, preset_config
+
+
+class FakeDialogs:
+    """Stands in for app.dialogs: records messages, answers questions from queues.
+
+    A question nobody queued an answer for fails the test (it would block a real user).
+    """
+
+    def __init__(self) -> None:
+        self.errors: list[tuple[str, str]] = []
+        self.infos: list[tuple[str, str]] = []
+        self.abouts: list[str] = []
+        self.paths: deque[Path | None] = deque()
+        self.answers: deque[bool] = deque()
+        self.asked: list[str] = []
+
+    def _path(self, title: str) -> Path | None:
+        self.asked.append(title)
+        if not self.paths:
+            raise AssertionError(f"unexpected file dialog: {title!r}")
+        return self.paths.popleft()
+
+    def ask_open_path(self, parent, title, filter, start=""):
+        return self._path(title)
+
+    def ask_folder(self, parent, title, start=""):
+        return self._path(title)
+
+    def ask_save_path(self, parent, title, filter, suggested=""):
+        return self._path(title)
+
+    def ask_yes_no(self, parent, title, question):
+        self.asked.append(title)
+        if not self.answers:
+            raise AssertionError(f"unexpected question: {title!r}: {question}")
+        return self.answers.popleft()
+
+    def show_error(self, parent, title, message):
+        self.errors.append((title, message))
+
+    def show_info(self, parent, title, message):
+        self.infos.append((title, message))
+
+    def show_about(self, parent, title, html):
+        self.abouts.append(html)
+
+
+@pytest.fixture(autouse=True)
+def app_dirs(tmp_path, monkeypatch):
+    """Settings (QSettings INI files) and the app's data folder live in tmp_path."""
+    settings_dir = tmp_path / "settings"
+    data_dir = tmp_path / "data"
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(settings_dir))
+    monkeypatch.setenv("DIFFUSION_STUDIO_DATA_DIR", str(data_dir))
+    return SimpleNamespace(settings=settings_dir, data=data_dir)
+
+
+@pytest.fixture(autouse=True)
+def fake_dialogs(monkeypatch) -> FakeDialogs:
+    fake = FakeDialogs()
+    for name in (
+        "ask_open_path",
+        "ask_folder",
+        "ask_save_path",
+        "ask_yes_no",
+        "show_error",
+        "show_info",
+        "show_about",
+    ):
+        monkeypatch.setattr(dialogs, name, getattr(fake, name))
+    return fake
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left(qapp):
+    """Fail a test that leaves a worker thread running (after giving it a moment to end)."""
+    yield
+    from app.worker import live_threads, wait_for_all_threads
+
+    if live_threads():
+        left = [t.objectName() for t in live_threads()]
+        wait_for_all_threads(20.0)  # do not let a stray thread crash the next test
+        pytest.fail(f"the test left worker thread(s) running: {left}")
+
+
+@pytest.fixture
+def window(qtbot, fake_dialogs):
+    """The main window, shown; closed at the end (answering Yes if a job still runs)."""
+    from app.main_window import MainWindow
+
+    win = MainWindow()
+    qtbot.addWidget(win)
+    win.show()
+    yield win
+    if win.isVisible():
+        if win.busy_panels():
+            fake_dialogs.answers.append(True)
+        win.close()
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> SimpleNamespace:
+    """Tiny trained checkpoints: a 2-D points MLP and a digits UNet (a few steps each)."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    points = Trainer(
+        preset_config(
+            "moons", "small", max_steps=30, max_minutes=None, device="cpu", num_points=512
+        )
+    )
+    for _ in points.run():
+        pass
+    tiny_unet = UNetConfig(channels=(8, 8), attention_heads=0, norm_groups=4)
+    images = Trainer(
+        preset_config(
+            "digits",
+            "small",
+            max_steps=2,
+            max_minutes=None,
+            batch_size=4,
+            device="cpu",
+            schedule=ScheduleConfig("cosine", 100),
+            model=tiny_unet,
+        )
+    )
+    for _ in images.run():
+        pass
+    paths = SimpleNamespace(
+        points=folder / "moons.safetensors", images=folder / "digits.safetensors"
+    )
+    save_checkpoint(paths.points, points.checkpoint())
+    save_checkpoint(paths.images, images.checkpoint())
+    return paths

@@ -1,0 +1,171 @@
+"""Main window: routing of files, drag-and-drop, settings, About, closing during a job."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import QLabel
+
+from app.main_window import MainWindow
+from app.widgets import set_combo_data
+from app.worker import live_threads
+from core.data import default_photo_path
+
+
+def test_first_launch_shows_the_bundled_photo_on_every_panel(window):
+    assert window.forward.image_path == default_photo_path()
+    assert window.forward.view.image is not None
+    assert window.schedules.curves["alpha_bar"].getOriginalDataset()[0].size == 1000
+    assert window.playback.start_image == default_photo_path()
+    assert [window.tabs.tabText(i) for i in range(4)] == [
+        "Schedules",
+        "Forward",
+        "Training",
+        "Playback",
+    ]
+
+
+def test_every_control_has_a_tooltip(window):
+    from PySide6.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QSlider
+
+    missing = [
+        w.objectName() or f"{type(w).__name__}:{getattr(w, 'text', lambda: '')()}"
+        for kind in (QAbstractButton, QAbstractSpinBox, QComboBox, QSlider)
+        for w in window.findChildren(kind)
+        if w.isVisibleTo(window)
+        and not w.toolTip()
+        and w.window() is window
+        and type(w).__name__ not in ("QToolButton", "QTabBar")
+    ]
+    assert missing == []
+
+
+def test_schedule_change_reaches_the_forward_panel(window):
+    set_combo_data(window.schedules.kind, "cosine")
+    window.schedules.steps.setValue(200)
+    assert window.forward.schedule.config.kind == "cosine"
+    assert window.forward.slider.maximum() == 200
+
+
+def test_open_path_routes_by_kind(window, tmp_path, checkpoints):
+    image = tmp_path / "pic.png"
+    Image.fromarray(np.full((20, 30, 3), 128, dtype=np.uint8)).save(image)
+    assert window.open_path(image)
+    assert window.tabs.currentWidget() is window.forward
+    assert window.forward.image_path == image
+    assert window.open_path(checkpoints.points)
+    assert window.tabs.currentWidget() is window.playback
+    assert window.playback.checkpoint.is_points
+    assert window.open_path(tmp_path)
+    assert window.tabs.currentWidget() is window.training
+    assert window.training.folder == tmp_path
+
+
+def test_corrupt_files_show_an_error_and_the_app_stays_usable(window, tmp_path, fake_dialogs):
+    bad_image = tmp_path / "bad.jpg"
+    bad_image.write_bytes(b"\xff\xd8\xff garbage")
+    bad_ckpt = tmp_path / "bad.safetensors"
+    bad_ckpt.write_bytes(b"{}" * 10)
+    other = tmp_path / "notes.txt"
+    other.write_text("hello")
+    assert not window.open_path(bad_image)
+    assert not window.open_path(bad_ckpt)
+    assert not window.open_path(other)
+    assert [title for title, _ in fake_dialogs.errors] == [
+        "Cannot open image",
+        "Cannot open checkpoint",
+        "Cannot open",
+    ]
+    assert "bad.jpg" in fake_dialogs.errors[0][1]
+    window.forward.slider.setValue(5)  # still works
+    assert window.forward.image_path == default_photo_path()
+
+
+def test_drop_a_file_anywhere_on_the_window(window, tmp_path, qtbot):
+    image = tmp_path / "dropped.png"
+    Image.fromarray(np.zeros((10, 10), dtype=np.uint8)).save(image)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(image))])
+    target = window.schedules.plots.viewport()  # a plot deep inside another tab
+    buttons, modifiers = Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier
+    # Qt delivers synthetic drag events only during a real drag, so hand them to the window's
+    # application-wide event filter as Qt would for a drop on `target`.
+    try:  # Qt 6.12 takes a QPointF, older versions a QPoint
+        enter = QDragEnterEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, buttons, modifiers)
+    except TypeError:
+        enter = QDragEnterEvent(QPoint(5, 5), Qt.DropAction.CopyAction, mime, buttons, modifiers)
+    assert window.eventFilter(target, enter) and enter.isAccepted()
+    drop = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, buttons, modifiers)
+    assert window.eventFilter(target, drop) and drop.isAccepted()
+    qtbot.waitUntil(lambda: window.forward.image_path == image, timeout=3000)
+    assert window.tabs.currentWidget() is window.forward
+    other = QLabel("not in the window")
+    stray = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, buttons, modifiers)
+    assert not window.eventFilter(other, stray)
+
+
+def test_settings_and_recent_files_persist(window, tmp_path, qtbot, fake_dialogs):
+    image = tmp_path / "remember.png"
+    Image.fromarray(np.zeros((12, 12, 3), dtype=np.uint8)).save(image)
+    window.open_path(image)
+    set_combo_data(window.schedules.kind, "sigmoid")
+    window.forward.seed.setValue(7)
+    window.training.batch.setValue(32)
+    window.playback.num_steps.setValue(25)
+    window.resize(1000, 700)
+    window.close()
+    again = MainWindow()
+    qtbot.addWidget(again)
+    assert again.schedules.schedule.config.kind == "sigmoid"
+    assert again.forward.image_path == image
+    assert again.forward.seed.value() == 7
+    assert again.training.batch.value() == 32
+    assert again.playback.num_steps.value() == 25
+    assert again.settings.value("window/geometry") is not None
+    assert again.size().height() == 700
+    recent = [a.toolTip() for a in again.recent_menu.actions() if a.toolTip()]
+    assert str(image.resolve()) in recent
+    again.close()
+
+
+def test_about_names_versions_and_licences(window, fake_dialogs):
+    window.show_about()
+    text = fake_dialogs.abouts[-1]
+    assert torch.__version__ in text and "Qt" in text
+    assert "CC BY-SA 3.0" in text and "public domain" in text
+    assert "prod alpha_s" in text
+
+
+def test_export_gif_menu_uses_the_forward_panel_by_default(window, tmp_path, fake_dialogs, qtbot):
+    window.forward.gif_frames.setValue(3)
+    window.forward.gif_size.setValue(32)
+    target = tmp_path / "menu.gif"
+    fake_dialogs.paths.append(target)
+    with qtbot.waitSignal(window.forward.export_runner.finished, timeout=20000):
+        window.export_gif_action.trigger()
+    window.forward.export_runner.wait(10)
+    with Image.open(target) as gif:
+        assert gif.n_frames == 3 and max(gif.size) == 32
+
+
+def test_close_during_training_asks_stops_and_saves(window, qtbot, fake_dialogs, app_dirs):
+    training = window.training
+    set_combo_data(training.source, "moons")
+    set_combo_data(training.model_size, "small")
+    set_combo_data(training.budget, "steps")
+    training.max_steps.setValue(1_000_000)
+    training.preview_every.setValue(0)
+    assert training.start()
+    qtbot.waitUntil(lambda: training.loss.n >= 2, timeout=30000)
+    fake_dialogs.answers.append(False)  # "No": keep running
+    window.close()
+    assert window.isVisible() and training.runner.is_running
+    fake_dialogs.answers.append(True)
+    window.close()
+    assert not window.isVisible()
+    assert live_threads() == []
+    saved = list((app_dirs.data / "checkpoints").glob("moons-*.safetensors"))
+    assert len(saved) == 1

@@ -1,0 +1,108 @@
+"""Playback panel: sample in the worker, step through frames, export GIF and PNG frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.panels.playback_panel import VIEW_PAIR, PlaybackPanel
+from app.widgets import set_combo_data
+from core.data import default_photo_path
+
+
+@pytest.fixture
+def panel(qtbot):
+    p = PlaybackPanel()
+    qtbot.addWidget(p)
+    p.show()
+    yield p
+    p.shutdown(20)
+
+
+def sample(panel, qtbot, steps=5, n=4):
+    set_combo_data(panel.sampler_kind, "ddim")
+    panel.num_steps.setValue(steps)
+    panel.num_samples.setValue(n)
+    with qtbot.waitSignal(panel.runner.finished, timeout=60000):
+        assert panel.start_sampling()
+    panel.runner.wait(10)
+
+
+def test_ddim_sampling_and_stepping_through_frames(panel, qtbot, checkpoints):
+    assert panel.load_checkpoint(checkpoints.images)
+    sample(panel, qtbot, steps=5, n=4)
+    traj = panel.trajectory
+    assert len(traj) == 6 and traj.timesteps[-1] == -1
+    assert panel.scrub.maximum() == 5 and panel.frame_index == 5
+    final_grid = panel.grid_view.image.copy()
+    panel.back_button.click()
+    assert panel.frame_index == 4
+    assert "t = " in panel.frame_label.text()
+    np.testing.assert_array_equal(panel.xt_view.image, traj.x_t(4)[0, ..., 0])
+    np.testing.assert_array_equal(panel.x0_view.image, traj.pred_x0(4)[0, ..., 0])
+    panel.scrub.setValue(0)
+    assert not np.array_equal(panel.grid_view.image, final_grid)
+    panel.sample_index.setValue(3)
+    np.testing.assert_array_equal(panel.xt_view.image, traj.x_t(0)[3, ..., 0])
+    panel.play_button.click()
+    qtbot.waitUntil(lambda: panel.frame_index >= 2, timeout=5000)
+    panel.play_button.click()
+
+
+def test_points_model_shows_a_point_cloud(panel, qtbot, checkpoints):
+    assert panel.load_checkpoint(checkpoints.points)
+    assert panel.views.currentWidget() is panel.point_views
+    assert not panel.from_image.isEnabled()
+    sample(panel, qtbot, steps=4, n=50)
+    x, y = panel.points_scatter.getData()
+    np.testing.assert_allclose(x, panel.trajectory.x_t(4)[:, 0])
+    panel.show_frame(3)
+    tx, _ = panel.trail_curve.getData()
+    assert len(tx) == 50 * 4  # frames 0..3: a trail of 4 positions per point
+
+
+def test_start_from_an_image(panel, qtbot, checkpoints):
+    panel.load_checkpoint(checkpoints.images)
+    panel.set_start_image(str(default_photo_path()))
+    panel.from_image.setChecked(True)
+    panel.start_t.setValue(40)
+    sample(panel, qtbot, steps=10, n=2)
+    assert panel.trajectory.timesteps[0] <= 40
+    assert len(panel.trajectory) < 11  # only the steps at or below t = 40
+
+
+def test_export_gif_and_png_frames(panel, qtbot, checkpoints, tmp_path, fake_dialogs):
+    panel.load_checkpoint(checkpoints.images)
+    sample(panel, qtbot, steps=5, n=4)
+    set_combo_data(panel.export_view, VIEW_PAIR)
+    panel.export_frames.setValue(4)
+    panel.export_scale.setValue(2)
+    gif = tmp_path / "reverse.gif"
+    fake_dialogs.paths.append(gif)
+    with qtbot.waitSignal(panel.export_runner.finished, timeout=30000):
+        panel.gif_button.click()
+    panel.export_runner.wait(10)
+    with Image.open(gif) as picture:
+        # two 28x28 tiles side by side with 1-pixel padding, scaled 2x
+        assert picture.size == (2 * (2 * 28 + 3), 2 * (28 + 2))
+        assert 2 <= picture.n_frames <= 4
+    folder = tmp_path / "frames"
+    fake_dialogs.paths.append(folder)
+    with qtbot.waitSignal(panel.export_runner.finished, timeout=30000):
+        panel.png_button.click()
+    panel.export_runner.wait(10)
+    assert len(list(folder.glob("frame_*.png"))) == 4
+    assert fake_dialogs.errors == []
+
+
+def test_bad_checkpoint_shows_an_error_and_keeps_the_model(
+    panel, checkpoints, tmp_path, fake_dialogs
+):
+    panel.load_checkpoint(checkpoints.points)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"this is not a checkpoint at all")
+    assert not panel.load_checkpoint(bad)
+    assert fake_dialogs.errors[-1][0] == "Cannot open checkpoint"
+    assert panel.checkpoint is not None and panel.checkpoint.is_points
+    assert panel.sample_button.isEnabled()

@@ -1,0 +1,89 @@
+"""Schedules panel: the plotted curves are the engine's, bad values are refused, exports work."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from app.panels.schedule_panel import CURVES, SchedulesPanel
+from app.widgets import set_combo_data
+from core.schedule import NoiseSchedule, ScheduleConfig
+
+
+@pytest.fixture
+def panel(qtbot):
+    p = SchedulesPanel()
+    qtbot.addWidget(p)
+    p.show()
+    return p
+
+
+def plotted(panel, key):
+    x, y = panel.curves[key].getOriginalDataset()
+    return np.asarray(x), np.asarray(y)
+
+
+def test_changing_the_schedule_redraws_the_engines_curves(panel, qtbot):
+    with qtbot.waitSignal(panel.schedule_changed) as changed:
+        set_combo_data(panel.kind, "cosine")
+    panel.steps.setValue(250)
+    config = ScheduleConfig("cosine", 250)
+    assert changed.args[0].kind == "cosine"
+    table = NoiseSchedule(config).table()
+    for key, _, _ in CURVES:
+        x, y = plotted(panel, key)
+        np.testing.assert_array_equal(x, table["t"])
+        finite = np.isfinite(table[key])
+        np.testing.assert_allclose(y[finite], table[key][finite], rtol=1e-12)
+    # alphabar_t is the cumulative PRODUCT of alpha_s
+    _, alphabar = plotted(panel, "alpha_bar")
+    np.testing.assert_allclose(alphabar, np.cumprod(1 - table["beta"]), rtol=1e-10)
+
+
+def test_zero_terminal_snr_leaves_a_gap_instead_of_minus_infinity(panel):
+    panel.zero_snr.setChecked(True)
+    _, log_snr = plotted(panel, "log_snr")
+    assert np.isnan(log_snr[-1]) and np.isfinite(log_snr[:-1]).all()
+
+
+def test_beta_start_above_beta_end_is_refused_with_a_message(panel):
+    before = plotted(panel, "beta")[1].copy()
+    panel.beta_start.setValue(0.05)  # beta_end stays 0.02
+    assert panel.error.isVisible() or panel.error.text()
+    assert "beta_start" in panel.error.text()
+    np.testing.assert_array_equal(plotted(panel, "beta")[1], before)
+    assert panel.schedule.config.beta_start == pytest.approx(1e-4)
+
+
+def test_comparison_overlays_and_readout(panel):
+    panel.add_to_comparison()
+    set_combo_data(panel.kind, "cosine")
+    panel.add_to_comparison()
+    assert len(panel.comparison) == 2
+    assert len(panel.legend.items) == 3
+    panel.set_hover_t(10)
+    text = panel.readout.text()
+    assert "t = 10" in text and "cosine" in text
+    value = NoiseSchedule(ScheduleConfig("linear")).table()["alpha_bar"][10]
+    assert f"{value:.5g}" in text
+    panel.clear_comparison()
+    assert panel.comparison == [] and len(panel.legend.items) == 1
+
+
+def test_export_csv_and_plot(panel, tmp_path, fake_dialogs):
+    csv_path = tmp_path / "curves.csv"
+    fake_dialogs.paths.append(csv_path)
+    panel.csv_button.click()
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    table = panel.schedule.table()
+    assert len(rows) == panel.schedule.num_timesteps
+    assert float(rows[500]["alpha_bar"]) == table["alpha_bar"][500]
+    for suffix in ("png", "svg"):
+        path = tmp_path / f"plot.{suffix}"
+        fake_dialogs.paths.append(path)
+        panel.plot_button.click()
+        assert path.stat().st_size > 1000
+    assert fake_dialogs.errors == []

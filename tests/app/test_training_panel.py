@@ -1,0 +1,138 @@
+"""Training panel: a tiny run to the end, pause / resume / stop, failures, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.panels.training_panel import TrainingPanel
+from app.widgets import set_combo_data
+from core.checkpoint import load_checkpoint
+
+
+@pytest.fixture
+def panel(qtbot):
+    p = TrainingPanel()
+    qtbot.addWidget(p)
+    p.show()
+    yield p
+    p.shutdown(20)
+
+
+def tiny(panel, source="moons", steps=40):
+    set_combo_data(panel.source, source)
+    set_combo_data(panel.model_size, "small")
+    set_combo_data(panel.device, "cpu")
+    set_combo_data(panel.budget, "steps")
+    panel.max_steps.setValue(steps)
+    panel.batch.setValue(64 if source in ("moons",) else 4)
+    panel.steps_T.setValue(100)
+    panel.preview_every.setValue(10 if source == "moons" else 0)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Four 8x8 grey images: a tiny image data set that trains fast."""
+    folder = tmp_path / "tiny_images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_tiny_run_to_completion_grows_the_loss_curve(panel, qtbot, app_dirs, image_folder):
+    assert panel.set_data_folder(image_folder)
+    tiny(panel, "folder", steps=3)
+    panel.image_size.setValue(8)
+    set_combo_data(panel.channels, 1)
+    with qtbot.waitSignal(panel.model_trained, timeout=60000) as trained:
+        panel.start_button.click()
+        assert not panel.start_button.isEnabled() and panel.stop_button.isEnabled()
+    assert panel.runner.wait(10)
+    steps, losses = panel.loss_curve.getOriginalDataset()
+    assert list(steps) == [1, 2, 3]
+    assert (losses > 0).all()
+    assert trained.args[0].training["step"] == 3
+    saved = list((app_dirs.data / "checkpoints").glob("tiny_images-*.safetensors"))
+    assert len(saved) == 1 and load_checkpoint(saved[0]).training["step"] == 3
+    assert panel.start_button.isEnabled() and not panel.stop_button.isEnabled()
+
+
+def test_points_run_shows_previews(panel, qtbot):
+    tiny(panel, "moons", steps=20)
+    with qtbot.waitSignal(panel.runner.finished, timeout=60000):
+        panel.start()
+    panel.redraw_now()
+    assert panel.preview is not None and panel.preview.samples.shape[1] == 2
+    x, _ = panel.sample_scatter.getData()
+    assert len(x) == panel.preview.samples.shape[0]
+    assert panel.scatter.getOriginalDataset()[0].size == 20 * 64
+
+
+def test_pause_resume_stop(panel, qtbot):
+    tiny(panel, "moons", steps=1_000_000)
+    panel.start()
+    qtbot.waitUntil(lambda: panel.loss.n >= 3, timeout=30000)
+    panel.pause_button.click()
+    assert panel.pause_button.text() == "Resume"
+    qtbot.wait(200)
+    paused_at = panel.loss.n
+    qtbot.wait(300)
+    assert panel.loss.n == paused_at
+    panel.pause_button.click()
+    qtbot.waitUntil(lambda: panel.loss.n > paused_at, timeout=30000)
+    with qtbot.waitSignal(panel.model_trained, timeout=30000) as trained:
+        panel.stop_button.click()
+    assert panel.runner.wait(10)
+    assert trained.args[0].training["step"] >= paused_at
+    assert panel.last_result.path.exists()
+
+
+def test_invalid_settings_do_not_start(panel, fake_dialogs):
+    set_combo_data(panel.source, "folder")  # no folder chosen
+    assert not panel.start()
+    assert not panel.runner.is_running
+    assert "folder" in fake_dialogs.errors[-1][1]
+
+
+def test_a_failing_run_stops_with_the_message(panel, qtbot, tmp_path, fake_dialogs):
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not really a png")  # listed, but cannot be loaded
+    assert panel.set_data_folder(folder)
+    tiny(panel, "folder", steps=2)
+    with qtbot.waitSignal(panel.runner.failed, timeout=30000):
+        panel.start()
+    panel.runner.wait(10)
+    assert fake_dialogs.errors[-1][0] == "Training stopped"
+    assert "pics" in fake_dialogs.errors[-1][1]
+    assert panel.start_button.isEnabled()
+
+
+def test_save_and_resume_from_a_checkpoint(panel, qtbot, tmp_path, fake_dialogs):
+    tiny(panel, "moons", steps=5)
+    with qtbot.waitSignal(panel.runner.finished, timeout=60000):
+        panel.start()
+    panel.runner.wait(10)
+    target = tmp_path / "saved.safetensors"
+    fake_dialogs.paths.append(target)
+    panel.save_button.click()
+    assert load_checkpoint(target).training["step"] == 5
+    assert panel.set_resume_checkpoint(target)
+    assert panel.loss.n == 5  # the saved loss history is shown
+    panel.max_steps.setValue(3)  # three more steps
+    with qtbot.waitSignal(panel.model_trained, timeout=60000) as trained:
+        panel.start()
+    panel.runner.wait(10)
+    assert trained.args[0].training["step"] == 8
+    assert panel.resume_from is None
+
+
+def test_bad_checkpoint_cannot_be_resumed(panel, tmp_path, fake_dialogs, checkpoints):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    assert not panel.set_resume_checkpoint(bad)
+    assert fake_dialogs.errors[-1][0] == "Cannot resume"
+    assert panel.resume_from is None

@@ -1,0 +1,100 @@
+"""The worker pattern: a generator in a QThread, past-tense signals, pause / cancel, job ids."""
+
+from __future__ import annotations
+
+import time
+
+from app.worker import Job, JobControl, JobRunner, live_threads
+from core.errors import ConfigError
+
+
+def counting(n: int, delay: float = 0.0):
+    for i in range(n):
+        if delay:
+            time.sleep(delay)
+        yield i
+
+
+def test_job_runs_to_the_end_and_delivers_every_record_in_order(qtbot):
+    runner = JobRunner("test")
+    records = []
+    runner.progressed.connect(records.append)
+    with qtbot.waitSignal(runner.finished, timeout=5000) as done:
+        runner.start(Job("count", lambda: counting(500), on_end=lambda outcome: f"{outcome}!"))
+    assert records == list(range(500))
+    assert done.args == ["finished!"]
+    assert not runner.is_running
+    assert runner.wait(5)
+    assert live_threads() == []
+
+
+def test_core_error_becomes_failed_with_its_message(qtbot):
+    def broken():
+        yield 1
+        raise ConfigError("T = 0 is too small: use at least 2")
+
+    runner = JobRunner("test")
+    with qtbot.waitSignal(runner.failed, timeout=5000) as failed:
+        runner.start(Job("broken", broken))
+    assert failed.args == ["T = 0 is too small: use at least 2"]
+    runner.wait(5)
+
+
+def test_unexpected_exception_is_reported_not_raised(qtbot):
+    def buggy():
+        yield 1
+        raise ZeroDivisionError("oops")
+
+    runner = JobRunner("test")
+    with qtbot.waitSignal(runner.failed, timeout=5000) as failed:
+        runner.start(Job("buggy", buggy))
+    assert "ZeroDivisionError" in failed.args[0] and "oops" in failed.args[0]
+    runner.wait(5)
+
+
+def test_pause_stops_progress_and_cancel_ends_the_job(qtbot):
+    runner = JobRunner("test")
+    records = []
+    runner.progressed.connect(records.append)
+    control = JobControl()
+    runner.start(Job("slow", lambda: counting(100000, 0.001), control))
+    qtbot.waitUntil(lambda: len(records) > 5, timeout=5000)
+    runner.pause()
+    assert runner.is_paused
+    qtbot.wait(150)  # records already on their way arrive
+    seen = len(records)
+    qtbot.wait(200)
+    assert len(records) == seen  # nothing new while paused
+    runner.resume()
+    qtbot.waitUntil(lambda: len(records) > seen, timeout=5000)
+    with qtbot.waitSignal(runner.cancelled, timeout=5000):
+        runner.cancel()
+    assert control.is_cancelled
+    assert runner.wait(5)
+
+
+def test_starting_a_new_job_drops_the_old_jobs_late_signals(qtbot):
+    runner = JobRunner("test")
+    records, finished = [], []
+    runner.progressed.connect(records.append)
+    runner.finished.connect(finished.append)
+    runner.start(
+        Job("old", lambda: (f"old{i}" for i in counting(100000, 0.001)), on_end=lambda o: "old")
+    )
+    qtbot.waitUntil(lambda: len(records) > 0, timeout=5000)
+    records.clear()
+    with qtbot.waitSignal(runner.finished, timeout=5000):
+        runner.start(Job("new", lambda: iter(["a", "b"]), on_end=lambda o: "new"))
+    assert runner.wait(5)
+    qtbot.wait(50)
+    assert finished == ["new"]
+    assert [r for r in records if str(r).startswith("old")] == []
+    assert records == ["a", "b"]
+
+
+def test_shutdown_waits_for_the_thread(qtbot):
+    runner = JobRunner("test")
+    runner.start(Job("slow", lambda: counting(100000, 0.001)))
+    qtbot.waitUntil(lambda: runner.status is not None, timeout=5000)
+    assert runner.shutdown(10)
+    assert live_threads() == []
