@@ -14,6 +14,7 @@ zero-initialised output convolution so that an untrained net predicts 0.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -26,6 +27,7 @@ from torch import nn
 from core.errors import ConfigError
 
 __all__ = [
+    "DiffusersUNetConfig",
     "MLPConfig",
     "MLPDenoiser",
     "ModelConfig",
@@ -204,11 +206,111 @@ class MLPConfig:
         return _config_from_dict(cls, d)
 
 
-ModelConfig = Union[UNetConfig, MLPConfig]
+@dataclass(frozen=True)
+class DiffusersUNetConfig:
+    """A diffusers `UNet2DModel`, described by its own `config.json`.
 
-_CONFIG_CLASSES: dict[str, type[UNetConfig] | type[MLPConfig]] = {
+    config: that JSON object, kept as canonical JSON text (sorted keys) so that the dataclass
+        stays frozen and hashable; a dict is accepted and converted. Checked here without
+        importing diffusers: an unconditional UNet2DModel whose output has the input's
+        channels (1 or 3), with a known `sample_size` (int or [height, width]).
+    The network itself is built by `core.diffusers_models` (needs the `diffusers` extra).
+    """
+
+    kind: Literal["diffusers_unet"] = "diffusers_unet"
+    config: str = "{}"
+
+    def __post_init__(self) -> None:
+        _check_kind("DiffusersUNetConfig", self.kind, "diffusers_unet")
+        raw: Any = self.config
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"diffusers UNet config is not valid JSON: {exc}") from exc
+        if not isinstance(raw, Mapping):
+            raise ConfigError(
+                f"diffusers UNet config must be a JSON object, got {type(raw).__name__}"
+            )
+        object.__setattr__(self, "config", json.dumps(dict(raw), sort_keys=True))
+        cls_name = raw.get("_class_name", "UNet2DModel")
+        if cls_name != "UNet2DModel":
+            raise ConfigError(
+                f"this is a diffusers {cls_name}, but only unconditional UNet2DModel models "
+                "(DDPM/DDIM pipelines) can be opened"
+            )
+        in_ch = raw.get("in_channels", 3)
+        out_ch = raw.get("out_channels", 3)
+        if in_ch not in (1, 3) or isinstance(in_ch, bool):
+            raise ConfigError(
+                f"diffusers UNet has in_channels = {in_ch!r}; only image models with 1 "
+                "(grayscale) or 3 (RGB) channels can be opened (latent models need a VAE)"
+            )
+        if out_ch != in_ch:
+            raise ConfigError(
+                f"diffusers UNet has out_channels = {out_ch!r} but in_channels = {in_ch}: "
+                "models with a learned variance output are not supported"
+            )
+        for key in ("num_class_embeds", "class_embed_type"):
+            if raw.get(key) is not None:
+                raise ConfigError(
+                    f"diffusers UNet is class-conditional ({key} = {raw[key]!r}); "
+                    "only unconditional models can be opened"
+                )
+        size = raw.get("sample_size")
+        if isinstance(size, int) and not isinstance(size, bool):
+            size = [size, size]
+        if (
+            not isinstance(size, (list, tuple))
+            or len(size) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+        ):
+            raise ConfigError(
+                f"diffusers UNet config has sample_size = {raw.get('sample_size')!r}; "
+                "it needs a positive int or [height, width] to know the image size"
+            )
+
+    @property
+    def unet_config(self) -> dict[str, Any]:
+        """The diffusers config as a fresh dict (for `UNet2DModel.from_config`)."""
+        return json.loads(self.config)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.unet_config.get("in_channels", 3))
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(height, width) of the images the model makes."""
+        size = self.unet_config["sample_size"]
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    @property
+    def image_size(self) -> int:
+        """Longest side in pixels (height = width for almost every model)."""
+        return max(self.image_shape)
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one sample."""
+        return (self.in_channels, *self.image_shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (the diffusers config as an object); `model_config_from_dict` reverses it."""
+        return {"kind": self.kind, "config": self.unet_config}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DiffusersUNetConfig:
+        """Validate and build from a dict such as `to_dict()` returns."""
+        return _config_from_dict(cls, d)
+
+
+ModelConfig = Union[UNetConfig, MLPConfig, DiffusersUNetConfig]
+
+_CONFIG_CLASSES: dict[str, type[UNetConfig] | type[MLPConfig] | type[DiffusersUNetConfig]] = {
     "unet": UNetConfig,
     "mlp": MLPConfig,
+    "diffusers_unet": DiffusersUNetConfig,
 }
 
 
@@ -226,7 +328,7 @@ def _config_from_dict(cls: type, d: Mapping[str, Any]) -> Any:
 
 
 def model_config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
-    """Build a `UNetConfig` or `MLPConfig` from a dict, dispatching on d["kind"].
+    """Build a model config from a dict, dispatching on d["kind"] (unet, mlp, diffusers_unet).
 
     Raises ConfigError for a missing or unknown kind, unknown keys, wrong types or values.
     """
@@ -524,6 +626,10 @@ def build_model(config: ModelConfig) -> nn.Module:
         return UNet(config)
     if isinstance(config, MLPConfig):
         return MLPDenoiser(config)
+    if isinstance(config, DiffusersUNetConfig):
+        from core.diffusers_models import DiffusersUNet  # imports diffusers: only when needed
+
+        return DiffusersUNet(config)
     raise ConfigError(f"not a model config: {config!r}")
 
 

@@ -1,0 +1,378 @@
+"""Open diffusers `UNet2DModel` folders (as written by `save_pretrained`) as our checkpoints.
+
+A model folder holds `config.json` + `diffusion_pytorch_model.safetensors`; its noise schedule
+is a `scheduler_config.json` beside it or one level above (a pipeline folder with `unet/` and
+`scheduler/`, as `DDPMPipeline.save_pretrained` writes it). The scheduler's settings map onto
+ours:
+
+    num_train_timesteps            -> ScheduleConfig.num_timesteps
+    beta_schedule                  -> kind: linear, scaled_linear, squaredcos_cap_v2 -> cosine,
+                                      sigmoid
+    beta_start, beta_end           -> beta_start, beta_end
+    trained_betas                  -> betas (explicit)
+    rescale_betas_zero_snr         -> zero_terminal_snr
+    prediction_type                -> epsilon -> epsilon, v_prediction -> v, sample -> x0
+    timestep_spacing, clip_sample, clip_sample_range, variance_type
+                                   -> the suggested SamplerConfig (Checkpoint.meta)
+
+The network is wrapped so that it is called like ours: `model(x (B, C, H, W), t (B,))`.
+
+`diffusers` is an optional dependency (`pip install diffusion-studio[diffusers]`): it is
+imported only when such a model is loaded or built, so `core` imports without it. Finding a
+folder and mapping a scheduler config need no diffusers at all.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.errors import CheckpointError, ConfigError
+from core.models import DiffusersUNetConfig
+from core.samplers import (
+    TIMESTEP_SPACINGS,
+    VARIANCE_TYPES,
+    PredictionType,
+    SamplerConfig,
+)
+from core.schedule import ScheduleConfig
+
+__all__ = [
+    "DIFFUSERS_CONFIG",
+    "DIFFUSERS_WEIGHTS",
+    "SCHEDULER_CONFIG",
+    "DiffusersFolder",
+    "DiffusersUNet",
+    "diffusers_available",
+    "find_diffusers_model",
+    "import_diffusers",
+    "is_diffusers_model",
+    "load_diffusers_checkpoint",
+    "scheduler_settings",
+]
+
+DIFFUSERS_CONFIG = "config.json"
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+SCHEDULER_CONFIG = "scheduler_config.json"
+PIPELINE_INDEX = "model_index.json"
+# Files inside a model or pipeline folder that stand for the folder when a user picks one.
+_FOLDER_FILES = (DIFFUSERS_CONFIG, DIFFUSERS_WEIGHTS, SCHEDULER_CONFIG, PIPELINE_INDEX)
+
+_BETA_SCHEDULES = {
+    "linear": "linear",
+    "scaled_linear": "scaled_linear",
+    "squaredcos_cap_v2": "cosine",
+    "sigmoid": "sigmoid",
+}
+_PREDICTION_TYPES: dict[str, PredictionType] = {
+    "epsilon": "epsilon",
+    "v_prediction": "v",
+    "sample": "x0",
+}
+# Pipeline components that mean "the UNet works in a latent space": its samples are not images.
+_LATENT_COMPONENTS = ("vae", "vqvae", "vqvae_model")
+
+
+def install_hint() -> str:
+    """What to do when diffusers is missing (a bundle cannot pip-install it)."""
+    if getattr(sys, "frozen", False):
+        return (
+            "this desktop bundle is built without diffusers; to open diffusers models install "
+            "Diffusion Studio with pip: pip install 'diffusion-studio[diffusers]'"
+        )
+    return "install the optional diffusers extra: pip install 'diffusion-studio[diffusers]'"
+
+
+def diffusers_available() -> bool:
+    """True when `import diffusers` would work (checked without importing it)."""
+    try:
+        return importlib.util.find_spec("diffusers") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def import_diffusers() -> ModuleType:
+    """The diffusers module, or CheckpointError saying how to install it."""
+    try:
+        return importlib.import_module("diffusers")
+    except ImportError as exc:
+        raise CheckpointError(f"opening a diffusers model needs diffusers: {install_hint()}") from exc
+
+
+# ----------------------------------------------------------------------------- finding folders
+
+
+@dataclass(frozen=True)
+class DiffusersFolder:
+    """Where a diffusers model's parts are.
+
+    root: the folder the user meant (the pipeline folder, or the model folder itself);
+    unet_dir: holds config.json + diffusion_pytorch_model.safetensors;
+    scheduler_config: the scheduler_config.json found for it, or None.
+    """
+
+    root: Path
+    unet_dir: Path
+    scheduler_config: Path | None
+
+
+def _is_model_dir(folder: Path) -> bool:
+    return (folder / DIFFUSERS_CONFIG).is_file() and (folder / DIFFUSERS_WEIGHTS).is_file()
+
+
+def _find_scheduler_config(unet_dir: Path) -> Path | None:
+    """scheduler_config.json beside the model, or one level above (also in a scheduler/ folder)."""
+    for candidate in _scheduler_candidates(unet_dir):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _scheduler_candidates(unet_dir: Path) -> list[Path]:
+    parent = unet_dir.parent
+    return [
+        unet_dir / SCHEDULER_CONFIG,
+        unet_dir / "scheduler" / SCHEDULER_CONFIG,
+        parent / SCHEDULER_CONFIG,
+        parent / "scheduler" / SCHEDULER_CONFIG,
+    ]
+
+
+def find_diffusers_model(path: str | Path) -> DiffusersFolder | None:
+    """The diffusers model at `path`, or None if there is none. Never imports diffusers.
+
+    `path` may be a model folder (config.json + diffusion_pytorch_model.safetensors), a
+    pipeline folder holding such a model in `unet/`, or one of those folders' files
+    (config.json, the weights, scheduler_config.json, model_index.json).
+    """
+    path = Path(path).expanduser()
+    if path.is_file() and path.name in _FOLDER_FILES:
+        path = path.parent
+        if path.name == "scheduler" and _is_model_dir(path.parent / "unet"):
+            path = path.parent
+    if not path.is_dir():
+        return None
+    if _is_model_dir(path):
+        unet_dir = path
+        root = path.parent if (path.parent / PIPELINE_INDEX).is_file() else path
+    elif _is_model_dir(path / "unet"):
+        unet_dir, root = path / "unet", path
+    else:
+        return None
+    return DiffusersFolder(root, unet_dir, _find_scheduler_config(unet_dir))
+
+
+def is_diffusers_model(path: str | Path) -> bool:
+    """True when `path` is (or is a file of) a diffusers UNet model or pipeline folder."""
+    return find_diffusers_model(path) is not None
+
+
+# ----------------------------------------------------------------------------- scheduler mapping
+
+
+def scheduler_settings(
+    config: dict[str, Any],
+) -> tuple[ScheduleConfig, PredictionType, SamplerConfig, list[str]]:
+    """Map a diffusers scheduler config onto ours.
+
+    Returns (schedule, prediction type, the sampler the config suggests, notes on settings that
+    have no equivalent here). Raises ConfigError for a schedule or prediction type we lack.
+    """
+    if not isinstance(config, dict):
+        raise ConfigError(f"a scheduler config must be a JSON object, got {type(config).__name__}")
+    notes: list[str] = []
+    name = str(config.get("_class_name", "DDPMScheduler"))
+
+    # 1. the noise schedule
+    beta_schedule = config.get("beta_schedule", "linear")
+    trained = config.get("trained_betas")
+    if trained is None and beta_schedule not in _BETA_SCHEDULES:
+        raise ConfigError(
+            f"scheduler beta_schedule {beta_schedule!r} is not supported; known: "
+            f"{', '.join(_BETA_SCHEDULES)} (or explicit trained_betas)"
+        )
+    num_timesteps = config.get("num_train_timesteps", 1000)
+    schedule = ScheduleConfig(
+        kind=_BETA_SCHEDULES.get(beta_schedule, "linear"),  # type: ignore[arg-type]
+        num_timesteps=num_timesteps,
+        beta_start=float(config.get("beta_start", 1e-4)),
+        beta_end=float(config.get("beta_end", 0.02)),
+        zero_terminal_snr=bool(config.get("rescale_betas_zero_snr", False)),
+        betas=tuple(float(b) for b in trained) if trained is not None else None,
+    )
+
+    # 2. what the network predicts
+    raw_prediction = config.get("prediction_type", "epsilon")
+    if raw_prediction not in _PREDICTION_TYPES:
+        raise ConfigError(
+            f"scheduler prediction_type {raw_prediction!r} is not supported; known: "
+            f"{', '.join(_PREDICTION_TYPES)}"
+        )
+    prediction = _PREDICTION_TYPES[raw_prediction]
+
+    # 3. the sampler it was made for (diffusers' defaults where a key is absent)
+    spacing = config.get("timestep_spacing", "leading")
+    if spacing not in TIMESTEP_SPACINGS:
+        notes.append(f"timestep_spacing {spacing!r} is not available; 'leading' is used")
+        spacing = "leading"
+    variance = config.get("variance_type", "fixed_small")
+    if variance not in VARIANCE_TYPES:
+        notes.append(f"variance_type {variance!r} is not available; 'fixed_small' is used")
+        variance = "fixed_small"
+    if config.get("steps_offset", 0):
+        notes.append(f"steps_offset {config['steps_offset']} is ignored (timesteps are not shifted)")
+    if config.get("thresholding", False):
+        notes.append("dynamic thresholding is not available; plain clipping is used")
+    if config.get("set_alpha_to_one", True) is False:
+        notes.append("set_alpha_to_one = false is ignored: the last DDIM step goes to alphabar = 1")
+    sampler = SamplerConfig(
+        kind="ddim" if name.startswith("DDIM") else "ddpm",
+        num_inference_steps=min(50, schedule.num_timesteps),
+        spacing=spacing,
+        eta=0.0,
+        variance_type=variance,
+        clip_sample=bool(config.get("clip_sample", True)),
+        clip_range=float(config.get("clip_sample_range", 1.0)),
+    )
+    return schedule, prediction, sampler, notes
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+class DiffusersUNet(nn.Module):
+    """A diffusers `UNet2DModel` called like our models.
+
+    forward(x (B, C, H, W), t (B,) timestep indices or an int) -> (B, C, H, W).
+    The diffusers module is `self.unet`, so state-dict keys are "unet." + diffusers' keys.
+    """
+
+    def __init__(self, config: DiffusersUNetConfig) -> None:
+        super().__init__()
+        diffusers = import_diffusers()
+        self.config = config
+        self.unet = diffusers.UNet2DModel.from_config(config.unet_config)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        channels = self.config.in_channels
+        if x.ndim != 4 or x.shape[1] != channels:
+            raise ValueError(
+                f"diffusers UNet expects x of shape (B, {channels}, H, W), got {tuple(x.shape)}"
+            )
+        if not isinstance(t, torch.Tensor):
+            t = torch.tensor(t)
+        t = t.to(x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        return self.unet(x, t, return_dict=False)[0].to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"'{path}' could not be read as JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"'{path}' is not a JSON object")
+    return data
+
+
+def _refuse_latent_pipeline(root: Path) -> None:
+    index = root / PIPELINE_INDEX
+    if not index.is_file():
+        return
+    components = _read_json(index)
+    latent = [c for c in _LATENT_COMPONENTS if components.get(c)]
+    if latent:
+        raise CheckpointError(
+            f"'{root}' is a latent diffusion pipeline (it has a {latent[0]}): its UNet makes "
+            "latents, not images, and cannot be played back here"
+        )
+
+
+def load_diffusers_checkpoint(path: str | Path) -> Any:
+    """Load the diffusers UNet2DModel at `path` (see `find_diffusers_model`) as a Checkpoint.
+
+    The schedule and prediction type come from its scheduler_config.json; the sampler that
+    config suggests is in `meta["sampler_defaults"]` (a SamplerConfig dict) and settings
+    without an equivalent here are listed in `meta["notes"]`.
+    Raises CheckpointError for anything that is missing, unsupported or damaged.
+    """
+    from core.checkpoint import Checkpoint  # imported here: core.checkpoint imports this module
+
+    path = Path(path).expanduser()
+    found = find_diffusers_model(path)
+    if found is None:
+        raise CheckpointError(
+            f"'{path}' is not a diffusers model folder: it needs {DIFFUSERS_CONFIG} and "
+            f"{DIFFUSERS_WEIGHTS} (in the folder itself or in its unet/ folder)"
+        )
+    _refuse_latent_pipeline(found.root)
+    unet_json = _read_json(found.unet_dir / DIFFUSERS_CONFIG)
+    try:
+        model_config = DiffusersUNetConfig(config=json.dumps(unet_json))
+    except ConfigError as exc:
+        raise CheckpointError(f"'{found.unet_dir}' cannot be opened: {exc}") from exc
+    if found.scheduler_config is None:
+        looked = ", ".join(str(p) for p in _scheduler_candidates(found.unet_dir))
+        raise CheckpointError(
+            f"'{found.unet_dir}' has no {SCHEDULER_CONFIG} (looked in {looked}); save the "
+            "scheduler beside the model, e.g. with DDPMPipeline(unet, scheduler).save_pretrained"
+        )
+    scheduler_json = _read_json(found.scheduler_config)
+    try:
+        schedule, prediction, sampler, notes = scheduler_settings(scheduler_json)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"'{found.scheduler_config}' cannot be used: {exc}") from exc
+
+    diffusers = import_diffusers()
+    try:
+        unet = diffusers.UNet2DModel.from_pretrained(
+            str(found.unet_dir), use_safetensors=True, local_files_only=True
+        )
+    except Exception as exc:  # noqa: BLE001 - diffusers raises many types for bad folders
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"diffusers could not load the model in '{found.unet_dir}' (damaged?): {first}"
+        ) from exc
+    model_state: dict[str, torch.Tensor] = {}
+    for name, tensor in unet.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if tensor.is_floating_point():
+            tensor = tensor.float()
+            if not torch.isfinite(tensor).all():
+                raise CheckpointError(f"'{found.unet_dir}' holds non-finite values in '{name}'")
+        model_state["unet." + name] = tensor.contiguous()
+    channels, height, _ = model_config.sample_shape
+    return Checkpoint(
+        model_config=model_config,
+        schedule_config=schedule,
+        prediction_type=prediction,
+        model_state=model_state,
+        data={"name": found.root.name, "kind": "images", "image_size": height, "channels": channels},
+        training=None,
+        meta={
+            "source": "diffusers",
+            "path": str(found.root),
+            "diffusers": {
+                "unet_dir": str(found.unet_dir),
+                "scheduler_config": str(found.scheduler_config),
+                "scheduler_class": scheduler_json.get("_class_name"),
+                "saved_with": unet_json.get("_diffusers_version"),
+            },
+            "sampler_defaults": sampler.to_dict(),
+            "notes": notes,
+        },
+    )
