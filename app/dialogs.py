@@ -12,7 +12,11 @@ from pathlib import Path
 from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
 
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.bmp *.gif *.tif *.tiff *.webp);;All files (*)"
-CHECKPOINT_FILTER = "Checkpoints (*.safetensors);;All files (*)"
+CHECKPOINT_FILTER = (
+    "Checkpoints (*.safetensors *.pt *.pth *.ckpt *.bin);;"
+    "diffusers model (config.json model_index.json);;All files (*)"
+)
+CHECKPOINT_SAVE_FILTER = "Checkpoints (*.safetensors)"
 GIF_FILTER = "GIF animation (*.gif)"
 CSV_FILTER = "CSV table (*.csv)"
 PLOT_FILTER = "PNG image (*.png);;SVG drawing (*.svg)"

@@ -38,16 +38,17 @@ from app.panels.schedule_panel import SchedulesPanel
 from app.panels.training_panel import TrainingPanel
 from app.settings import (
     APPLICATION,
-    ORGANIZATION,
     add_recent_file,
+    configure_application,
     make_settings,
     recent_files,
     write_json,
 )
-from app.widgets import format_duration
+from app.widgets import app_icon, format_duration
 from app.worker import JobRunner, configure_torch_threads, wait_for_all_threads
 from core.checkpoint import CHECKPOINT_SUFFIX, LEGACY_SUFFIXES
 from core.data import IMAGE_SUFFIXES
+from core.diffusers_models import find_diffusers_model
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.settings = settings if settings is not None else make_settings()
         self.setWindowTitle(APPLICATION)
+        self.setWindowIcon(app_icon())
         self.resize(1360, 860)
         self.setAcceptDrops(True)
 
@@ -184,7 +186,9 @@ class MainWindow(QMainWindow):
         app = QApplication.instance()
         if app is not None:
             app.installEventFilter(self)
-        self.show_status("Ready. Drop an image, an image folder or a checkpoint anywhere.")
+        self.show_status(
+            "Ready. Drop an image, an image folder, a checkpoint or a model folder anywhere."
+        )
 
     # ------------------------------------------------------------------ menus
 
@@ -218,6 +222,13 @@ class MainWindow(QMainWindow):
             "Ctrl+Shift+K",
             "Load a trained model for the Playback tab",
         )
+        self.open_model_folder_action = self._action(
+            "Open &Model Folder…",
+            self.open_model_folder,
+            "Ctrl+Shift+M",
+            "Load a diffusers model folder (config.json + diffusion_pytorch_model.safetensors, "
+            "or a pipeline folder with unet/) for the Playback tab",
+        )
         self.save_checkpoint_action = self._action(
             "&Save Checkpoint As…",
             self.training.save_checkpoint_as,
@@ -241,6 +252,7 @@ class MainWindow(QMainWindow):
             self.open_image_action,
             self.open_folder_action,
             self.open_checkpoint_action,
+            self.open_model_folder_action,
         ):
             file_menu.addAction(action)
         self.recent_menu = file_menu.addMenu("Recent &Files")
@@ -312,9 +324,12 @@ class MainWindow(QMainWindow):
             self.open_path(folder)
 
     def open_checkpoint(self) -> None:
-        path = dialogs.ask_open_path(self, "Open checkpoint", dialogs.CHECKPOINT_FILTER)
-        if path is not None:
-            self.open_path(path)
+        self.tabs.setCurrentWidget(self.playback)
+        self.playback.choose_checkpoint()
+
+    def open_model_folder(self) -> None:
+        self.tabs.setCurrentWidget(self.playback)
+        self.playback.choose_model_folder()
 
     def export_gif(self) -> None:
         current = self.tabs.currentWidget()
@@ -362,12 +377,15 @@ class MainWindow(QMainWindow):
         """Open a file or folder in the panel that fits it. Returns True when it was used."""
         path = Path(path).expanduser()
         suffix = path.suffix.lower()
-        if path.is_dir():
-            self.tabs.setCurrentWidget(self.training)
-            return self.training.set_data_folder(path)
         if not path.exists():
             self._error("Cannot open", f"'{path}' does not exist.")
             return False
+        if find_diffusers_model(path) is not None:  # a diffusers model folder (or its file)
+            self.tabs.setCurrentWidget(self.playback)
+            return self.playback.load_checkpoint(path)
+        if path.is_dir():
+            self.tabs.setCurrentWidget(self.training)
+            return self.training.set_data_folder(path)
         if suffix in CHECKPOINT_SUFFIXES:
             self.tabs.setCurrentWidget(self.playback)
             return self.playback.load_checkpoint(path)
@@ -377,7 +395,7 @@ class MainWindow(QMainWindow):
         self._error(
             "Cannot open",
             f"'{path.name}' is not an image ({', '.join(IMAGE_SUFFIXES)}), a checkpoint "
-            f"({', '.join(CHECKPOINT_SUFFIXES)}) or a folder.",
+            f"({', '.join(CHECKPOINT_SUFFIXES)}), a diffusers model folder or an image folder.",
         )
         return False
 
@@ -457,15 +475,21 @@ class MainWindow(QMainWindow):
         event.accept()
 
 
-def run_app(paths: list[str]) -> int:
-    """Start the GUI, open `paths` (images, image folders, checkpoints), run the event loop."""
+def make_application() -> QApplication:
+    """The QApplication, named (settings and data folders), styled, with the icon; torch
+    leaves a core to the GUI thread."""
     app = QApplication.instance() or QApplication(sys.argv[:1])
-    app.setOrganizationName(ORGANIZATION)
-    app.setApplicationName(APPLICATION)
-    app.setApplicationDisplayName(APPLICATION)
+    configure_application(app)
+    app.setWindowIcon(app_icon())
     if "fusion" in [name.lower() for name in QStyleFactory.keys()]:
         app.setStyle("Fusion")
     configure_torch_threads()
+    return app
+
+
+def run_app(paths: list[str]) -> int:
+    """Start the GUI, open `paths` (images, image folders, checkpoints), run the event loop."""
+    app = make_application()
     window = MainWindow()
     window.show()
     for path in paths:

@@ -1,9 +1,14 @@
 """Where the app keeps its settings and files.
 
-Settings are an INI file through QSettings (organisation / application name below).
-Tests redirect them with `QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, tmp)`.
-Files the app writes by itself (autosaved checkpoints) go to `data_dir()`: Qt's
-AppDataLocation, or the folder in the environment variable DIFFUSION_STUDIO_DATA_DIR.
+Settings are an INI file through QSettings: `<config dir>/diffusion-studio/settings.ini`
+(e.g. ~/.config/diffusion-studio/settings.ini). Tests redirect them with
+`QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, tmp)`.
+Files the app writes by itself (autosaved checkpoints) go to `data_dir()`: the folder in the
+environment variable DIFFUSION_STUDIO_DATA_DIR, or else `<data dir>/diffusion-studio`
+(~/.local/share/diffusion-studio on Linux, ~/Library/Application Support/diffusion-studio on
+macOS, %APPDATA%/diffusion-studio on Windows): Qt's AppDataLocation once
+`configure_application` has named the application (before that, <generic data
+dir>/diffusion-studio, the same folder on Linux and macOS).
 """
 
 from __future__ import annotations
@@ -13,19 +18,31 @@ import os
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSettings, QStandardPaths
+from PySide6.QtCore import QCoreApplication, QSettings, QStandardPaths
+from PySide6.QtGui import QGuiApplication
 
-ORGANIZATION = "DiffusionStudio"
-APPLICATION = "Diffusion Studio"
+APP_ID = "diffusion-studio"  # folder names, the desktop file, the settings file's folder
+APPLICATION = "Diffusion Studio"  # what people read: window title, About
 DATA_DIR_ENV = "DIFFUSION_STUDIO_DATA_DIR"
 MAX_RECENT = 10
 
 
+def configure_application(app: QCoreApplication) -> None:
+    """Name the application so that Qt's per-user locations end in `diffusion-studio`.
+
+    No organisation name: Qt would put it in front ("<org>/<app>").
+    """
+    app.setOrganizationName("")
+    app.setOrganizationDomain("")
+    app.setApplicationName(APP_ID)
+    if isinstance(app, QGuiApplication):
+        app.setApplicationDisplayName(APPLICATION)
+        app.setDesktopFileName(APP_ID)
+
+
 def make_settings() -> QSettings:
-    """The app's settings store (INI format, user scope)."""
-    return QSettings(
-        QSettings.Format.IniFormat, QSettings.Scope.UserScope, ORGANIZATION, APPLICATION
-    )
+    """The app's settings store (INI format, user scope): <config dir>/diffusion-studio/settings.ini."""
+    return QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, APP_ID, "settings")
 
 
 def data_dir() -> Path:
@@ -34,10 +51,13 @@ def data_dir() -> Path:
     if override:
         folder = Path(override).expanduser()
     else:
-        location = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
-        folder = Path(location) if location else Path.home() / ".diffusion-studio"
-        if not location or "Diffusion" not in location:
-            folder = folder / "DiffusionStudio"
+        writable = QStandardPaths.writableLocation
+        if QCoreApplication.applicationName() == APP_ID:
+            location = writable(QStandardPaths.StandardLocation.AppDataLocation)
+        else:  # not configured (a test, a script): <generic data dir>/diffusion-studio
+            location = writable(QStandardPaths.StandardLocation.GenericDataLocation)
+            location = str(Path(location) / APP_ID) if location else ""
+        folder = Path(location) if location else Path.home() / f".{APP_ID}"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

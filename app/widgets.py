@@ -6,20 +6,31 @@ module that draws imports this one.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Union
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtGui import QIcon, QImage, QPixmap
 from PySide6.QtWidgets import (
+    QAbstractSlider,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
     QLabel,
+    QLayout,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
     QSpinBox,
+    QSplitter,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -39,6 +50,10 @@ PLOT_COLORS = [
 ]
 
 REDRAW_INTERVAL_MS = 33  # ~30 Hz
+POINT_EXTENT = 2.5  # 2-D point plots show [-2.5, 2.5]^2
+ICON_SIZES = (16, 32, 48, 64, 128, 256, 512)
+
+log = logging.getLogger(__name__)
 
 
 def color(i: int) -> tuple[int, int, int]:
@@ -201,8 +216,162 @@ class ClickableLabel(QLabel):
         super().mousePressEvent(event)
 
 
-def hline() -> QWidget:
-    line = QLabel()
-    line.setFrameShape(QLabel.Shape.HLine)
-    line.setFrameShadow(QLabel.Shadow.Sunken)
-    return line
+# ---------------------------------------------------------------------------- panel layout
+
+FormRow = Union[QWidget, QLayout, tuple[Union[str, QWidget], Union[QWidget, QLayout]]]
+
+
+def form_group(title: str, rows: Sequence[FormRow]) -> QGroupBox:
+    """A titled box with a form: each row is a widget or layout spanning the row, or a
+    (label text or widget, field widget or layout) pair."""
+    box = QGroupBox(title)
+    form = QFormLayout(box)
+    for row in rows:
+        if isinstance(row, tuple):
+            form.addRow(*row)
+        else:
+            form.addRow(row)
+    return box
+
+
+def button_row(*buttons: QWidget) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for b in buttons:
+        row.addWidget(b)
+    return row
+
+
+def control_column(widgets: Iterable[QWidget], min_width: int = 330) -> QScrollArea:
+    """The panel's settings: widgets stacked top-down in a vertical scroll area."""
+    controls = QWidget()
+    column = QVBoxLayout(controls)
+    for w in widgets:
+        column.addWidget(w)
+    column.addStretch(1)
+    scroll = QScrollArea()
+    scroll.setWidget(controls)
+    scroll.setWidgetResizable(True)
+    # Never narrower than the controls need: the horizontal scroll bar is off, so a narrower
+    # column would cut off the right edge of its fields.
+    needed = controls.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width()
+    scroll.setMinimumWidth(max(min_width, needed))
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+    return scroll
+
+
+def controls_beside_views(owner: QWidget, controls: QWidget, views: QWidget) -> QSplitter:
+    """Fill `owner` with a splitter: the controls on the left, the views (which get all the
+    extra width) on the right."""
+    splitter = QSplitter(Qt.Orientation.Horizontal)
+    splitter.addWidget(controls)
+    splitter.addWidget(views)
+    splitter.setStretchFactor(0, 0)
+    splitter.setStretchFactor(1, 1)
+    splitter.setCollapsible(0, False)
+    QHBoxLayout(owner).addWidget(splitter)
+    return splitter
+
+
+class TidyAxis(pg.AxisItem):
+    """An axis whose log mode labels the decades first, then 2 and 5 times them, then the
+    other values, each level only while there is room (pyqtgraph would label every minor tick
+    or none). Linear mode is pyqtgraph's."""
+
+    def logTickValues(self, minVal, maxVal, size, stdTicks):  # noqa: N802, N803 (pyqtgraph)
+        ticks = super().logTickValues(minVal, maxVal, size, stdTicks)
+        if not ticks or ticks[-1][0] is not None:
+            return ticks
+        mantissa = {x: round(10 ** (x - math.floor(x + 1e-9)), 6) for x in ticks[-1][1]}
+        levels = [
+            [x for x, m in mantissa.items() if m == 1.0],
+            [x for x, m in mantissa.items() if m in (2.0, 5.0)],
+            [x for x, m in mantissa.items() if m not in (1.0, 2.0, 5.0)],
+        ]
+        return ticks[:-1] + [(None, level) for level in levels if level]
+
+    def __init__(self, orientation: str) -> None:
+        super().__init__(orientation)
+        # Stop adding tick levels once their labels fill 30 % of the axis (pyqtgraph: 40-80 %).
+        self.setStyle(textFillLimits=[(0, 0.8), (2, 0.3)])
+
+
+def plot_widget(title: str, tip: str = "") -> pg.PlotWidget:
+    """A plot with a grid and a TidyAxis on the left (for log axes)."""
+    plot = pg.PlotWidget(title=title, axisItems={"left": TidyAxis("left")})
+    plot.showGrid(x=True, y=True, alpha=0.25)
+    if tip:
+        plot.setToolTip(tip)
+    return plot
+
+
+def points_plot(title: str, tip: str) -> pg.PlotWidget:
+    """A square plot of 2-D points over [-POINT_EXTENT, POINT_EXTENT]^2."""
+    plot = plot_widget(title, tip)
+    plot.setAspectLocked(True)
+    plot.setRange(xRange=(-POINT_EXTENT, POINT_EXTENT), yRange=(-POINT_EXTENT, POINT_EXTENT))
+    return plot
+
+
+def scatter_item(size: float, rgba: tuple[int, int, int, int]) -> pg.ScatterPlotItem:
+    """Borderless round markers of one colour (fast for thousands of points)."""
+    return pg.ScatterPlotItem(size=size, pen=None, brush=pg.mkBrush(*rgba))
+
+
+# ---------------------------------------------------------------------------- settings
+
+Persistent = Union[QSpinBox, QDoubleSpinBox, QComboBox, QCheckBox, QAbstractSlider]
+
+
+def widget_values(widgets: Mapping[str, Persistent]) -> dict[str, object]:
+    """name -> the value a user set in each widget (combo boxes: their item data)."""
+    values: dict[str, object] = {}
+    for name, w in widgets.items():
+        if isinstance(w, QComboBox):
+            values[name] = w.currentData()
+        elif isinstance(w, QCheckBox):
+            values[name] = w.isChecked()
+        else:
+            values[name] = w.value()
+    return values
+
+
+def set_widget_values(widgets: Mapping[str, Persistent], values: object) -> None:
+    """Put saved `values` back, in the order of `widgets`; values of the wrong type or
+    unknown combo items (a damaged or old settings file) are skipped."""
+    if not isinstance(values, dict):
+        return
+    for name, w in widgets.items():
+        value = values.get(name)
+        if value is None:
+            continue
+        if isinstance(w, QComboBox):
+            set_combo_data(w, value)
+        elif isinstance(w, QCheckBox):
+            if isinstance(value, bool):
+                w.setChecked(value)
+        elif isinstance(w, QDoubleSpinBox):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                w.setValue(float(value))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            w.setValue(int(value))
+
+
+# ---------------------------------------------------------------------------- icon
+
+
+def app_icon() -> QIcon:
+    """The application icon from resources/icons (every size shipped); a null QIcon when the
+    icons are missing (the window then has the platform's default icon)."""
+    from core.resources import resource_path
+
+    icon = QIcon()
+    for size in ICON_SIZES:
+        try:
+            path = resource_path("icons", f"diffusion-studio-{size}.png")
+        except FileNotFoundError:
+            continue
+        icon.addFile(str(path))
+    if icon.isNull():
+        log.warning("no application icon found in resources/icons")
+    return icon

@@ -21,7 +21,6 @@ from PIL import Image
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QComboBox,
-    QFormLayout,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
@@ -39,8 +38,12 @@ from app.widgets import (
     ClickableLabel,
     ErrorLabel,
     ImageView,
+    Persistent,
     button,
     check_box,
+    control_column,
+    controls_beside_views,
+    form_group,
     pixmap_from_uint8,
     spin_box,
     to_display,
@@ -87,10 +90,7 @@ class ForwardPanel(Panel):
         self.x0: np.ndarray | None = None  # (C, H, W) float32 in [-1, 1]
         self.noise: np.ndarray | None = None  # (C, H, W) float32
         self.xt: np.ndarray | None = None  # the displayed x_t, (H, W) or (H, W, 3)
-        self.export_runner = JobRunner("forward-export", self)
-        self.export_runner.finished.connect(self._on_gif_done)
-        self.export_runner.failed.connect(self._on_gif_failed)
-        self._gif_path: Path | None = None
+        self.export_runner = self.make_export_runner("forward-export")
         self._build()
         self._prepare_coefficients()
         self.play_timer = QTimer(self)
@@ -147,15 +147,10 @@ class ForwardPanel(Panel):
         self.gif_button.clicked.connect(self.export_gif)
         self.error = ErrorLabel()
 
-        image_box = QGroupBox("Image")
-        image_form = QFormLayout(image_box)
-        image_form.addRow("Sample photo", self.photo)
-        image_form.addRow(self.open_button)
-        image_form.addRow(self.path_label)
-        noise_box = QGroupBox("Noise eps")
-        noise_form = QFormLayout(noise_box)
-        noise_form.addRow("Seed", self.seed)
-        noise_form.addRow(self.reseed_button)
+        image_box = form_group(
+            "Image", [("Sample photo", self.photo), self.open_button, self.path_label]
+        )
+        noise_box = form_group("Noise eps", [("Seed", self.seed), self.reseed_button])
         t_box = QGroupBox("Timestep")
         t_layout = QGridLayout(t_box)
         t_layout.addWidget(self.slider, 0, 0, 1, 3)
@@ -164,19 +159,15 @@ class ForwardPanel(Panel):
         t_layout.addWidget(self.t_label, 1, 2)
         t_layout.addWidget(self.numbers, 2, 0, 1, 3)
         t_layout.addWidget(self.schedule_label, 3, 0, 1, 3)
-        gif_box = QGroupBox("Export")
-        gif_form = QFormLayout(gif_box)
-        gif_form.addRow("Frames", self.gif_frames)
-        gif_form.addRow("Speed", self.gif_fps)
-        gif_form.addRow("Size", self.gif_size)
-        gif_form.addRow(self.gif_button)
-
-        controls = QWidget()
-        left = QVBoxLayout(controls)
-        for w in (image_box, noise_box, t_box, gif_box, self.error):
-            left.addWidget(w)
-        left.addStretch(1)
-        controls.setMinimumWidth(300)
+        gif_box = form_group(
+            "Export",
+            [
+                ("Frames", self.gif_frames),
+                ("Speed", self.gif_fps),
+                ("Size", self.gif_size),
+                self.gif_button,
+            ],
+        )
 
         self.view = ImageView("x_t")
         self.view.setToolTip("x_t, shown with fixed levels [-1, 1] (values outside are clipped)")
@@ -189,6 +180,7 @@ class ForwardPanel(Panel):
         self.hist.setYRange(0, 1.2, padding=0)
         self.hist.setLabel("bottom", "pixel value")
         self.hist.setLabel("left", "density")
+        self.hist.getAxis("left").enableAutoSIPrefix(False)  # densities, not "x0.001" units
         self.hist_curve = self.hist.plot(
             HIST_BINS,
             np.zeros(len(HIST_BINS) - 1),
@@ -238,11 +230,8 @@ class ForwardPanel(Panel):
         right_layout.addWidget(top, 1)
         right_layout.addWidget(self.filmstrip)
 
-        self.splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.splitter.addWidget(controls)
-        self.splitter.addWidget(right)
-        self.splitter.setStretchFactor(1, 1)
-        QHBoxLayout(self).addWidget(self.splitter)
+        controls = control_column((image_box, noise_box, t_box, gif_box, self.error), 300)
+        self.splitter = controls_beside_views(self, controls, right)
 
     # ------------------------------------------------------------------ inputs
 
@@ -259,10 +248,9 @@ class ForwardPanel(Panel):
         try:
             image = load_image(path, max_side=DISPLAY_MAX_SIDE)
         except DiffusionStudioError as exc:
-            self.error.show_message(str(exc))
-            self.report_error("Cannot open image", str(exc))
+            self.show_problem("Cannot open image", str(exc))
             return False
-        self.error.show_message("")
+        self.clear_problem()
         self.image_path = Path(path)
         self.x0 = image
         self.path_label.setText(f"{self.image_path.name}  ({image.shape[2]}×{image.shape[1]})")
@@ -363,13 +351,20 @@ class ForwardPanel(Panel):
             beta_text = f"{float(s.betas[k - 1]):.5g}"
             snr = float(s.snr[k - 1])
             snr_text = f"{snr:.4g} (log {math.log(snr):.2f})" if snr > 0 else "0"
+        rows = (
+            ("beta_t", beta_text),
+            ("alphabar_t = prod alpha_s", f"{a * a:.5g}"),
+            ("sqrt(alphabar_t)", f"{a:.5g}"),
+            ("sqrt(1 - alphabar_t)", f"{b:.5g}"),
+            ("SNR_t", snr_text),
+        )
         self.numbers.setText(
-            "<table cellspacing='2'>"
-            f"<tr><td>beta_t</td><td>{beta_text}</td></tr>"
-            f"<tr><td>alphabar_t = prod alpha_s</td><td>{a * a:.5g}</td></tr>"
-            f"<tr><td>sqrt(alphabar_t)</td><td>{a:.5g}</td></tr>"
-            f"<tr><td>sqrt(1 - alphabar_t)</td><td>{b:.5g}</td></tr>"
-            f"<tr><td>SNR_t</td><td>{snr_text}</td></tr></table>"
+            "<table cellspacing='0' cellpadding='1'>"
+            + "".join(
+                f"<tr><td style='padding-right: 12px'>{name}</td><td>{value}</td></tr>"
+                for name, value in rows
+            )
+            + "</table>"
         )
 
     def _update_filmstrip(self) -> None:
@@ -448,45 +443,28 @@ class ForwardPanel(Panel):
             save_gif(request.path, frames, fps=request.fps)
             yield n + 1
 
-        self._gif_path = request.path
-        self.export_runner.start(
-            Job(
-                "Export GIF",
-                run,
-                describe=lambda i: JobStatus(
-                    "Writing GIF…" if i > n else f"GIF frame {i}/{n}",
-                    fraction=min(1.0, i / (n + 1)),
-                ),
-            )
-        )
+        def describe(i: int) -> JobStatus:
+            text = "Writing GIF…" if i > n else f"GIF frame {i}/{n}"
+            return JobStatus(text, fraction=min(1.0, i / (n + 1)))
 
-    def _on_gif_done(self, _result: object) -> None:
-        self.file_used.emit(str(self._gif_path))
-        self.status_message.emit(f"Saved the forward process to {self._gif_path}")
-
-    def _on_gif_failed(self, message: str) -> None:
-        self.report_error("Export GIF", message)
+        job = Job("Export GIF", run, describe=describe)
+        self.start_export(self.export_runner, job, request.path)
 
     # ------------------------------------------------------------------ settings
+
+    def persistent_widgets(self) -> dict[str, Persistent]:
+        return {name: getattr(self, name) for name in ("seed", "gif_frames", "gif_fps", "gif_size")}
 
     def save_state(self, settings: QSettings) -> None:
         super().save_state(settings)
         key = self.key()
         if self.image_path is not None:
             settings.setValue(f"{key}/image", str(self.image_path))
-        settings.setValue(f"{key}/seed", self.seed.value())
         settings.setValue(f"{key}/position", self.slider.value())
-        for name in ("gif_frames", "gif_fps", "gif_size"):
-            settings.setValue(f"{key}/{name}", getattr(self, name).value())
 
     def restore_state(self, settings: QSettings) -> None:
-        super().restore_state(settings)
+        super().restore_state(settings)  # the seed before the image: eps is drawn once
         key = self.key()
-        for name in ("gif_frames", "gif_fps", "gif_size"):
-            _set_int(getattr(self, name), settings.value(f"{key}/{name}"))
-        self.seed.blockSignals(True)
-        _set_int(self.seed, settings.value(f"{key}/seed"))
-        self.seed.blockSignals(False)
         saved = settings.value(f"{key}/image")
         if not (saved and Path(str(saved)).is_file() and self.load_image(Path(str(saved)))):
             self.load_default_image()

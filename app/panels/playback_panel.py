@@ -7,6 +7,7 @@ thread; a 30 Hz timer draws the newest frame while sampling and the chosen frame
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,44 +15,45 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 import torch
-from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
     QFormLayout,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QScrollArea,
     QSlider,
-    QSplitter,
     QStackedWidget,
-    QVBoxLayout,
     QWidget,
 )
 
 from app import dialogs
 from app.panels.base import Panel
 from app.panels.schedule_panel import describe
-from app.settings import read_json, write_json
 from app.widgets import (
+    POINT_EXTENT,
     REDRAW_INTERVAL_MS,
     ErrorLabel,
     ImageView,
+    Persistent,
     button,
+    button_row,
     check_box,
     combo_box,
+    control_column,
+    controls_beside_views,
     double_box,
+    form_group,
+    points_plot,
+    scatter_item,
     set_combo_data,
     spin_box,
 )
 from app.worker import Job, JobControl, JobRunner, JobStatus
-from core.checkpoint import (
-    Checkpoint,
-    build_model_from_checkpoint,
-    load_checkpoint,
-    pretrained_checkpoint_paths,
-)
+from core import checkpoint as core_checkpoint
+from core.checkpoint import Checkpoint, build_model_from_checkpoint, load_checkpoint
 from core.data import load_image
+from core.diffusers_models import find_diffusers_model
 from core.errors import ConfigError, DiffusionStudioError
 from core.export import (
     make_grid,
@@ -69,7 +71,8 @@ from core.schedule import NoiseSchedule
 SPEEDS = [(f"{s:g}×", s) for s in (0.25, 0.5, 1.0, 2.0, 4.0)]
 BASE_FPS = 15.0
 TRAIL_FRAMES = 8
-POINT_EXTENT = 2.5
+PRETRAINED_DEFAULT = "digits"  # the bundled model chosen on first launch
+MODEL_NAMES = {"unet": "UNet", "mlp": "MLP", "diffusers_unet": "diffusers UNet2DModel"}
 
 VIEW_GRID_XT = "grid_xt"
 VIEW_GRID_X0 = "grid_x0"
@@ -100,40 +103,41 @@ class PlaybackPanel(Panel):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.runner = JobRunner("sampling", self)
-        self.runner.progressed.connect(self._on_frame)
-        self.runner.finished.connect(self._on_sampling_ended)
-        self.runner.cancelled.connect(self._on_sampling_ended)
-        self.runner.failed.connect(self._on_sampling_failed)
-        self.runner.ended.connect(self._update_buttons)
-        self.export_runner = JobRunner("playback-export", self)
-        self.export_runner.finished.connect(self._on_export_done)
-        self.export_runner.failed.connect(lambda m: self.report_error("Export", m))
+        self.runner = self.make_job_runner(
+            "sampling", self._on_frame, self._on_sampling_ended, self._on_sampling_failed
+        )
+        self.export_runner = self.make_export_runner("playback-export")
         self.models: dict[str, Checkpoint | Path] = {}
         self.checkpoint: Checkpoint | None = None
         self.trajectory: Trajectory | None = None
         self.start_image: Path | None = None
         self.frame_index = 0
         self._dirty = False
-        self._export_path: Path | None = None
         self._build()
-        for name, path in pretrained_checkpoint_paths().items():
-            self._add_model(f"pretrained:{name}", f"Pretrained: {name}", path)
-        self._update_buttons()
         self.redraw_timer = QTimer(self)
         self.redraw_timer.setInterval(REDRAW_INTERVAL_MS)
         self.redraw_timer.timeout.connect(self._on_redraw_timer)
         self.play_timer = QTimer(self)
         self.play_timer.timeout.connect(self._on_play_tick)
         self._on_speed_changed()
+        self._add_pretrained_models()
+        self._update_buttons()
 
     # ------------------------------------------------------------------ layout
 
     def _build(self) -> None:
         self.model_choice = combo_box([], "The model to sample from")
         self.model_choice.currentIndexChanged.connect(self._on_model_chosen)
-        self.open_button = button("Open checkpoint…", "Load a model saved by Diffusion Studio")
+        self.open_button = button(
+            "Open checkpoint…", "Load a model saved by Diffusion Studio (.safetensors)"
+        )
         self.open_button.clicked.connect(self.choose_checkpoint)
+        self.open_folder_button = button(
+            "Open model folder…",
+            "Load a diffusers UNet2DModel folder (config.json + "
+            "diffusion_pytorch_model.safetensors) or a DDPM pipeline folder with unet/",
+        )
+        self.open_folder_button.clicked.connect(self.choose_model_folder)
         self.model_info = QLabel(
             "No model yet: train one on the Training tab or open a checkpoint."
         )
@@ -141,18 +145,18 @@ class PlaybackPanel(Panel):
         self.model_info.setToolTip("What the chosen model is and how it was trained")
 
         self.sampler_kind = combo_box(
-            [("DDIM", "ddim"), ("DDPM", "ddpm")],
-            "DDPM: the ancestral sampler (Ho et al. 2020); DDIM: deterministic at eta = 0, "
-            "fewer steps (Song et al. 2021)",
+            [("DDPM", "ddpm"), ("DDIM", "ddim")],
+            "DDPM: the ancestral sampler (Ho et al. 2020), the better samples; DDIM: "
+            "deterministic at eta = 0, good with fewer steps (Song et al. 2021)",
         )
         self.sampler_kind.currentIndexChanged.connect(self._on_sampler_changed)
-        self.num_steps = spin_box(1, 10000, 50, "Number of sampling steps (at most T)")
+        self.num_steps = spin_box(1, 10000, 100, "Number of sampling steps (at most T)")
         self.eta = double_box(
             0.0, 1.0, 0.0, "DDIM eta: 0 = deterministic, 1 = as much noise as DDPM", 2, 0.1
         )
         self.spacing = combo_box(
             [("trailing", "trailing"), ("leading", "leading"), ("linspace", "linspace")],
-            "How the sampling timesteps are spread over 0..T-1",
+            "How the sampling timesteps are spread over 0..T-1 (trailing starts at T-1)",
         )
         self.num_samples = spin_box(1, 20000, 16, "How many samples to draw at once")
         self.seed = spin_box(0, 2**31 - 1, 0, "Seed of the initial noise (and of DDPM's noise)")
@@ -222,26 +226,29 @@ class PlaybackPanel(Panel):
         self.png_button = button("Export PNG frames…", "Save the frames as numbered PNG files")
         self.png_button.clicked.connect(self.export_png_frames)
 
-        model_box = QGroupBox("Model")
-        model_form = QFormLayout(model_box)
-        model_form.addRow("Model", self.model_choice)
-        model_form.addRow(self.open_button)
-        model_form.addRow(self.model_info)
-        sampler_box = QGroupBox("Sampler")
-        sampler_form = QFormLayout(sampler_box)
-        sampler_form.addRow("Sampler", self.sampler_kind)
-        sampler_form.addRow("Steps", self.num_steps)
-        sampler_form.addRow("eta", self.eta)
-        sampler_form.addRow("Spacing", self.spacing)
-        sampler_form.addRow("Samples", self.num_samples)
-        sampler_form.addRow("Seed", self.seed)
-        sampler_form.addRow(self.from_image)
-        sampler_form.addRow(self.image_button, self.image_label)
-        sampler_form.addRow("Start t", self.start_t)
-        row = QHBoxLayout()
-        row.addWidget(self.sample_button)
-        row.addWidget(self.cancel_button)
-        sampler_form.addRow(row)
+        model_box = form_group(
+            "Model",
+            [
+                ("Model", self.model_choice),
+                button_row(self.open_button, self.open_folder_button),
+                self.model_info,
+            ],
+        )
+        sampler_box = form_group(
+            "Sampler",
+            [
+                ("Sampler", self.sampler_kind),
+                ("Steps", self.num_steps),
+                ("eta", self.eta),
+                ("Spacing", self.spacing),
+                ("Samples", self.num_samples),
+                ("Seed", self.seed),
+                self.from_image,
+                (self.image_button, self.image_label),
+                ("Start t", self.start_t),
+                button_row(self.sample_button, self.cancel_button),
+            ],
+        )
         play_box = QGroupBox("Playback")
         play_grid = QGridLayout(play_box)
         play_grid.addWidget(self.back_button, 0, 0)
@@ -255,28 +262,19 @@ class PlaybackPanel(Panel):
         play_form.addRow("Sample #", self.sample_index)
         play_form.addRow("Grid shows", self.grid_of)
         play_grid.addLayout(play_form, 3, 0, 1, 3)
-        export_box = QGroupBox("Export")
-        export_form = QFormLayout(export_box)
-        export_form.addRow("View", self.export_view)
-        export_form.addRow("From frame", self.export_from)
-        export_form.addRow("To frame", self.export_to)
-        export_form.addRow("Frames", self.export_frames)
-        export_form.addRow("Speed", self.export_fps)
-        export_form.addRow("Scale", self.export_scale)
-        export_form.addRow(self.export_loop)
-        export_form.addRow(self.gif_button)
-        export_form.addRow(self.png_button)
-
-        controls = QWidget()
-        left = QVBoxLayout(controls)
-        for w in (model_box, sampler_box, self.error, play_box, export_box):
-            left.addWidget(w)
-        left.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidget(controls)
-        scroll.setWidgetResizable(True)
-        scroll.setMinimumWidth(330)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        export_box = form_group(
+            "Export",
+            [
+                ("View", self.export_view),
+                ("From frame", self.export_from),
+                ("To frame", self.export_to),
+                ("Frames", self.export_frames),
+                ("Speed", self.export_fps),
+                ("Scale", self.export_scale),
+                self.export_loop,
+                button_row(self.gif_button, self.png_button),
+            ],
+        )
 
         # views: images
         self.xt_view = ImageView("x_t")
@@ -294,21 +292,16 @@ class PlaybackPanel(Panel):
         image_grid.setColumnStretch(0, 1)
         image_grid.setColumnStretch(1, 2)
         # views: points
-        self.points_plot = pg.PlotWidget(title="x_t: from the Gaussian to the data")
-        self.points_plot.setToolTip("The samples' x_t, with trails of the last frames")
-        self.pred_plot = pg.PlotWidget(title="x_0 predictions")
-        self.pred_plot.setToolTip("The model's x_0 prediction for every sample at this frame")
-        for plot in (self.points_plot, self.pred_plot):
-            plot.setAspectLocked(True)
-            plot.showGrid(x=True, y=True, alpha=0.25)
-            plot.setRange(
-                xRange=(-POINT_EXTENT, POINT_EXTENT), yRange=(-POINT_EXTENT, POINT_EXTENT)
-            )
-        self.trail_curve = pg.PlotCurveItem(pen=pg.mkPen(31, 119, 180, 60))
-        self.points_scatter = pg.ScatterPlotItem(
-            size=4, pen=None, brush=pg.mkBrush(31, 119, 180, 220)
+        self.points_plot = points_plot(
+            "x_t: from the Gaussian to the data",
+            "The samples' x_t, with trails of the last frames",
         )
-        self.pred_scatter = pg.ScatterPlotItem(size=4, pen=None, brush=pg.mkBrush(214, 39, 40, 200))
+        self.pred_plot = points_plot(
+            "x_0 predictions", "The model's x_0 prediction for every sample at this frame"
+        )
+        self.trail_curve = pg.PlotCurveItem(pen=pg.mkPen(31, 119, 180, 60))
+        self.points_scatter = scatter_item(4, (31, 119, 180, 220))
+        self.pred_scatter = scatter_item(4, (214, 39, 40, 200))
         self.points_plot.addItem(self.trail_curve)
         self.points_plot.addItem(self.points_scatter)
         self.pred_plot.addItem(self.pred_scatter)
@@ -322,11 +315,8 @@ class PlaybackPanel(Panel):
         self.views.addWidget(point_views)
         self.image_views, self.point_views = image_views, point_views
 
-        self.splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.splitter.addWidget(scroll)
-        self.splitter.addWidget(self.views)
-        self.splitter.setStretchFactor(1, 1)
-        QHBoxLayout(self).addWidget(self.splitter)
+        controls = control_column((model_box, sampler_box, self.error, play_box, export_box))
+        self.splitter = controls_beside_views(self, controls, self.views)
 
     # ------------------------------------------------------------------ models
 
@@ -337,6 +327,18 @@ class PlaybackPanel(Panel):
             self.model_choice.addItem(label, key)
         else:
             self.model_choice.setItemText(index, label)
+
+    def _add_pretrained_models(self) -> None:
+        """List every bundled model ("Pretrained: digits", ...) and choose the digits one."""
+        paths = core_checkpoint.pretrained_checkpoint_paths()
+        names = sorted(paths, key=lambda name: (name != PRETRAINED_DEFAULT, name))
+        self.model_choice.blockSignals(True)
+        for name in names:
+            self._add_model(f"pretrained:{name}", f"Pretrained: {name}", paths[name])
+        self.model_choice.blockSignals(False)
+        if names:
+            self.model_choice.setCurrentIndex(0)
+            self._on_model_chosen()
 
     def set_trained_checkpoint(self, ckpt: Checkpoint) -> None:
         """The model the Training tab just finished (or stopped); it becomes the choice."""
@@ -352,21 +354,31 @@ class PlaybackPanel(Panel):
         if path is not None:
             self.load_checkpoint(path)
 
+    def choose_model_folder(self) -> None:
+        folder = dialogs.ask_folder(self, "Open a diffusers model folder")
+        if folder is not None:
+            self.load_checkpoint(folder)
+
     def load_checkpoint(self, path: str | Path) -> bool:
-        """Load and check a checkpoint; it becomes the chosen model. False (and a message) on error."""
+        """Load and check a checkpoint file or a diffusers model folder; it becomes the chosen
+        model. False (and a message) on error."""
         path = Path(path)
         try:
             ckpt = load_checkpoint(path)
         except DiffusionStudioError as exc:
-            self.error.show_message(str(exc))
-            self.report_error("Cannot open checkpoint", str(exc))
+            self.show_problem("Cannot open checkpoint", str(exc))
             return False
-        self.error.show_message("")
-        self._add_model(f"file:{path}", f"File: {path.name}", ckpt)
+        self.clear_problem()
+        found = find_diffusers_model(path)
+        if found is not None:
+            path, label = found.root, f"Diffusers: {found.root.name}"
+        else:
+            label = f"File: {path.name}"
+        self._add_model(f"file:{path}", label, ckpt)
         set_combo_data(self.model_choice, f"file:{path}")
         self._on_model_chosen()
         self.file_used.emit(str(path))
-        self.status_message.emit(f"Loaded checkpoint {path}")
+        self.status_message.emit(f"Loaded {path}")
         return True
 
     def _on_model_chosen(self, _index: int = 0) -> None:
@@ -376,7 +388,9 @@ class PlaybackPanel(Panel):
             try:
                 model = load_checkpoint(model)
             except DiffusionStudioError as exc:
-                self.report_error("Cannot open pretrained model", str(exc))
+                self.checkpoint = None
+                self.show_problem("Cannot open pretrained model", str(exc))
+                self._update_buttons()
                 return
             self.models[key] = model
         was_points = self.checkpoint.is_points if self.checkpoint is not None else None
@@ -398,12 +412,15 @@ class PlaybackPanel(Panel):
         data = model.data or {}
         shape = "×".join(str(s) for s in model.sample_shape)
         step = (model.training or {}).get("step")
+        notes = [str(n) for n in (model.meta or {}).get("notes", [])]
         self.model_info.setText(
-            f"{model.model_config.kind.upper()}, {params / 1e6:.2f} M parameters<br>"
-            f"data: {data.get('name', '?')} ({shape})<br>"
+            f"{MODEL_NAMES.get(model.model_config.kind, model.model_config.kind)}, "
+            f"{params / 1e6:.2f} M parameters<br>"
+            f"data: {html.escape(str(data.get('name', '?')))} ({shape})<br>"
             f"schedule: {describe(model.schedule_config)}<br>"
             f"predicts: {model.prediction_type}"
-            + (f"<br>trained for {step} steps" if step is not None else "")
+            + (f"<br>trained for {step:,} steps" if isinstance(step, int) else "")
+            + "".join(f"<br><i>{html.escape(n)}</i>" for n in notes)
         )
         self._update_buttons()
 
@@ -461,10 +478,9 @@ class PlaybackPanel(Panel):
             request = self.request()
             x_start = self._start_tensor(ckpt, request)
         except DiffusionStudioError as exc:
-            self.error.show_message(str(exc))
-            self.report_error("Cannot sample", str(exc))
+            self.show_problem("Cannot sample", str(exc))
             return False
-        self.error.show_message("")
+        self.clear_problem()
         self.play_button.setChecked(False)
         self.trajectory = Trajectory()
         self.frame_index = 0
@@ -520,6 +536,8 @@ class PlaybackPanel(Panel):
             self.redraw_timer.stop()
 
     def _on_sampling_ended(self, *_args: object) -> None:
+        self._dirty = False  # drawn here: a later timer tick must not jump to the end again
+        self.redraw_timer.stop()
         self._sync_slider(follow=True)
         self._update_buttons()
         n = len(self.trajectory) if self.trajectory is not None else 0
@@ -527,8 +545,7 @@ class PlaybackPanel(Panel):
 
     def _on_sampling_failed(self, message: str) -> None:
         self._update_buttons()
-        self.error.show_message(message)
-        self.report_error("Sampling failed", message)
+        self.show_problem("Sampling failed", message)
 
     def _update_buttons(self) -> None:
         running = self.runner.is_running
@@ -702,14 +719,12 @@ class PlaybackPanel(Panel):
         if path is None:
             return
         fps, loop = float(self.export_fps.value()), self.export_loop.isChecked()
-        self._export_path = path
 
         def run() -> Iterator[int]:
             yield save_gif(path, frames, fps=fps, loop=loop)
 
-        self.export_runner.start(
-            Job("Export GIF", run, describe=lambda _n: JobStatus("Writing GIF…"))
-        )
+        job = Job("Export GIF", run, describe=lambda _n: JobStatus("Writing GIF…"))
+        self.start_export(self.export_runner, job, path)
 
     def export_png_frames(self) -> None:
         frames = self.export_pictures()
@@ -718,54 +733,22 @@ class PlaybackPanel(Panel):
         folder = dialogs.ask_folder(self, "Folder for the PNG frames")
         if folder is None:
             return
-        self._export_path = folder
 
         def run() -> Iterator[int]:
             yield len(save_png_frames(folder, frames))
 
-        self.export_runner.start(
-            Job("Export PNG frames", run, describe=lambda _n: JobStatus("Writing PNG frames…"))
-        )
-
-    def _on_export_done(self, _result: object) -> None:
-        if self._export_path is not None:
-            self.file_used.emit(str(self._export_path))
-            self.status_message.emit(f"Exported to {self._export_path}")
+        job = Job("Export PNG frames", run, describe=lambda _n: JobStatus("Writing PNG frames…"))
+        self.start_export(self.export_runner, job, folder)
 
     # ------------------------------------------------------------------ settings
 
-    INTS = (
-        "num_steps",
-        "num_samples",
-        "seed",
-        "start_t",
-        "export_frames",
-        "export_fps",
-        "export_scale",
-    )
-
-    def save_state(self, settings: QSettings) -> None:
-        super().save_state(settings)
-        values: dict[str, object] = {name: getattr(self, name).value() for name in self.INTS}
-        values["eta"] = self.eta.value()
-        values["sampler"] = self.sampler_kind.currentData()
-        values["spacing"] = self.spacing.currentData()
-        values["speed"] = self.speed.currentData()
-        write_json(settings, f"{self.key()}/fields", values)
-
-    def restore_state(self, settings: QSettings) -> None:
-        super().restore_state(settings)
-        values = read_json(settings, f"{self.key()}/fields", {})
-        if not isinstance(values, dict):
-            return
-        for name in self.INTS:
-            if isinstance(values.get(name), int):
-                getattr(self, name).setValue(values[name])
-        if isinstance(values.get("eta"), (int, float)):
-            self.eta.setValue(values["eta"])
-        set_combo_data(self.sampler_kind, values.get("sampler"))
-        set_combo_data(self.spacing, values.get("spacing"))
-        set_combo_data(self.speed, values.get("speed"))
+    def persistent_widgets(self) -> dict[str, Persistent]:
+        # Not the number of samples: it follows the model (16 images, 1000 points).
+        names = (
+            "sampler_kind num_steps eta spacing seed start_t speed loop grid_of "
+            "export_frames export_fps export_scale export_loop"
+        )
+        return {name: getattr(self, name) for name in names.split()}
 
 
 def _squeeze(image: np.ndarray) -> np.ndarray:

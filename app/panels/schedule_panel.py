@@ -13,11 +13,8 @@ from PySide6.QtCore import QRectF, QSettings, Qt, Signal
 from PySide6.QtGui import QPainter
 from PySide6.QtSvg import QSvgGenerator
 from PySide6.QtWidgets import (
-    QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
-    QSplitter,
     QVBoxLayout,
     QWidget,
 )
@@ -27,11 +24,15 @@ from app.panels.base import Panel
 from app.settings import read_json, write_json
 from app.widgets import (
     ErrorLabel,
+    Persistent,
     button,
     check_box,
     color,
     combo_box,
+    control_column,
+    controls_beside_views,
     double_box,
+    form_group,
     set_combo_data,
     spin_box,
 )
@@ -62,6 +63,9 @@ CURVES: list[tuple[str, str, str]] = [
     ),
     ("log_snr", "log SNR_t", "log SNR_t = log(alphabar_t / (1 - alphabar_t))"),
 ]
+
+
+AXIS_WIDTH = 56  # pixels for every plot's y axis
 
 
 @dataclass(frozen=True)
@@ -132,38 +136,34 @@ class SchedulesPanel(Panel):
         self.csv_button = button("Export CSV…", "Save the current schedule's curves as a CSV table")
         self.plot_button = button("Export plot…", "Save the plots as a PNG or SVG picture")
 
-        form = QFormLayout()
-        form.addRow("Kind", self.kind)
-        form.addRow("Steps T", self.steps)
-        form.addRow("beta_start", self.beta_start)
-        form.addRow("beta_end", self.beta_end)
-        form.addRow(self.zero_snr)
-        form.addRow(self.log_beta)
-        box = QGroupBox("Schedule")
-        box.setLayout(form)
+        box = form_group(
+            "Schedule",
+            [
+                ("Kind", self.kind),
+                ("Steps T", self.steps),
+                ("beta_start", self.beta_start),
+                ("beta_end", self.beta_end),
+                self.zero_snr,
+                self.log_beta,
+            ],
+        )
 
         formulas = QLabel(
             "alpha_t = 1 - beta_t<br>"
-            "alphabar_t = prod<sub>s&le;t</sub> alpha_s &nbsp;(a product)<br>"
-            "x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps<br>"
+            "alphabar_t = prod<sub>s&le;t</sub> alpha_s<br>"
+            "&nbsp;&nbsp;&nbsp;&nbsp;(a cumulative product)<br>"
+            "x_t = sqrt(alphabar_t) x_0<br>"
+            "&nbsp;&nbsp;&nbsp;&nbsp;+ sqrt(1 - alphabar_t) eps<br>"
             "SNR_t = alphabar_t / (1 - alphabar_t)"
         )
         formulas.setToolTip("The DDPM forward process (Ho et al. 2020, eq. 4)")
-        formulas.setWordWrap(True)
 
         compare = QGroupBox("Compare and export")
         compare_layout = QVBoxLayout(compare)
         for b in (self.add_button, self.clear_button, self.csv_button, self.plot_button):
             compare_layout.addWidget(b)
 
-        controls = QWidget()
-        left = QVBoxLayout(controls)
-        left.addWidget(box)
-        left.addWidget(self.error)
-        left.addWidget(compare)
-        left.addWidget(formulas)
-        left.addStretch(1)
-        controls.setMinimumWidth(230)
+        controls = control_column((box, self.error, compare, formulas), 250)
 
         self.plots = pg.GraphicsLayoutWidget()
         self.plot_items: dict[str, pg.PlotItem] = {}
@@ -174,6 +174,8 @@ class SchedulesPanel(Panel):
             plot.setLabel("bottom", "t")
             plot.setMenuEnabled(False)
             plot.setToolTip(tip)
+            plot.setDefaultPadding(0.02)
+            plot.getAxis("left").setWidth(AXIS_WIDTH)  # equal widths keep the x-linked t aligned
             if self.plot_items:
                 plot.setXLink(self.plot_items["beta"])
             line = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen((120, 120, 120), width=1))
@@ -198,12 +200,7 @@ class SchedulesPanel(Panel):
         right_layout.addWidget(self.plots, 1)
         right_layout.addWidget(self.readout)
 
-        self.splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.splitter.addWidget(controls)
-        self.splitter.addWidget(right)
-        self.splitter.setStretchFactor(1, 1)
-        layout = QHBoxLayout(self)
-        layout.addWidget(self.splitter)
+        self.splitter = controls_beside_views(self, controls, right)
 
         self.curves: dict[str, pg.PlotDataItem] = {}
         self._comparison_items: list[pg.PlotDataItem] = []
@@ -381,10 +378,12 @@ class SchedulesPanel(Panel):
 
     # ------------------------------------------------------------------ settings
 
+    def persistent_widgets(self) -> dict[str, Persistent]:
+        return {"log_beta": self.log_beta}
+
     def save_state(self, settings: QSettings) -> None:
         super().save_state(settings)
         write_json(settings, f"{self.key()}/config", self.schedule.config.to_dict())
-        settings.setValue(f"{self.key()}/log_beta", self.log_beta.isChecked())
 
     def restore_state(self, settings: QSettings) -> None:
         super().restore_state(settings)
@@ -394,9 +393,6 @@ class SchedulesPanel(Panel):
                 self.set_config(ScheduleConfig.from_dict(data))
             except (DiffusionStudioError, TypeError):
                 pass
-        log_beta = settings.value(f"{self.key()}/log_beta")
-        if log_beta is not None:
-            self.log_beta.setChecked(str(log_beta).lower() == "true")
 
 
 def export_layout(widget: pg.GraphicsLayoutWidget, path: str) -> None:

@@ -19,32 +19,29 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 import torch
+from PIL import Image
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtWidgets import (
-    QFormLayout,
-    QGridLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QScrollArea,
-    QSplitter,
-    QStackedWidget,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtWidgets import QGridLayout, QGroupBox, QLabel, QStackedWidget, QWidget
 
 from app import dialogs
 from app.panels.base import Panel
-from app.settings import checkpoints_dir, read_json, write_json
+from app.settings import checkpoints_dir
 from app.widgets import (
     REDRAW_INTERVAL_MS,
     ErrorLabel,
     ImageView,
+    Persistent,
     button,
     check_box,
     combo_box,
+    control_column,
+    controls_beside_views,
     double_box,
+    form_group,
     format_duration,
+    plot_widget,
+    points_plot,
+    scatter_item,
     set_combo_data,
     spin_box,
 )
@@ -69,8 +66,10 @@ from core.training import (
 )
 
 FOLDER = "folder"
+FOLDER_IMAGE_SIZE = 32  # the image size first offered for a folder of images
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 SCATTER_POINTS = 4096
-SMOOTHING = 0.98
+SMOOTHING_WINDOW = (3.0, 100.0)  # the smoothed curve averages over ~5% of the steps so far
 PREVIEW_POINTS = 2000
 
 PREDICTION_TIPS = {
@@ -78,6 +77,17 @@ PREDICTION_TIPS = {
     "v": "v = sqrt(alphabar_t) eps - sqrt(1 - alphabar_t) x_0 (Salimans & Ho 2022)",
     "x0": "the clean sample x_0",
 }
+
+
+def guess_channels(files: list[Path]) -> int:
+    """1 when the first readable image of `files` is grey, else 3 (colour)."""
+    for path in files[:8]:
+        try:
+            with Image.open(path) as picture:
+                return 1 if picture.mode in GREY_MODES else 3
+        except OSError:
+            continue
+    return 3
 
 
 def available_devices() -> list[str]:
@@ -130,14 +140,13 @@ class TrainingPanel(Panel):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.runner = JobRunner("training", self)
-        self.runner.progressed.connect(self._on_progressed)
-        self.runner.finished.connect(self._on_run_ended)
-        self.runner.cancelled.connect(self._on_run_ended)
-        self.runner.failed.connect(self._on_failed)
-        self.runner.ended.connect(self._update_buttons)
+        self.runner = self.make_job_runner(
+            "training", self._on_progressed, self._on_run_ended, self._on_failed
+        )
         self.runner.paused_changed.connect(self._on_paused_changed)
         self.folder: Path | None = None
+        self.folder_shape = (FOLDER_IMAGE_SIZE, 3)  # (image size, channels) for a folder
+        self._filling = False
         self.resume_from: Checkpoint | None = None
         self.resume_path: Path | None = None
         self.last_result: TrainResult | None = None
@@ -145,6 +154,7 @@ class TrainingPanel(Panel):
         self.loss = Series()
         self.smoothed = Series()
         self._smooth_state = 0.0
+        self._smooth_weight = 0.0
         self._smooth_count = 0
         self.scatter_t = np.zeros(SCATTER_POINTS)
         self.scatter_loss = np.zeros(SCATTER_POINTS)
@@ -157,7 +167,8 @@ class TrainingPanel(Panel):
         self._save_requests: queue.Queue[Path] = queue.Queue()
         self._save_results: queue.Queue[tuple[Path, str | None]] = queue.Queue()
         self._build()
-        self._on_source_changed()
+        self._on_source_index_changed()
+        self._on_budget_changed()
         self._update_buttons()
         self.timer = QTimer(self)
         self.timer.setInterval(REDRAW_INTERVAL_MS)
@@ -172,14 +183,12 @@ class TrainingPanel(Panel):
         self.source = combo_box(
             sources, "What to train on: built-in digits, a 2-D toy set, or a folder of images"
         )
-        self.source.currentIndexChanged.connect(self._on_source_changed)
-        self.source.activated.connect(self._on_source_chosen)
         self.folder_button = button("Choose folder…", "Pick a folder of images to train on")
         self.folder_button.clicked.connect(self.choose_folder)
         self.folder_label = QLabel("no folder chosen")
         self.folder_label.setWordWrap(True)
         self.image_size = spin_box(
-            8, 128, 32, "Images are centre-cropped and resized to this side", 4, " px"
+            8, 128, 28, "Images are centre-cropped and resized to this side", 4, " px"
         )
         self.channels = combo_box(
             [("grey (1)", 1), ("colour (3)", 3)], "Train on grey or colour images"
@@ -188,37 +197,33 @@ class TrainingPanel(Panel):
             [(s, s) for s in MODEL_SIZES], "Model size preset (wider nets learn more, slower)"
         )
         set_combo_data(self.model_size, "default")
-        self.model_size.currentIndexChanged.connect(self._update_model_info)
         self.model_info = QLabel()
         self.model_info.setToolTip("The network the preset builds")
         self.kind = combo_box(
             [(k, k) for k in SCHEDULE_KINDS], "Noise schedule kind (see the Schedules tab)"
         )
-        set_combo_data(self.kind, "cosine")
         self.steps_T = spin_box(10, 10000, 1000, "T: the number of diffusion timesteps", 50)
         self.prediction = combo_box(
             [(p, p) for p in PREDICTION_TYPES],
             "What the network predicts:\n"
             + "\n".join(f"{k}: {v}" for k, v in PREDICTION_TIPS.items()),
         )
-        set_combo_data(self.prediction, "v")
         self.batch = spin_box(1, 4096, 64, "Samples per optimizer step")
         self.lr = double_box(
             1e-6, 1.0, 2e-3, "Peak learning rate (AdamW; warm-up, then cosine decay)", 6, 1e-4
         )
         self.budget = combo_box(
-            [("steps", "steps"), ("minutes", "minutes")],
-            "End the run after a number of steps or minutes",
+            [("minutes", "minutes"), ("steps", "steps")],
+            "End the run after a number of minutes of training or of optimizer steps",
         )
         self.max_steps = spin_box(1, 10_000_000, 2000, "Optimizer steps to run", 100)
         self.max_minutes = double_box(0.05, 24 * 60, 5.0, "Minutes of training to run", 2, 0.5)
-        self.budget.currentIndexChanged.connect(self._on_budget_changed)
         self.seed = spin_box(0, 2**31 - 1, 0, "Seed of every random draw of the run")
         self.device = combo_box(
             [(d, d) for d in available_devices()], "Where to train (auto: a GPU if present)"
         )
         self.preview_every = spin_box(
-            0, 100000, 200, "Sample previews every this many steps (0 = never)", 50
+            0, 100000, 200, "Sample previews every this many steps (0 = never)", 50, " steps"
         )
         self.autosave_minutes = double_box(
             0.0,
@@ -228,6 +233,10 @@ class TrainingPanel(Panel):
             1,
             0.5,
         )
+        self.autosave_minutes.setSuffix(" min")
+        self.autosave_minutes.setSpecialValueText("only at the end")
+        self.preview_every.setSpecialValueText("never")
+        self.max_minutes.setSuffix(" min")
 
         self.start_button = button("Start", "Start training with these settings", "Ctrl+Return")
         self.pause_button = button("Pause", "Pause (and then resume) the run")
@@ -252,32 +261,45 @@ class TrainingPanel(Panel):
         self.resume_label.setWordWrap(True)
         self.error = ErrorLabel()
 
-        data_box = QGroupBox("Data")
-        data_form = QFormLayout(data_box)
-        data_form.addRow("Source", self.source)
-        data_form.addRow(self.folder_button, self.folder_label)
-        data_form.addRow("Image size", self.image_size)
-        data_form.addRow("Channels", self.channels)
-        model_box = QGroupBox("Model and diffusion")
-        model_form = QFormLayout(model_box)
-        model_form.addRow("Model size", self.model_size)
-        model_form.addRow(self.model_info)
-        model_form.addRow("Schedule", self.kind)
-        model_form.addRow("Steps T", self.steps_T)
-        model_form.addRow("Predicts", self.prediction)
-        opt_box = QGroupBox("Optimisation")
-        opt_form = QFormLayout(opt_box)
-        opt_form.addRow("Batch size", self.batch)
-        opt_form.addRow("Learning rate", self.lr)
-        opt_form.addRow("Run for", self.budget)
-        opt_form.addRow("Steps", self.max_steps)
-        opt_form.addRow("Minutes", self.max_minutes)
-        opt_form.addRow("Seed", self.seed)
-        opt_form.addRow("Device", self.device)
-        opt_form.addRow("Preview every", self.preview_every)
-        opt_form.addRow("Autosave every", self.autosave_minutes)
-        self.settings_boxes = (data_box, model_box, opt_box)
+        self.data_box = form_group(
+            "Data",
+            [
+                ("Source", self.source),
+                (self.folder_button, self.folder_label),
+                ("Image size", self.image_size),
+                ("Channels", self.channels),
+            ],
+        )
+        model_box = form_group(
+            "Model and diffusion",
+            [
+                ("Model size", self.model_size),
+                self.model_info,
+                ("Schedule", self.kind),
+                ("Steps T", self.steps_T),
+                ("Predicts", self.prediction),
+            ],
+        )
+        self.opt_box = form_group(
+            "Optimisation",
+            [
+                ("Batch size", self.batch),
+                ("Learning rate", self.lr),
+                ("Run for", self.budget),
+                ("Steps", self.max_steps),
+                ("Minutes", self.max_minutes),
+                ("Seed", self.seed),
+                ("Device", self.device),
+                ("Preview every", self.preview_every),
+                ("Autosave every", self.autosave_minutes),
+            ],
+        )
+        self.settings_boxes = (self.data_box, model_box, self.opt_box)
 
+        self.stats = QLabel("Not started.")
+        self.stats.setTextFormat(Qt.TextFormat.RichText)
+        self.stats.setToolTip("Step, loss, throughput, time and the autosave file of the run")
+        self.stats.setWordWrap(True)
         run_box = QGroupBox("Run")
         run_layout = QGridLayout(run_box)
         run_layout.addWidget(self.start_button, 0, 0)
@@ -287,29 +309,13 @@ class TrainingPanel(Panel):
         run_layout.addWidget(self.clear_resume_button, 1, 2)
         run_layout.addWidget(self.save_button, 2, 0, 1, 3)
         run_layout.addWidget(self.resume_label, 3, 0, 1, 3)
-
-        self.stats = QLabel("Not started.")
-        self.stats.setTextFormat(Qt.TextFormat.RichText)
-        self.stats.setToolTip("Step, loss, throughput, time and the autosave file of the run")
-        self.stats.setWordWrap(True)
-
-        controls = QWidget()
-        left = QVBoxLayout(controls)
-        for w in (*self.settings_boxes, run_box, self.error, self.stats):
-            left.addWidget(w)
-        left.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidget(controls)
-        scroll.setWidgetResizable(True)
-        scroll.setMinimumWidth(330)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        run_layout.addWidget(self.stats, 4, 0, 1, 3)
+        self.resume_label.hide()
 
         # plots
         self.log_y = check_box("Log loss axis", "Show the loss on a logarithmic axis", True)
         self.log_y.toggled.connect(self._on_log_y)
-        self.loss_plot = pg.PlotWidget(title="Loss")
-        self.loss_plot.setToolTip("Training loss per step (faint) and smoothed (bold)")
-        self.loss_plot.showGrid(x=True, y=True, alpha=0.25)
+        self.loss_plot = plot_widget("Loss", "Training loss per step (faint) and smoothed (bold)")
         self.loss_plot.setLabel("bottom", "step")
         self.loss_plot.addLegend(offset=(-10, 10))
         self.loss_curve = self.loss_plot.plot(
@@ -321,9 +327,10 @@ class TrainingPanel(Panel):
         for curve in (self.loss_curve, self.smooth_curve):
             curve.setDownsampling(auto=True, method="peak")
             curve.setClipToView(True)
-        self.scatter_plot = pg.PlotWidget(title="Loss against t (recent samples)")
-        self.scatter_plot.setToolTip("Per-sample loss (unweighted MSE) against its timestep t")
-        self.scatter_plot.showGrid(x=True, y=True, alpha=0.25)
+        self.scatter_plot = plot_widget(
+            "Loss against t (recent samples)",
+            "Per-sample loss (unweighted MSE) against its timestep t",
+        )
         self.scatter_plot.setLabel("bottom", "t")
         self.scatter = self.scatter_plot.plot(
             [],
@@ -340,19 +347,14 @@ class TrainingPanel(Panel):
         self.preview_image.setToolTip(
             "Samples from the model being trained, refreshed every few steps"
         )
-        self.preview_points = pg.PlotWidget(title="Preview samples over the data")
-        self.preview_points.setToolTip("Grey: the training data; blue: samples from the model")
-        self.preview_points.setAspectLocked(True)
-        self.preview_points.showGrid(x=True, y=True, alpha=0.25)
-        self.data_scatter = pg.ScatterPlotItem(
-            size=3, pen=None, brush=pg.mkBrush(160, 160, 160, 120)
+        self.preview_points = points_plot(
+            "Preview samples over the data",
+            "Blue: samples from the model; grey: the training data",
         )
-        self.sample_scatter = pg.ScatterPlotItem(
-            size=4, pen=None, brush=pg.mkBrush(31, 119, 180, 200)
-        )
-        self.preview_points.addItem(self.data_scatter)
+        self.data_scatter = scatter_item(2.5, (90, 90, 90, 150))
+        self.sample_scatter = scatter_item(4, (31, 119, 180, 110))
         self.preview_points.addItem(self.sample_scatter)
-        self.preview_points.setRange(xRange=(-2.5, 2.5), yRange=(-2.5, 2.5))
+        self.preview_points.addItem(self.data_scatter)  # the data drawn over the samples
         self.preview_stack.addWidget(self.preview_image)
         self.preview_stack.addWidget(self.preview_points)
 
@@ -366,13 +368,15 @@ class TrainingPanel(Panel):
         grid.setColumnStretch(0, 3)
         grid.setColumnStretch(1, 2)
 
-        self.splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.splitter.addWidget(scroll)
-        self.splitter.addWidget(plots)
-        self.splitter.setStretchFactor(1, 1)
-        QHBoxLayout(self).addWidget(self.splitter)
+        controls = control_column((*self.settings_boxes, run_box, self.error))
+        self.splitter = controls_beside_views(self, controls, plots)
         self._on_log_y(True)
-        self._on_budget_changed()
+
+        self.source.currentIndexChanged.connect(self._on_source_index_changed)
+        self.budget.currentIndexChanged.connect(self._on_budget_changed)
+        self.model_size.currentIndexChanged.connect(self._update_model_info)
+        self.image_size.valueChanged.connect(self._on_image_shape_changed)
+        self.channels.currentIndexChanged.connect(self._on_image_shape_changed)
 
     # ------------------------------------------------------------------ settings widgets
 
@@ -386,29 +390,79 @@ class TrainingPanel(Panel):
     def is_points(self) -> bool:
         return self.source.currentData() in TOY_DATASETS
 
-    def _on_source_chosen(self, _index: int) -> None:
-        """The user picked a data source: load the settings recommended for that kind of data."""
-        points = self.is_points()
-        set_combo_data(self.kind, "linear" if points else "cosine")
-        set_combo_data(self.prediction, "epsilon" if points else "v")
-        self.batch.setValue(256 if points else 64)
-        self.lr.setValue(3e-3 if points else 2e-3)
+    def preset(self) -> TrainConfig:
+        """The settings core recommends for the chosen data and model size
+        (`core.training.preset_config`; for a folder, at its image size and channels)."""
+        data, size = self.source.currentData(), self.model_size.currentData()
+        if data == FOLDER:
+            image_size, channels = self.folder_shape
+            return preset_config(
+                self.source_name() or FOLDER, size, image_size=image_size, channels=channels
+            )
+        return preset_config(data, size)
+
+    def apply_preset(self) -> None:
+        """Fill the data, diffusion and optimisation fields from `preset()`.
+
+        Seed, device, previews and autosave are the user's and stay as they are."""
+        config = self.preset()
+        self._show_fields(config)
+        if config.max_steps is not None:
+            self.max_steps.setValue(config.max_steps)
+        if config.max_minutes is not None:
+            self.max_minutes.setValue(config.max_minutes)
+        set_combo_data(self.budget, "steps" if config.max_minutes is None else "minutes")
+        self._update_model_info()
+
+    def _show_fields(self, config: TrainConfig, shape_only: bool = False) -> None:
+        """Show a TrainConfig's image shape (and its diffusion and optimisation settings)."""
+        self._filling = True
+        try:
+            self.image_size.setValue(config.image_size)
+            set_combo_data(self.channels, config.channels)
+            if shape_only:
+                return
+            set_combo_data(self.kind, config.schedule.kind)
+            self.steps_T.setValue(config.schedule.num_timesteps)
+            set_combo_data(self.prediction, config.prediction_type)
+            self.batch.setValue(config.batch_size)
+            self.lr.setValue(config.learning_rate)
+        finally:
+            self._filling = False
+
+    def _on_source_index_changed(self) -> None:
+        """A data source was chosen (by the user, a dropped folder or restored settings)."""
+        self._on_source_changed()
+        self.apply_preset()
 
     def _on_source_changed(self) -> None:
+        """Show the rows and previews that fit the data source."""
         data = self.source.currentData()
-        folder = data == FOLDER
+        folder, points = data == FOLDER, data in TOY_DATASETS
+        form = self.data_box.layout()
+        form.setRowVisible(self.folder_button, folder)
+        form.setRowVisible(self.image_size, not points)
+        form.setRowVisible(self.channels, not points)
         for w in (self.folder_button, self.folder_label, self.image_size, self.channels):
             w.setEnabled(folder)
-        if data in TOY_DATASETS:
+        if points:
             self.preview_stack.setCurrentWidget(self.preview_points)
-            points = toy_points(data, PREVIEW_POINTS, torch.Generator().manual_seed(0)).numpy()
-            self.data_scatter.setData(points[:, 0], points[:, 1])
+            points_xy = toy_points(data, PREVIEW_POINTS, torch.Generator().manual_seed(0)).numpy()
+            self.data_scatter.setData(points_xy[:, 0], points_xy[:, 1])
         else:
             self.preview_stack.setCurrentWidget(self.preview_image)
         self._update_model_info()
 
+    def _on_image_shape_changed(self) -> None:
+        if self.source.currentData() == FOLDER and not self._filling:
+            self.folder_shape = (self.image_size.value(), int(self.channels.currentData()))
+        self._update_model_info()
+
     def _on_budget_changed(self) -> None:
         steps = self.budget.currentData() == "steps"
+        form = self.opt_box.layout()
+        form.setRowVisible(self.max_steps, steps)
+        form.setRowVisible(self.max_minutes, not steps)
         self.max_steps.setEnabled(steps)
         self.max_minutes.setEnabled(not steps)
 
@@ -418,7 +472,8 @@ class TrainingPanel(Panel):
             return "points", 0, 0
         if self.source.currentData() == FOLDER:
             return "images", self.image_size.value(), int(self.channels.currentData())
-        return "images", 28, 1
+        config = self.preset()
+        return "images", config.image_size, config.channels
 
     def _update_model_info(self) -> None:
         kind, size, channels = self._data_shape()
@@ -451,9 +506,13 @@ class TrainingPanel(Panel):
             self.report_error("Cannot use folder", str(exc))
             return False
         self.folder = folder
+        self.folder_shape = (self.folder_shape[0], guess_channels(files))
         self.folder_label.setText(f"{folder.name} ({len(files)} images)")
         self.folder_label.setToolTip(str(folder))
-        set_combo_data(self.source, FOLDER)
+        was_folder = self.source.currentData() == FOLDER
+        set_combo_data(self.source, FOLDER)  # a new source: fills the preset
+        if was_folder:
+            self.apply_preset()
         self.file_used.emit(str(folder))
         self.status_message.emit(f"Training data: {folder} ({len(files)} images)")
         return True
@@ -510,10 +569,9 @@ class TrainingPanel(Panel):
         try:
             config = self.build_config()
         except (DiffusionStudioError, TypeError) as exc:
-            self.error.show_message(str(exc))
-            self.report_error("Cannot start training", str(exc))
+            self.show_problem("Cannot start training", str(exc))
             return False
-        self.error.show_message("")
+        self.clear_problem()
         resume = self.resume_from
         if resume is None:
             self._reset_plots()
@@ -602,11 +660,14 @@ class TrainingPanel(Panel):
             self.runner.resume()
 
     def _on_paused_changed(self, paused: bool) -> None:
+        self._show_paused(paused)
+        self.status_message.emit("Training paused." if paused else "Training resumed.")
+
+    def _show_paused(self, paused: bool) -> None:
         self.pause_button.blockSignals(True)
         self.pause_button.setChecked(paused)
         self.pause_button.setText("Resume" if paused else "Pause")
         self.pause_button.blockSignals(False)
-        self.status_message.emit("Training paused." if paused else "Training resumed.")
 
     def _update_buttons(self) -> None:
         running = self.runner.is_running
@@ -618,27 +679,16 @@ class TrainingPanel(Panel):
         for box in self.settings_boxes:
             box.setEnabled(not running)
         if not running:
-            self._on_paused_changed_quiet()
+            self._show_paused(False)
         if self.resume_from is not None and not running:
             self._lock_for_resume(True)
-
-    def _on_paused_changed_quiet(self) -> None:
-        self.pause_button.blockSignals(True)
-        self.pause_button.setChecked(False)
-        self.pause_button.setText("Pause")
-        self.pause_button.blockSignals(False)
 
     # ------------------------------------------------------------------ records (GUI thread)
 
     def _on_progressed(self, record: object) -> None:
         if isinstance(record, TrainProgress):
             self.latest = record
-            self.loss.append(record.step, record.loss)
-            self._smooth_count += 1
-            self._smooth_state = SMOOTHING * self._smooth_state + (1 - SMOOTHING) * record.loss
-            self.smoothed.append(
-                record.step, self._smooth_state / (1 - SMOOTHING**self._smooth_count)
-            )
+            self._append_loss(record.step, record.loss)
             n = len(record.timesteps)
             index = (self.scatter_n + np.arange(n)) % SCATTER_POINTS
             self.scatter_t[index] = record.timesteps
@@ -648,6 +698,19 @@ class TrainingPanel(Panel):
         elif isinstance(record, TrainPreview):
             self.preview = record
             self._preview_dirty = True
+
+    def _append_loss(self, step: int, loss: float) -> None:
+        """One point of the raw curve and of its exponential moving average, whose window
+        grows with the run (5 % of the steps so far, 3 to 100 steps) so that the smoothed
+        curve neither lags a short run nor jitters on a long one."""
+        self.loss.append(step, loss)
+        lo, hi = SMOOTHING_WINDOW
+        keep = 1.0 - 1.0 / min(max(0.05 * self._smooth_count, lo), hi)
+        self._smooth_count += 1
+        # bias-corrected: _smooth_weight is the total weight of the average so far
+        self._smooth_state = keep * self._smooth_state + (1 - keep) * loss
+        self._smooth_weight = keep * self._smooth_weight + (1 - keep)
+        self.smoothed.append(step, self._smooth_state / self._smooth_weight)
 
     def _on_timer(self) -> None:
         self._ticks += 1
@@ -703,7 +766,11 @@ class TrainingPanel(Panel):
         unit = (
             "points/s" if self.preview_stack.currentWidget() is self.preview_points else "images/s"
         )
-        where = f"<br>Autosave: {self.autosave_path}" if self.autosave_path else ""
+        where = f"<br>Autosave: {self.autosave_path.name}" if self.autosave_path else ""
+        self.stats.setToolTip(
+            "Step, loss, throughput and time of the run"
+            + (f"\nAutosave file: {self.autosave_path}" if self.autosave_path else "")
+        )
         self.stats.setText(
             f"Step <b>{r.step}</b>{total} &nbsp; loss {r.loss:.4g}<br>"
             f"{r.samples_per_s:,.0f} {unit} &nbsp; lr {r.lr:.2e}<br>"
@@ -711,13 +778,14 @@ class TrainingPanel(Panel):
         )
 
     def _on_log_y(self, on: bool) -> None:
-        self.loss_plot.setLogMode(x=False, y=on)
-        self.scatter_plot.setLogMode(x=False, y=on)
+        for plot in (self.loss_plot, self.scatter_plot):
+            plot.setLogMode(x=False, y=on)
 
     def _reset_plots(self) -> None:
         self.loss.clear()
         self.smoothed.clear()
         self._smooth_state = 0.0
+        self._smooth_weight = 0.0
         self._smooth_count = 0
         self.scatter_n = 0
         self.latest = None
@@ -738,7 +806,7 @@ class TrainingPanel(Panel):
             self.resume_from = None
             self.resume_path = None
             self._lock_for_resume(False)
-            self.resume_label.setText("")
+            self._show_resume_text("")
             where = f" and saved to {result.path}" if result.path else ""
             self.status_message.emit(f"Training ended at step {result.step}{where}.")
             if result.path is not None:
@@ -752,8 +820,7 @@ class TrainingPanel(Panel):
         kept = ""
         if self.autosave_path is not None and self.autosave_path.exists():
             kept = f"\n\nThe last good checkpoint is kept at {self.autosave_path}."
-        self.error.show_message(message)
-        self.report_error("Training stopped", message + kept)
+        self.show_problem("Training stopped", message + kept)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -763,7 +830,10 @@ class TrainingPanel(Panel):
             self.report_error("Save checkpoint", "Nothing to save yet: train a model first.")
             return
         path = dialogs.ask_save_path(
-            self, "Save checkpoint as", dialogs.CHECKPOINT_FILTER, self.suggest("model.safetensors")
+            self,
+            "Save checkpoint as",
+            dialogs.CHECKPOINT_SAVE_FILTER,
+            self.suggest("model.safetensors"),
         )
         if path is None:
             return
@@ -814,7 +884,7 @@ class TrainingPanel(Panel):
         self.resume_from, self.resume_path = ckpt, Path(path)
         self._show_config(config)
         step = int((ckpt.training or {}).get("step", 0))
-        self.resume_label.setText(
+        self._show_resume_text(
             f"Resuming <b>{Path(path).name}</b> from step {step}: Start continues it for the "
             "steps / minutes set above."
         )
@@ -822,20 +892,21 @@ class TrainingPanel(Panel):
         history_steps = ckpt.training_state.get("history/step")
         history_losses = ckpt.training_state.get("history/loss")
         if history_steps is not None and history_losses is not None:
-            for s, value in zip(history_steps.tolist(), history_losses.tolist()):
-                self.loss.append(s, value)
-                self._smooth_count += 1
-                self._smooth_state = SMOOTHING * self._smooth_state + (1 - SMOOTHING) * value
-                self.smoothed.append(s, self._smooth_state / (1 - SMOOTHING**self._smooth_count))
+            for step, value in zip(history_steps.tolist(), history_losses.tolist()):
+                self._append_loss(step, value)
         self.redraw_now()
         self._update_buttons()
         self.file_used.emit(str(path))
         return True
 
+    def _show_resume_text(self, text: str) -> None:
+        self.resume_label.setText(text)
+        self.resume_label.setVisible(bool(text))
+
     def clear_resume(self) -> None:
         self.resume_from = None
         self.resume_path = None
-        self.resume_label.setText("")
+        self._show_resume_text("")
         self._lock_for_resume(False)
         self._update_buttons()
 
@@ -857,54 +928,40 @@ class TrainingPanel(Panel):
             self._on_source_changed()
 
     def _show_config(self, config: TrainConfig) -> None:
+        """Show the run a checkpoint resumes: its data and its settings."""
         if config.data in TOY_DATASETS or config.data == "digits":
             set_combo_data(self.source, config.data)
         else:
             self.folder = Path(config.data)
             self.folder_label.setText(self.folder.name)
+            self.folder_shape = (config.image_size, config.channels)
             set_combo_data(self.source, FOLDER)
-            self.image_size.setValue(config.image_size)
-            set_combo_data(self.channels, config.channels)
-        set_combo_data(self.kind, config.schedule.kind)
-        self.steps_T.setValue(config.schedule.num_timesteps)
-        set_combo_data(self.prediction, config.prediction_type)
-        self.batch.setValue(config.batch_size)
-        self.lr.setValue(config.learning_rate)
+        self._show_fields(config)
         self.seed.setValue(config.seed)
 
     # ------------------------------------------------------------------ settings
 
-    FIELDS = ("image_size", "steps_T", "batch", "max_steps", "seed", "preview_every")
-    FLOAT_FIELDS = ("lr", "max_minutes", "autosave_minutes")
-    COMBOS = ("source", "channels", "model_size", "kind", "prediction", "budget", "device")
+    def persistent_widgets(self) -> dict[str, Persistent]:
+        names = (
+            "source model_size image_size channels kind steps_T prediction batch lr budget "
+            "max_steps max_minutes seed device preview_every autosave_minutes log_y"
+        )
+        return {name: getattr(self, name) for name in names.split()}
 
     def save_state(self, settings: QSettings) -> None:
         super().save_state(settings)
-        values: dict[str, Any] = {name: getattr(self, name).value() for name in self.FIELDS}
-        values.update({name: getattr(self, name).value() for name in self.FLOAT_FIELDS})
-        values.update({name: getattr(self, name).currentData() for name in self.COMBOS})
-        values["folder"] = str(self.folder) if self.folder else None
-        values["log_y"] = self.log_y.isChecked()
-        write_json(settings, f"{self.key()}/fields", values)
+        settings.setValue(f"{self.key()}/folder", str(self.folder) if self.folder else "")
 
     def restore_state(self, settings: QSettings) -> None:
-        super().restore_state(settings)
-        values = read_json(settings, f"{self.key()}/fields", {})
-        if not isinstance(values, dict):
-            return
-        for name in self.FIELDS + self.FLOAT_FIELDS:
-            if isinstance(values.get(name), (int, float)):
-                box = getattr(self, name)
-                box.setValue(values[name] if name in self.FLOAT_FIELDS else int(values[name]))
-        folder = values.get("folder")
-        if isinstance(folder, str) and Path(folder).is_dir():
+        folder = str(settings.value(f"{self.key()}/folder", "") or "")
+        if folder and Path(folder).is_dir():
             self.folder = Path(folder)
             self.folder_label.setText(self.folder.name)
-        for name in self.COMBOS:
-            if name == "source" and values.get(name) == FOLDER and self.folder is None:
-                continue
-            set_combo_data(getattr(self, name), values.get(name))
-        if isinstance(values.get("log_y"), bool):
-            self.log_y.setChecked(values["log_y"])
+            self.folder_label.setToolTip(folder)
+        super().restore_state(settings)
+        if self.source.currentData() == FOLDER and self.folder is None:
+            set_combo_data(self.source, "digits")  # the saved folder is gone
+        if self.source.currentData() != FOLDER:  # digits: the fixed shape, whatever was saved
+            self._show_fields(self.preset(), shape_only=True)
         self._on_source_changed()
         self._on_budget_changed()

@@ -77,6 +77,13 @@ def app_dirs(tmp_path, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def no_bundled_models(monkeypatch):
+    """The tests do not depend on which pretrained models resources/models holds (a test that
+    wants some patches this again)."""
+    monkeypatch.setattr("core.checkpoint.pretrained_checkpoint_paths", lambda: {})
+
+
+@pytest.fixture(autouse=True)
 def fake_dialogs(monkeypatch) -> FakeDialogs:
     fake = FakeDialogs()
     for name in (
@@ -102,6 +109,39 @@ def no_thread_left(qapp):
         left = [t.objectName() for t in live_threads()]
         wait_for_all_threads(20.0)  # do not let a stray thread crash the next test
         pytest.fail(f"the test left worker thread(s) running: {left}")
+
+
+@pytest.fixture
+def show(qtbot):
+    """show(widget): the widget, shown; its jobs are stopped at the end of the test."""
+    shown = []
+
+    def show_widget(widget):
+        qtbot.addWidget(widget)
+        widget.show()
+        shown.append(widget)
+        return widget
+
+    yield show_widget
+    for widget in shown:
+        shutdown = getattr(widget, "shutdown", None)
+        if shutdown is not None:
+            shutdown(20)
+
+
+@pytest.fixture
+def export(qtbot, fake_dialogs):
+    """export(button, runner, target): click an export button, answer its file dialog with
+    `target` and wait until the export runner has written it."""
+
+    def run(button, runner, target):
+        fake_dialogs.paths.append(target)
+        with qtbot.waitSignal(runner.finished, timeout=30000):
+            button.click()
+        runner.wait(10)
+        return target
+
+    return run
 
 
 @pytest.fixture

@@ -13,11 +13,8 @@ from core.schedule import NoiseSchedule, ScheduleConfig
 
 
 @pytest.fixture
-def panel(qtbot):
-    p = ForwardPanel()
-    qtbot.addWidget(p)
-    p.show()
-    return p
+def panel(show):
+    return show(ForwardPanel())
 
 
 @pytest.fixture
@@ -84,7 +81,7 @@ def test_corrupt_image_shows_an_error_and_keeps_the_old_image(
     np.testing.assert_allclose(panel.view.image, engine_xt(small_image, 0, 9), atol=1e-6)
 
 
-def test_export_gif_through_the_dialog(panel, tmp_path, fake_dialogs, qtbot):
+def test_export_gif_through_the_dialog(panel, tmp_path, fake_dialogs, export):
     gradient = np.zeros((40, 60, 3), dtype=np.uint8)
     gradient[..., 0] = np.linspace(0, 255, 60, dtype=np.uint8)[None]
     gradient[..., 2] = np.linspace(255, 0, 40, dtype=np.uint8)[:, None]
@@ -92,11 +89,7 @@ def test_export_gif_through_the_dialog(panel, tmp_path, fake_dialogs, qtbot):
     Image.fromarray(gradient).save(small_image)
     panel.load_image(small_image)
     panel.gif_frames.setValue(6)
-    target = tmp_path / "forward.gif"
-    fake_dialogs.paths.append(target)
-    with qtbot.waitSignal(panel.export_runner.finished, timeout=10000):
-        panel.gif_button.click()
-    panel.export_runner.wait(5)
+    target = export(panel.gif_button, panel.export_runner, tmp_path / "forward.gif")
     with Image.open(target) as gif:
         assert gif.size == (60, 40)
         assert gif.n_frames == 6

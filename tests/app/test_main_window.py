@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
@@ -169,3 +173,100 @@ def test_close_during_training_asks_stops_and_saves(window, qtbot, fake_dialogs,
     assert live_threads() == []
     saved = list((app_dirs.data / "checkpoints").glob("moons-*.safetensors"))
     assert len(saved) == 1
+
+
+# ---------------------------------------------------------------------- icon
+
+
+def test_window_icon_is_the_shipped_one(window):
+    icon = window.windowIcon()
+    assert not icon.isNull()
+    assert any(size.width() == 256 for size in icon.availableSizes())
+
+
+def test_missing_icons_do_not_stop_the_app(monkeypatch, qtbot):
+    def missing(*parts):
+        raise FileNotFoundError(f"shipped resource not found: {'/'.join(parts)}")
+
+    monkeypatch.setattr("core.resources.resource_path", missing)
+    again = MainWindow()
+    qtbot.addWidget(again)
+    assert again.windowIcon().isNull()
+    assert again.forward.image_path == default_photo_path()  # everything else works
+    again.close()
+
+
+# ---------------------------------------------------------------------- diffusers model folders
+
+
+def fake_diffusers_folder(folder):
+    """A folder laid out like a diffusers UNet2DModel (its weights are never read here)."""
+    folder.mkdir(parents=True)
+    config = {"_class_name": "UNet2DModel", "in_channels": 1, "out_channels": 1, "sample_size": 8}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    scheduler = {"_class_name": "DDPMScheduler", "num_train_timesteps": 100}
+    (folder / "scheduler_config.json").write_text(json.dumps(scheduler))
+    return folder
+
+
+@pytest.fixture
+def without_diffusers(monkeypatch):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # `import diffusers` raises ImportError
+
+
+def test_dropped_model_folder_goes_to_playback_other_folders_to_training(
+    window, tmp_path, fake_dialogs, without_diffusers
+):
+    model = fake_diffusers_folder(tmp_path / "ddpm-tiny")
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(pictures / "a.png")
+    window.handle_dropped_paths([str(model)])
+    assert window.tabs.currentWidget() is window.playback
+    title, message = fake_dialogs.errors[-1]
+    assert title == "Cannot open checkpoint" and "pip install" in message  # the extra is missing
+    assert window.training.folder is None
+    window.tabs.setCurrentWidget(window.forward)
+    assert not window.open_path(model / "config.json")  # a file of the model: the same
+    assert window.tabs.currentWidget() is window.playback
+    window.handle_dropped_paths([str(pictures)])
+    assert window.tabs.currentWidget() is window.training
+    assert window.training.folder == pictures
+
+
+def test_open_model_folder_menu(window, tmp_path, fake_dialogs, without_diffusers):
+    fake_dialogs.paths.append(fake_diffusers_folder(tmp_path / "model"))
+    window.open_model_folder_action.trigger()
+    assert fake_dialogs.asked[-1] == "Open a diffusers model folder"
+    assert window.tabs.currentWidget() is window.playback
+    assert "diffusers" in window.playback.error.text()
+    assert window.playback.checkpoint is None
+
+
+def test_a_real_diffusers_folder_plays_back(window, tmp_path, qtbot, fake_dialogs):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    )
+    pipeline = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(100))
+    pipeline.save_pretrained(tmp_path / "tiny-ddpm")
+    fake_dialogs.paths.append(tmp_path / "tiny-ddpm")
+    window.open_model_folder_action.trigger()
+    playback = window.playback
+    assert playback.checkpoint is not None, fake_dialogs.errors
+    assert playback.model_choice.currentText() == "Diffusers: tiny-ddpm"
+    playback.num_steps.setValue(3)
+    playback.num_samples.setValue(2)
+    with qtbot.waitSignal(playback.runner.finished, timeout=30000):
+        playback.sample_button.click()
+    playback.runner.wait(10)
+    assert playback.grid_view.image is not None and len(playback.trajectory) == 4

@@ -12,12 +12,8 @@ from core.data import default_photo_path
 
 
 @pytest.fixture
-def panel(qtbot):
-    p = PlaybackPanel()
-    qtbot.addWidget(p)
-    p.show()
-    yield p
-    p.shutdown(20)
+def panel(show):
+    return show(PlaybackPanel())
 
 
 def sample(panel, qtbot, steps=5, n=4):
@@ -72,26 +68,18 @@ def test_start_from_an_image(panel, qtbot, checkpoints):
     assert len(panel.trajectory) < 11  # only the steps at or below t = 40
 
 
-def test_export_gif_and_png_frames(panel, qtbot, checkpoints, tmp_path, fake_dialogs):
+def test_export_gif_and_png_frames(panel, qtbot, checkpoints, tmp_path, fake_dialogs, export):
     panel.load_checkpoint(checkpoints.images)
     sample(panel, qtbot, steps=5, n=4)
     set_combo_data(panel.export_view, VIEW_PAIR)
     panel.export_frames.setValue(4)
     panel.export_scale.setValue(2)
-    gif = tmp_path / "reverse.gif"
-    fake_dialogs.paths.append(gif)
-    with qtbot.waitSignal(panel.export_runner.finished, timeout=30000):
-        panel.gif_button.click()
-    panel.export_runner.wait(10)
+    gif = export(panel.gif_button, panel.export_runner, tmp_path / "reverse.gif")
     with Image.open(gif) as picture:
         # two 28x28 tiles side by side with 1-pixel padding, scaled 2x
         assert picture.size == (2 * (2 * 28 + 3), 2 * (28 + 2))
         assert 2 <= picture.n_frames <= 4
-    folder = tmp_path / "frames"
-    fake_dialogs.paths.append(folder)
-    with qtbot.waitSignal(panel.export_runner.finished, timeout=30000):
-        panel.png_button.click()
-    panel.export_runner.wait(10)
+    folder = export(panel.png_button, panel.export_runner, tmp_path / "frames")
     assert len(list(folder.glob("frame_*.png"))) == 4
     assert fake_dialogs.errors == []
 
@@ -106,3 +94,57 @@ def test_bad_checkpoint_shows_an_error_and_keeps_the_model(
     assert fake_dialogs.errors[-1][0] == "Cannot open checkpoint"
     assert panel.checkpoint is not None and panel.checkpoint.is_points
     assert panel.sample_button.isEnabled()
+
+
+# ---------------------------------------------------------------------- defaults and bundled models
+
+
+def test_sampler_defaults_are_ddpm_100_trailing(panel, checkpoints):
+    for ckpt in (checkpoints.images, checkpoints.points):
+        assert panel.load_checkpoint(ckpt)
+        request = panel.request()
+        assert request.sampler.kind == "ddpm"
+        assert request.sampler.num_inference_steps == 100
+        assert request.sampler.spacing == "trailing"
+        assert not panel.eta.isEnabled()
+
+
+@pytest.fixture
+def bundled(monkeypatch, checkpoints):
+    """Pretend resources/models holds two pretrained models (tiny checkpoints)."""
+    paths = {"moons": checkpoints.points, "digits": checkpoints.images}
+    monkeypatch.setattr("core.checkpoint.pretrained_checkpoint_paths", lambda: dict(paths))
+    return paths
+
+
+def test_first_launch_chooses_the_pretrained_digits_model(bundled, qtbot, fake_dialogs):
+    from app.main_window import MainWindow
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    panel = window.playback
+    labels = [panel.model_choice.itemText(i) for i in range(panel.model_choice.count())]
+    assert labels == ["Pretrained: digits", "Pretrained: moons"]
+    assert panel.model_choice.currentData() == "pretrained:digits"
+    assert panel.checkpoint is not None and not panel.checkpoint.is_points
+    assert panel.sample_button.isEnabled()
+    panel.num_samples.setValue(2)
+    with qtbot.waitSignal(panel.runner.finished, timeout=60000):
+        panel.sample_button.click()
+    panel.runner.wait(10)
+    assert len(panel.trajectory) == 101  # 100 DDPM steps and the final samples
+    assert panel.trajectory.timesteps[0] == 99  # trailing: the first step is at t = T - 1
+    set_combo_data(panel.model_choice, "pretrained:moons")  # loaded when first chosen
+    assert panel.checkpoint.is_points and panel.views.currentWidget() is panel.point_views
+    window.close()
+    assert fake_dialogs.errors == []
+
+
+def test_a_broken_bundled_model_is_reported(monkeypatch, tmp_path, qtbot, fake_dialogs):
+    broken = tmp_path / "digits.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    monkeypatch.setattr("core.checkpoint.pretrained_checkpoint_paths", lambda: {"digits": broken})
+    p = PlaybackPanel()
+    qtbot.addWidget(p)
+    assert fake_dialogs.errors[-1][0] == "Cannot open pretrained model"
+    assert p.checkpoint is None and not p.sample_button.isEnabled()

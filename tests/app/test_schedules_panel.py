@@ -13,11 +13,8 @@ from core.schedule import NoiseSchedule, ScheduleConfig
 
 
 @pytest.fixture
-def panel(qtbot):
-    p = SchedulesPanel()
-    qtbot.addWidget(p)
-    p.show()
-    return p
+def panel(show):
+    return show(SchedulesPanel())
 
 
 def plotted(panel, key):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -9,15 +11,12 @@ from PIL import Image
 from app.panels.training_panel import TrainingPanel
 from app.widgets import set_combo_data
 from core.checkpoint import load_checkpoint
+from core.training import preset_config
 
 
 @pytest.fixture
-def panel(qtbot):
-    p = TrainingPanel()
-    qtbot.addWidget(p)
-    p.show()
-    yield p
-    p.shutdown(20)
+def panel(show):
+    return show(TrainingPanel())
 
 
 def tiny(panel, source="moons", steps=40):
@@ -77,7 +76,16 @@ def test_pause_resume_stop(panel, qtbot):
     qtbot.waitUntil(lambda: panel.loss.n >= 3, timeout=30000)
     panel.pause_button.click()
     assert panel.pause_button.text() == "Resume"
-    qtbot.wait(200)
+    # The step under way when Pause was pressed still ends (slowly on a busy machine); after
+    # it, no step runs: the count settles and stays.
+    counts = [panel.loss.n]
+
+    def settled() -> bool:
+        qtbot.wait(300)
+        counts.append(panel.loss.n)
+        return counts[-1] == counts[-2]
+
+    qtbot.waitUntil(settled, timeout=10000)
     paused_at = panel.loss.n
     qtbot.wait(300)
     assert panel.loss.n == paused_at
@@ -136,3 +144,48 @@ def test_bad_checkpoint_cannot_be_resumed(panel, tmp_path, fake_dialogs, checkpo
     assert not panel.set_resume_checkpoint(bad)
     assert fake_dialogs.errors[-1][0] == "Cannot resume"
     assert panel.resume_from is None
+
+
+# ---------------------------------------------------------------------- presets from core
+
+# Fields that are the user's, not the preset's: they may differ from preset_config.
+USER_FIELDS = dict(seed=0, device="cpu", preview_every=0, preview_count=1, preview_steps=1)
+
+
+def same_run(a, b) -> bool:
+    """Two TrainConfigs describe the same run apart from seed, device and previews."""
+    return replace(a, **USER_FIELDS) == replace(b, **USER_FIELDS)
+
+
+def test_first_launch_trains_exactly_the_digits_preset(window):
+    panel = window.training
+    assert same_run(panel.build_config(), preset_config("digits"))
+    assert panel.budget.currentData() == "minutes" and panel.max_minutes.value() == 5.0
+    assert panel.image_size.value() == 28 and not panel.image_size.isEnabled()
+
+
+def test_choosing_a_source_fills_its_preset(panel):
+    panel.batch.setValue(7)
+    set_combo_data(panel.kind, "sigmoid")
+    set_combo_data(panel.source, "moons")
+    assert same_run(panel.build_config(), preset_config("moons"))
+    assert panel.budget.currentData() == "minutes" and panel.max_minutes.value() == 0.5
+    assert panel.batch.value() == 256 and panel.kind.currentData() == "linear"
+    set_combo_data(panel.model_size, "small")
+    set_combo_data(panel.source, "digits")
+    assert same_run(panel.build_config(), preset_config("digits", "small"))
+    assert panel.max_minutes.value() == 5.0 and panel.prediction.currentData() == "v"
+
+
+def test_a_folder_gets_the_preset_for_its_size_and_channels(panel, image_folder):
+    panel.batch.setValue(7)
+    assert panel.set_data_folder(image_folder)  # grey PNGs
+    assert panel.channels.currentData() == 1 and panel.image_size.isEnabled()
+    expected = preset_config(str(image_folder), image_size=32, channels=1)
+    assert same_run(panel.build_config(), expected)
+    panel.image_size.setValue(16)  # a smaller model for smaller images
+    assert same_run(panel.build_config(), preset_config(str(image_folder), image_size=16))
+    set_combo_data(panel.source, "digits")  # digits keep their own shape ...
+    assert panel.image_size.value() == 28 and not panel.image_size.isEnabled()
+    set_combo_data(panel.source, "folder")  # ... and the folder keeps its choice
+    assert panel.image_size.value() == 16

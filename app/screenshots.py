@@ -1,0 +1,164 @@
+"""Screenshots of the four panels and a reverse-process GIF, for the README and the docs.
+
+    python -m app.screenshots --out docs/images
+
+Starts the real main window offscreen (QT_QPA_PLATFORM=offscreen unless set), with its
+settings and data in a temporary folder, and drives every panel as a user would:
+
+- Schedules: cosine and sigmoid added to the comparison, the crosshair at t = 300;
+- Forward: the astronaut at t = 300;
+- Training: a short digits run (a small step budget) until the loss curve and a preview show;
+- Playback: DDPM sampling with the bundled pretrained digits model (or, when there is none,
+  the model just trained), scrubbed to the middle frame.
+
+and writes schedules.png, forward.png, training.png, playback.png and reverse.gif (made by
+the Playback panel's own Export GIF path). Seeds are fixed, so the pictures only change when
+the code or the models do (the training run's speed figures vary from machine to machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+WINDOW_SIZE = (1360, 860)
+FORWARD_T = 300
+TRAIN_STEPS = 150
+PREVIEW_EVERY = 50
+GIF_FRAMES = 48
+GIF_FPS = 12
+GIF_SCALE = 2
+TIMEOUT_S = 600.0
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = TIMEOUT_S) -> None:
+    """Run the event loop until `condition()` holds (RuntimeError after the timeout)."""
+    from PySide6.QtCore import QCoreApplication
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for the window")
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+
+
+def settle(seconds: float = 0.3) -> None:
+    """Let timers fire and plots repaint."""
+    end = time.monotonic() + seconds
+    wait_until(lambda: time.monotonic() >= end)
+
+
+def grab(window, path: Path) -> None:
+    window.statusBar().clearMessage()
+    settle()
+    if not window.grab().save(str(path)):
+        raise RuntimeError(f"could not write {path}")
+    print(f"wrote {path}", flush=True)
+
+
+def shoot(out: Path, train_steps: int) -> None:
+    import torch
+
+    from app import dialogs
+    from app.main_window import MainWindow, make_application
+    from app.widgets import set_combo_data
+    from core.data import sample_photo_paths
+
+    make_application()
+    torch.set_num_threads(os.cpu_count() or 1)  # nobody is using the window: all cores train
+    window = MainWindow()
+    window.resize(*WINDOW_SIZE)
+    window.show()
+    settle(0.5)
+
+    # Schedules: linear (current) against cosine and sigmoid, crosshair at t = 300.
+    schedules = window.schedules
+    window.tabs.setCurrentWidget(schedules)
+    for kind in ("cosine", "sigmoid"):
+        set_combo_data(schedules.kind, kind)
+        schedules.add_button.click()
+    set_combo_data(schedules.kind, "linear")
+    schedules.set_hover_t(FORWARD_T)
+    grab(window, out / "schedules.png")
+
+    # Forward: the astronaut at t = 300 (slider position t + 1; 0 is the clean image).
+    forward = window.forward
+    window.tabs.setCurrentWidget(forward)
+    astronaut = next(p for p in sample_photo_paths() if p.stem == "astronaut")
+    forward.load_image(astronaut)
+    forward.slider.setValue(FORWARD_T + 1)
+    grab(window, out / "forward.png")
+
+    # Training: digits with the preset's settings, but a small step budget.
+    training = window.training
+    window.tabs.setCurrentWidget(training)
+    set_combo_data(training.source, "digits")
+    set_combo_data(training.budget, "steps")
+    training.max_steps.setValue(train_steps)
+    training.preview_every.setValue(PREVIEW_EVERY)
+    training.autosave_minutes.setValue(0.0)
+    started = time.monotonic()
+    if not training.start():
+        raise RuntimeError("training did not start")
+    wait_until(lambda: not training.runner.is_running and training.last_result is not None)
+    print(f"trained {train_steps} steps in {time.monotonic() - started:.0f} s", flush=True)
+    training.redraw_now()
+    grab(window, out / "training.png")
+
+    # Playback: the pretrained digits model when bundled, else the one just trained.
+    playback = window.playback
+    window.tabs.setCurrentWidget(playback)
+    if not set_combo_data(playback.model_choice, "pretrained:digits"):
+        set_combo_data(playback.model_choice, "trained")
+    set_combo_data(playback.sampler_kind, "ddpm")
+    if not playback.start_sampling():
+        raise RuntimeError("sampling did not start")
+    wait_until(lambda: not playback.runner.is_running)
+    playback.show_frame(len(playback.trajectory) // 2)
+    grab(window, out / "playback.png")
+
+    # The GIF, through the Export GIF button's own code path (the file dialog answered here).
+    set_combo_data(playback.export_view, "grid_xt")
+    playback.export_frames.setValue(GIF_FRAMES)
+    playback.export_fps.setValue(GIF_FPS)
+    playback.export_scale.setValue(GIF_SCALE)
+    gif = out / "reverse.gif"
+    dialogs.ask_save_path = lambda *_args, **_kwargs: gif
+    playback.gif_button.click()
+    wait_until(lambda: not playback.export_runner.is_running)
+    if not gif.is_file():
+        raise RuntimeError(f"the GIF export did not write {gif}")
+    print(f"wrote {gif}", flush=True)
+    window.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.screenshots", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("docs/images"), help="output folder")
+    parser.add_argument(
+        "--train-steps", type=int, default=TRAIN_STEPS, help="training steps for training.png"
+    )
+    args = parser.parse_args(argv)
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="diffusion-studio-screenshots-") as tmp:
+        from app.settings import DATA_DIR_ENV
+
+        os.environ[DATA_DIR_ENV] = str(Path(tmp) / "data")
+        from PySide6.QtCore import QSettings
+
+        QSettings.setPath(
+            QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(Path(tmp) / "settings")
+        )
+        shoot(args.out.resolve(), args.train_steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
