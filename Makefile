@@ -42,3 +42,13 @@ bench: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
+
+# `make bundle`: a one-folder desktop bundle in dist/diffusion-studio/ (PyInstaller; no Python
+# needed beside it), then its headless self-check. See packaging/README.md.
+PYINSTALLER_SPEC ?= pyinstaller>=6.10
+.PHONY: bundle
+bundle: $(VENV)/.installed
+	$(BIN)/python -m pip install "$(PYINSTALLER_SPEC)"
+	$(BIN)/pyinstaller --noconfirm --distpath dist --workpath build/pyinstaller packaging/diffusion-studio.spec
+	QT_QPA_PLATFORM=offscreen dist/diffusion-studio/diffusion-studio --self-check
+	@du -sh dist/diffusion-studio

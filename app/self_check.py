@@ -1,8 +1,8 @@
 """`diffusion-studio --self-check`: prove an installation or bundle works, without a display.
 
 Each check loads something that ships (data, photos, icons, pretrained models) or exercises a
-part that a broken bundle would lack (a model, a few sampling steps, Qt with its offscreen
-platform plugin, the GUI modules). Every check runs even when an earlier one failed, and each
+part that a broken bundle would lack (a model, two training steps, a few sampling steps, Qt
+with its offscreen platform plugin, the main window). Every check runs even when an earlier one failed, and each
 prints one line; the exit status is 0 only when all passed.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 
 ICON_SIZES = (16, 32, 48, 64, 128, 256, 512)
@@ -64,6 +65,17 @@ def _check_sampling() -> str:
     return f"{len(frames)} frames"
 
 
+def _check_training() -> str:
+    """Two optimizer steps of a small model: the optimizer pulls in parts of torch lazily."""
+    from core.training import Trainer, preset_config
+
+    config = preset_config("digits", "small", max_steps=2, batch_size=4, device="cpu")
+    losses = [r.loss for r in Trainer(config).run() if hasattr(r, "loss")]
+    if len(losses) != 2 or not all(loss == loss for loss in losses):  # NaN != NaN
+        raise ValueError(f"training gave losses {losses}")
+    return f"2 steps, loss {losses[-1]:.3f}"
+
+
 def _check_pretrained() -> str:
     import torch
 
@@ -92,11 +104,16 @@ def _check_pretrained() -> str:
 
 
 def _check_qt() -> str:
-    """Qt starts on its offscreen platform (the plugin a bundle must carry) and reads the icon."""
+    """Qt starts on its offscreen platform (the plugin a bundle must carry), reads the icon and
+    builds the main window with all its panels (settings and data in a temporary folder)."""
+    import tempfile
+
+    from PySide6.QtCore import QSettings
     from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication
 
-    import app.main_window  # noqa: F401 - every GUI module (and pyqtgraph) must import
+    from app.main_window import MainWindow
+    from app.settings import DATA_DIR_ENV
     from core.resources import resource_path
 
     qt_app = QApplication.instance()
@@ -106,7 +123,25 @@ def _check_qt() -> str:
     icon = QIcon(str(resource_path("icons", f"{ICON_NAME}-256.png")))
     if icon.isNull() or icon.pixmap(64, 64).isNull():
         raise ValueError("Qt could not read the application icon")
-    return f"{qt_app.platformName()} platform, icon read"
+    old_data_dir = os.environ.get(DATA_DIR_ENV)
+    with tempfile.TemporaryDirectory(prefix="diffusion-studio-self-check-") as tmp:
+        QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, tmp)
+        os.environ[DATA_DIR_ENV] = tmp
+        try:
+            window = MainWindow()
+            qt_app.processEvents()
+            if window.grab().isNull():  # lays out and paints every visible widget
+                raise ValueError("the main window could not be drawn")
+            tabs = window.tabs.count()
+            window.close()
+            window.deleteLater()
+            qt_app.processEvents()
+        finally:
+            if old_data_dir is None:
+                os.environ.pop(DATA_DIR_ENV, None)
+            else:
+                os.environ[DATA_DIR_ENV] = old_data_dir
+    return f"{qt_app.platformName()} platform, icon read, main window with {tabs} panels"
 
 
 def _check_diffusers() -> str:
@@ -120,6 +155,7 @@ CHECKS: list[tuple[str, Callable[[], str]]] = [
     ("sample photos", _check_photos),
     ("icons", _check_icons),
     ("sampling", _check_sampling),
+    ("training", _check_training),
     ("pretrained models", _check_pretrained),
     ("Qt", _check_qt),
     ("diffusers", _check_diffusers),
@@ -130,13 +166,14 @@ def run_self_check() -> int:
     """Run every check, print one line each. 0 = all well, 1 = something failed."""
     failed = 0
     for name, check in CHECKS:
+        start = time.perf_counter()
         try:
             result = check()
         except Exception as exc:  # noqa: BLE001 - a self-check reports every failure
             failed += 1
             print(f"FAIL  {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
         else:
-            print(f"ok    {name}: {result}")
+            print(f"ok    {name}: {result} ({time.perf_counter() - start:.1f} s)")
         sys.stdout.flush()
     if failed:
         print(f"self-check FAILED ({failed} of {len(CHECKS)} checks)", file=sys.stderr)

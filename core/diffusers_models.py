@@ -17,6 +17,12 @@ ours:
 
 The network is wrapped so that it is called like ours: `model(x (B, C, H, W), t (B,))`.
 
+The other way, `export_diffusers(ckpt, folder)` writes one of our image UNets as a diffusers
+DDPM pipeline folder (unet/, scheduler/, model_index.json) that `DDPMPipeline.from_pretrained`
+loads: our UNet is laid out like `UNet2DModel` block for block, so only names change (and our
+fused q/k/v projection is split in three). Models that run on a pixel-unshuffled input, and the
+2-D point MLP, have no diffusers counterpart (`diffusers_export_problem` says why).
+
 `diffusers` is an optional dependency (`pip install diffusion-studio[diffusers]`): it is
 imported only when such a model is loaded or built, so `core` imports without it. Finding a
 folder and mapping a scheduler config need no diffusers at all.
@@ -25,9 +31,12 @@ folder and mapping a scheduler config need no diffusers at all.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import json
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -36,8 +45,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.errors import CheckpointError, ConfigError
-from core.models import DiffusersUNetConfig
+from core.errors import CheckpointError, ConfigError, ExportError
+from core.models import DiffusersUNetConfig, ModelConfig, UNetConfig
 from core.samplers import (
     TIMESTEP_SPACINGS,
     VARIANCE_TYPES,
@@ -53,6 +62,8 @@ __all__ = [
     "DiffusersFolder",
     "DiffusersUNet",
     "diffusers_available",
+    "diffusers_export_problem",
+    "export_diffusers",
     "find_diffusers_model",
     "import_diffusers",
     "is_diffusers_model",
@@ -105,7 +116,9 @@ def import_diffusers() -> ModuleType:
     try:
         return importlib.import_module("diffusers")
     except ImportError as exc:
-        raise CheckpointError(f"opening a diffusers model needs diffusers: {install_hint()}") from exc
+        raise CheckpointError(
+            f"opening a diffusers model needs diffusers: {install_hint()}"
+        ) from exc
 
 
 # ----------------------------------------------------------------------------- finding folders
@@ -229,7 +242,9 @@ def scheduler_settings(
         notes.append(f"variance_type {variance!r} is not available; 'fixed_small' is used")
         variance = "fixed_small"
     if config.get("steps_offset", 0):
-        notes.append(f"steps_offset {config['steps_offset']} is ignored (timesteps are not shifted)")
+        notes.append(
+            f"steps_offset {config['steps_offset']} is ignored (timesteps are not shifted)"
+        )
     if config.get("thresholding", False):
         notes.append("dynamic thresholding is not available; plain clipping is used")
     if config.get("set_alpha_to_one", True) is False:
@@ -340,7 +355,11 @@ def load_diffusers_checkpoint(path: str | Path) -> Any:
     diffusers = import_diffusers()
     try:
         unet = diffusers.UNet2DModel.from_pretrained(
-            str(found.unet_dir), use_safetensors=True, local_files_only=True
+            str(found.unet_dir),
+            use_safetensors=True,  # never a pickle
+            local_files_only=True,  # never the network
+            # the memory-saving loader needs `accelerate`; without it diffusers prints a warning
+            low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
         )
     except Exception as exc:  # noqa: BLE001 - diffusers raises many types for bad folders
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -361,7 +380,12 @@ def load_diffusers_checkpoint(path: str | Path) -> Any:
         schedule_config=schedule,
         prediction_type=prediction,
         model_state=model_state,
-        data={"name": found.root.name, "kind": "images", "image_size": height, "channels": channels},
+        data={
+            "name": found.root.name,
+            "kind": "images",
+            "image_size": height,
+            "channels": channels,
+        },
         training=None,
         meta={
             "source": "diffusers",
@@ -376,3 +400,201 @@ def load_diffusers_checkpoint(path: str | Path) -> Any:
             "notes": notes,
         },
     )
+
+
+# ----------------------------------------------------------------------------- export
+
+
+_EXPORT_RESNET_NAMES = {
+    "norm1": "norm1",
+    "conv1": "conv1",
+    "time_proj": "time_emb_proj",
+    "norm2": "norm2",
+    "conv2": "conv2",
+    "shortcut": "conv_shortcut",
+}
+_EXPORT_SCHEDULES = {ours: theirs for theirs, ours in _BETA_SCHEDULES.items()}
+_EXPORT_PREDICTIONS = {ours: theirs for theirs, ours in _PREDICTION_TYPES.items()}
+_MIN_DIFFUSERS_VERSION = "0.30.0"
+
+
+def diffusers_export_problem(model_config: ModelConfig) -> str | None:
+    """Why this model cannot be written as a diffusers UNet2DModel, or None when it can."""
+    if isinstance(model_config, DiffusersUNetConfig):
+        return None
+    if not isinstance(model_config, UNetConfig):
+        return (
+            "2-D point models (MLP) have no diffusers counterpart; only image UNets can be "
+            "exported to diffusers"
+        )
+    if model_config.pixel_unshuffle != 1:
+        return (
+            f"this UNet runs on a pixel-unshuffled input (factor {model_config.pixel_unshuffle}), "
+            "which diffusers' UNet2DModel cannot do; models trained with pixel_unshuffle 1 "
+            "can be exported"
+        )
+    return None
+
+
+def _unet2d_config(config: UNetConfig) -> dict[str, Any]:
+    """The UNet2DModel config that has exactly our UNet's layers (see core.models.UNet)."""
+    levels = len(config.channels)
+    attention = config.attention_heads > 0
+    down = ["DownBlock2D"] * levels
+    up = ["UpBlock2D"] * levels
+    if attention:  # attention only at the lowest resolution: last down block, first up block
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return {
+        "_class_name": "UNet2DModel",
+        "sample_size": config.image_size,
+        "in_channels": config.in_channels,
+        "out_channels": config.in_channels,
+        "center_input_sample": False,
+        "time_embedding_type": "positional",  # sinusoidal, [cos, sin], no frequency shift
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "down_block_types": down,
+        "mid_block_type": "UNetMidBlock2D",
+        "up_block_types": up,
+        "block_out_channels": list(config.channels),
+        "layers_per_block": config.layers_per_level,
+        "mid_block_scale_factor": 1,
+        "downsample_padding": 1,
+        "downsample_type": "conv",
+        "upsample_type": "conv",
+        "dropout": config.dropout,
+        "act_fn": "silu",
+        "attention_head_dim": config.channels[-1] // config.attention_heads if attention else None,
+        "norm_num_groups": config.norm_groups,
+        "norm_eps": 1e-5,
+        "resnet_time_scale_shift": "default",
+        "add_attention": attention,
+    }
+
+
+def _unet2d_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our UNet's state dict under UNet2DModel's names (q, k, v split from our fused qkv)."""
+    out: dict[str, torch.Tensor] = {}
+
+    def resnet(prefix: str, rest: list[str], value: torch.Tensor) -> None:
+        out[f"{prefix}.{_EXPORT_RESNET_NAMES[rest[0]]}.{rest[1]}"] = value
+
+    def attention(prefix: str, rest: list[str], value: torch.Tensor) -> None:
+        layer, param = rest
+        if layer == "norm":
+            out[f"{prefix}.group_norm.{param}"] = value
+        elif layer == "out":
+            out[f"{prefix}.to_out.0.{param}"] = value
+        else:  # qkv: output features ordered [q | k | v], each head-major as in diffusers
+            for name, part in zip(("to_q", "to_k", "to_v"), value.chunk(3, dim=0)):
+                out[f"{prefix}.{name}.{param}"] = part
+
+    for key, value in state.items():
+        p = key.split(".")
+        if p[0] == "time_mlp":  # Sequential(Linear, SiLU, Linear)
+            out[f"time_embedding.linear_{1 if p[1] == '0' else 2}.{p[2]}"] = value
+        elif p[0] in ("conv_in", "conv_out"):
+            out[key] = value
+        elif p[0] == "norm_out":
+            out[f"conv_norm_out.{p[1]}"] = value
+        elif p[0] in ("down_levels", "up_levels"):
+            block = f"{'down' if p[0] == 'down_levels' else 'up'}_blocks.{p[1]}"
+            if p[2] == "blocks":
+                resnet(f"{block}.resnets.{p[3]}", p[4:], value)
+            else:
+                attention(f"{block}.attentions.{p[3]}", p[4:], value)
+        elif p[0] == "downsamples":
+            out[f"down_blocks.{p[1]}.downsamplers.0.conv.{p[3]}"] = value
+        elif p[0] == "upsamples":
+            out[f"up_blocks.{p[1]}.upsamplers.0.conv.{p[3]}"] = value
+        elif p[0] in ("mid_block1", "mid_block2"):
+            resnet(f"mid_block.resnets.{0 if p[0] == 'mid_block1' else 1}", p[1:], value)
+        elif p[0] == "mid_attn":
+            attention("mid_block.attentions.0", p[1:], value)
+        else:
+            raise ExportError(f"unexpected weight {key!r} in the UNet: cannot export it")
+    return out
+
+
+def _scheduler_config(schedule: ScheduleConfig, prediction: str, version: str) -> dict[str, Any]:
+    """A DDPMScheduler config with our schedule; timesteps 'trailing' and no clipping, as the
+    app samples by default."""
+    return {
+        "_class_name": "DDPMScheduler",
+        "_diffusers_version": version,
+        "num_train_timesteps": schedule.num_timesteps,
+        "beta_start": schedule.beta_start,
+        "beta_end": schedule.beta_end,
+        "beta_schedule": _EXPORT_SCHEDULES[schedule.kind],
+        "trained_betas": list(schedule.betas) if schedule.betas is not None else None,
+        "variance_type": "fixed_small",
+        "clip_sample": False,
+        "clip_sample_range": 1.0,
+        "prediction_type": _EXPORT_PREDICTIONS[prediction],
+        "thresholding": False,
+        "timestep_spacing": "trailing",
+        "steps_offset": 0,
+        "rescale_betas_zero_snr": schedule.zero_terminal_snr,
+    }
+
+
+def export_diffusers(ckpt: Any, folder: str | Path, overwrite: bool = False) -> Path:
+    """Write `ckpt` (a core.checkpoint.Checkpoint) as a diffusers DDPM pipeline folder.
+
+    Layout: folder/model_index.json, folder/unet/{config.json, diffusion_pytorch_model.safetensors},
+    folder/scheduler/scheduler_config.json. Needs no diffusers. The folder is built beside the
+    target and renamed into place, so a failed export leaves nothing half-written.
+    Raises ExportError when the model has no diffusers form or the folder cannot be written.
+    """
+    from safetensors.torch import save_file
+
+    problem = diffusers_export_problem(ckpt.model_config)
+    if problem is not None:
+        raise ExportError(f"cannot export to diffusers: {problem}")
+    folder = Path(folder).expanduser()
+    if folder.exists() and not (overwrite and folder.is_dir()):
+        raise ExportError(
+            f"'{folder}' already exists: choose a new folder name"
+            + (" (or allow overwriting)" if folder.is_dir() else "")
+        )
+    try:
+        version = importlib.metadata.version("diffusers")
+    except importlib.metadata.PackageNotFoundError:
+        version = _MIN_DIFFUSERS_VERSION
+    config = ckpt.model_config
+    if isinstance(config, DiffusersUNetConfig):
+        unet_config = config.unet_config
+        state = {k.removeprefix("unet."): v for k, v in ckpt.model_state.items()}
+    else:
+        unet_config = _unet2d_config(config)
+        state = _unet2d_state(ckpt.model_state)
+    unet_config["_diffusers_version"] = version
+    state = {k: v.detach().cpu().float().contiguous().clone() for k, v in state.items()}
+    index = {
+        "_class_name": "DDPMPipeline",
+        "_diffusers_version": version,
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "unet": ["diffusers", "UNet2DModel"],
+    }
+    scheduler = _scheduler_config(ckpt.schedule_config, ckpt.prediction_type, version)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            (tmp / "unet").mkdir()
+            (tmp / "scheduler").mkdir()
+            (tmp / PIPELINE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+            (tmp / "unet" / DIFFUSERS_CONFIG).write_text(json.dumps(unet_config, indent=2) + "\n")
+            save_file(state, str(tmp / "unet" / DIFFUSERS_WEIGHTS), metadata={"format": "pt"})
+            (tmp / "scheduler" / SCHEDULER_CONFIG).write_text(
+                json.dumps(scheduler, indent=2) + "\n"
+            )
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.rename(folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        raise ExportError(f"cannot write '{folder}': {exc.strerror or exc}") from exc
+    return folder

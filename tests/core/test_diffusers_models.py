@@ -11,20 +11,33 @@ import numpy as np
 import pytest
 import torch
 
-from core.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
+from core.checkpoint import (
+    Checkpoint,
+    build_model_from_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from core.diffusers_models import (
     DIFFUSERS_CONFIG,
     DIFFUSERS_WEIGHTS,
     SCHEDULER_CONFIG,
+    diffusers_export_problem,
+    export_diffusers,
     find_diffusers_model,
     is_diffusers_model,
     scheduler_settings,
 )
-from core.errors import CheckpointError, ConfigError
-from core.models import DiffusersUNetConfig, build_model, model_config_from_dict
+from core.errors import CheckpointError, ConfigError, ExportError
+from core.models import (
+    DiffusersUNetConfig,
+    MLPConfig,
+    UNetConfig,
+    build_model,
+    model_config_from_dict,
+)
 from core.samplers import SamplerConfig, make_sampler
 from core.sampling import sample
-from core.schedule import NoiseSchedule
+from core.schedule import NoiseSchedule, ScheduleConfig
 
 T = 100
 UNET_KWARGS = {
@@ -75,7 +88,12 @@ def test_finds_flat_pipeline_and_file_layouts(tmp_path):
     (pipe / "scheduler").mkdir()
     (pipe / "scheduler" / SCHEDULER_CONFIG).write_text("{}")
     (pipe / "model_index.json").write_text("{}")
-    for picked in (pipe, pipe / "unet", pipe / "model_index.json", pipe / "scheduler" / SCHEDULER_CONFIG):
+    for picked in (
+        pipe,
+        pipe / "unet",
+        pipe / "model_index.json",
+        pipe / "scheduler" / SCHEDULER_CONFIG,
+    ):
         found = find_diffusers_model(picked)
         assert found is not None, picked
         assert found.root == pipe and found.unet_dir == pipe / "unet"
@@ -103,7 +121,8 @@ def test_finds_flat_pipeline_and_file_layouts(tmp_path):
     ],
 )
 @pytest.mark.parametrize(
-    ("raw_prediction", "prediction"), [("epsilon", "epsilon"), ("v_prediction", "v"), ("sample", "x0")]
+    ("raw_prediction", "prediction"),
+    [("epsilon", "epsilon"), ("v_prediction", "v"), ("sample", "x0")],
 )
 def test_scheduler_mapping(beta_schedule, kind, raw_prediction, prediction):
     config = {
@@ -181,7 +200,9 @@ def test_model_config_refuses_what_cannot_play(change, message):
 
 
 def test_model_config_round_trip():
-    config = DiffusersUNetConfig(config={"in_channels": 1, "out_channels": 1, "sample_size": [8, 12]})
+    config = DiffusersUNetConfig(
+        config={"in_channels": 1, "out_channels": 1, "sample_size": [8, 12]}
+    )
     assert config.sample_shape == (1, 8, 12) and config.image_size == 12
     again = model_config_from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config and hash(again) == hash(config)
@@ -252,7 +273,11 @@ CASES = {
         1,
         "ddim",
         1.0,
-        {"beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction", "clip_sample": False},
+        {
+            "beta_schedule": "squaredcos_cap_v2",
+            "prediction_type": "v_prediction",
+            "clip_sample": False,
+        },
     ),
     "ddim-eta0-zero-snr-x0": (
         3,
@@ -343,7 +368,116 @@ def test_cli_samples_a_diffusers_folder(diffusers, tmp_path):
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=T)
     folder = _save(diffusers, tmp_path, unet, scheduler, "pipeline")
     out = tmp_path / "s.npy"
-    code = main(["sample", "--checkpoint", str(folder), "--steps", "4", "--n", "2", "--npy", str(out)])
+    code = main(
+        ["sample", "--checkpoint", str(folder), "--steps", "4", "--n", "2", "--npy", str(out)]
+    )
     assert code == 0
     samples = np.load(out)
     assert samples.shape == (2, 3, 8, 8) and np.isfinite(samples).all()
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _our_checkpoint(model_config, schedule=None, prediction="v") -> Checkpoint:
+    torch.manual_seed(0)
+    model = build_model(model_config)
+    with torch.no_grad():  # the output conv starts at zero: make the net say something
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return Checkpoint(
+        model_config=model_config,
+        schedule_config=schedule or ScheduleConfig("cosine", T),
+        prediction_type=prediction,
+        model_state=model.state_dict(),
+        data={"name": "test", "kind": "images"},
+    )
+
+
+def test_export_refuses_models_without_a_diffusers_form(tmp_path):
+    mlp = _our_checkpoint(MLPConfig(hidden=16, layers=1))
+    with pytest.raises(ExportError, match="no diffusers counterpart"):
+        export_diffusers(mlp, tmp_path / "mlp")
+    unshuffled = UNetConfig(channels=(8, 16), attention_heads=2, pixel_unshuffle=2)
+    assert "pixel-unshuffled" in diffusers_export_problem(unshuffled)
+    with pytest.raises(ExportError, match="pixel_unshuffle 1"):
+        export_diffusers(_our_checkpoint(unshuffled), tmp_path / "unet")
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    config = UNetConfig(image_size=8, channels=(8, 16), attention_heads=2, norm_groups=4)
+    assert diffusers_export_problem(config) is None
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(ExportError, match="already exists"):
+        export_diffusers(_our_checkpoint(config), tmp_path / "taken")
+
+
+EXPORT_CASES = {
+    "attention-v-cosine": (
+        UNetConfig(
+            in_channels=1, image_size=16, channels=(8, 16, 16), attention_heads=2, norm_groups=4
+        ),
+        ScheduleConfig("cosine", T),
+        "v",
+    ),
+    "rgb-no-attention-eps-linear": (
+        UNetConfig(
+            in_channels=3, image_size=8, channels=(8, 16), layers_per_level=2, attention_heads=0
+        ),
+        ScheduleConfig("linear", T, 1e-3, 0.05),
+        "epsilon",
+    ),
+    "one-level-x0-zero-snr": (
+        UNetConfig(in_channels=1, image_size=8, channels=(16,), attention_heads=4, norm_groups=4),
+        ScheduleConfig("scaled_linear", T, zero_terminal_snr=True),
+        "x0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(EXPORT_CASES))
+def test_export_plays_back_in_diffusers_like_here(diffusers, tmp_path, case):
+    model_config, schedule_config, prediction = EXPORT_CASES[case]
+    ckpt = _our_checkpoint(model_config, schedule_config, prediction)
+    folder = export_diffusers(ckpt, tmp_path / "exported")
+    assert sorted(p.name for p in folder.iterdir()) == ["model_index.json", "scheduler", "unet"]
+
+    pipe = diffusers.DDPMPipeline.from_pretrained(folder)  # what diffusers users would do
+    ddim = diffusers.DDIMPipeline(unet=pipe.unet, scheduler=pipe.scheduler)
+    ddim.set_progress_bar_config(disable=True)
+    steps, batch, seed = 8, 2, 99
+    expected = ddim(
+        batch_size=batch,
+        generator=torch.Generator().manual_seed(seed),
+        num_inference_steps=steps,
+        output_type="pt",
+    ).images
+
+    model = build_model_from_checkpoint(ckpt)
+    schedule = NoiseSchedule(ckpt.schedule_config)
+    sampler = make_sampler(SamplerConfig("ddim", steps, "trailing"), schedule, prediction)
+    generator = torch.Generator().manual_seed(seed)
+    frames = list(sample(model, schedule, sampler, batch, ckpt.sample_shape, generator))
+    ours = (frames[-1].x_t / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
+
+    # and it opens here again, as a diffusers folder, with the same network and schedule
+    again = load_checkpoint(folder)
+    assert again.prediction_type == prediction and again.sample_shape == ckpt.sample_shape
+    assert NoiseSchedule(again.schedule_config).alphas_cumprod.allclose(schedule.alphas_cumprod)
+    x = torch.randn(batch, *ckpt.sample_shape)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            build_model_from_checkpoint(again)(x, 37), model(x, 37), rtol=0, atol=1e-5
+        )
+
+
+def test_export_of_an_opened_diffusers_model_keeps_its_weights(diffusers, tmp_path):
+    unet = _tiny_unet(diffusers, 3)
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=T, prediction_type="v_prediction")
+    ckpt = load_checkpoint(_save(diffusers, tmp_path, unet, scheduler, "flat"))
+    folder = export_diffusers(ckpt, tmp_path / "again")
+    reloaded = diffusers.UNet2DModel.from_pretrained(folder / "unet")
+    for name, value in unet.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], value, rtol=0, atol=0)
+    assert json.loads((folder / "scheduler" / SCHEDULER_CONFIG).read_text())["prediction_type"] == (
+        "v_prediction"
+    )
