@@ -109,6 +109,7 @@ class PlaybackPanel(Panel):
         self.export_runner = self.make_export_runner("playback-export")
         self.models: dict[str, Checkpoint | Path] = {}
         self.checkpoint: Checkpoint | None = None
+        self._variance_type: str = "fixed_small"  # a diffusers model may ask for fixed_large
         self.trajectory: Trajectory | None = None
         self.start_image: Path | None = None
         self.frame_index = 0
@@ -157,6 +158,10 @@ class PlaybackPanel(Panel):
         self.spacing = combo_box(
             [("trailing", "trailing"), ("leading", "leading"), ("linspace", "linspace")],
             "How the sampling timesteps are spread over 0..T-1 (trailing starts at T-1)",
+        )
+        self.clip_x0 = check_box(
+            "Clip x0 prediction to [-1, 1]",
+            "Clamp the model's x_0 estimate at every step (diffusers' clip_sample)",
         )
         self.num_samples = spin_box(1, 20000, 16, "How many samples to draw at once")
         self.seed = spin_box(0, 2**31 - 1, 0, "Seed of the initial noise (and of DDPM's noise)")
@@ -241,6 +246,7 @@ class PlaybackPanel(Panel):
                 ("Steps", self.num_steps),
                 ("eta", self.eta),
                 ("Spacing", self.spacing),
+                ("", self.clip_x0),
                 ("Samples", self.num_samples),
                 ("Seed", self.seed),
                 self.from_image,
@@ -405,6 +411,7 @@ class PlaybackPanel(Panel):
             self.num_samples.setValue(1000 if model.is_points else 16)
             set_combo_data(self.export_view, VIEW_POINTS if model.is_points else VIEW_GRID_XT)
         self.views.setCurrentWidget(self.point_views if model.is_points else self.image_views)
+        self._apply_sampler_defaults(model)
         try:
             params = count_parameters(build_model_from_checkpoint(model))
         except (DiffusionStudioError, RuntimeError):
@@ -423,6 +430,24 @@ class PlaybackPanel(Panel):
             + "".join(f"<br><i>{html.escape(n)}</i>" for n in notes)
         )
         self._update_buttons()
+
+    def _apply_sampler_defaults(self, model: Checkpoint) -> None:
+        """A model that names its sampler (a diffusers scheduler config) gets it, so playback
+        matches the model's own pipeline; other models keep the user's choice."""
+        defaults = (model.meta or {}).get("sampler_defaults")
+        self._variance_type = "fixed_small"
+        if not isinstance(defaults, dict):
+            return
+        try:
+            config = SamplerConfig.from_dict(defaults)
+        except (DiffusionStudioError, TypeError):
+            return
+        set_combo_data(self.sampler_kind, config.kind)
+        self.num_steps.setValue(min(config.num_inference_steps, self.num_steps.maximum()))
+        set_combo_data(self.spacing, config.spacing)
+        self.eta.setValue(config.eta)
+        self.clip_x0.setChecked(config.clip_sample)
+        self._variance_type = config.variance_type
 
     # ------------------------------------------------------------------ start image
 
@@ -454,6 +479,8 @@ class PlaybackPanel(Panel):
                 num_inference_steps=self.num_steps.value(),
                 spacing=self.spacing.currentData(),
                 eta=self.eta.value() if self.sampler_kind.currentData() == "ddim" else 0.0,
+                variance_type=self._variance_type,
+                clip_sample=self.clip_x0.isChecked(),
             ),
             num_samples=self.num_samples.value(),
             seed=self.seed.value(),
@@ -519,8 +546,8 @@ class PlaybackPanel(Panel):
             return None
         if ckpt.is_points:
             raise ConfigError("'start from an image' needs an image model, not a 2-D point model")
-        channels, size, _ = ckpt.sample_shape
-        image = load_image(request.start_image, size=size, channels=channels)
+        channels, height, width = ckpt.sample_shape
+        image = load_image(request.start_image, size=(height, width), channels=channels)
         return torch.from_numpy(image)
 
     def _on_frame(self, frame: object) -> None:

@@ -16,7 +16,11 @@ from PySide6.QtWidgets import QLabel
 from app.main_window import MainWindow
 from app.widgets import set_combo_data
 from app.worker import live_threads
+from core.checkpoint import build_model_from_checkpoint
 from core.data import default_photo_path
+from core.samplers import SamplerConfig, make_sampler
+from core.sampling import sample
+from core.schedule import NoiseSchedule
 
 
 def test_first_launch_shows_the_bundled_photo_on_every_panel(window):
@@ -264,9 +268,26 @@ def test_a_real_diffusers_folder_plays_back(window, tmp_path, qtbot, fake_dialog
     playback = window.playback
     assert playback.checkpoint is not None, fake_dialogs.errors
     assert playback.model_choice.currentText() == "Diffusers: tiny-ddpm"
-    playback.num_steps.setValue(3)
+    # the sampler controls follow the model's scheduler config (DDPM, leading, clip)
+    defaults = SamplerConfig.from_dict(playback.checkpoint.meta["sampler_defaults"])
+    assert playback.request().sampler == defaults
+    assert defaults.kind == "ddpm" and defaults.clip_sample and defaults.spacing == "leading"
     playback.num_samples.setValue(2)
-    with qtbot.waitSignal(playback.runner.finished, timeout=30000):
+    playback.seed.setValue(7)
+    with qtbot.waitSignal(playback.runner.finished, timeout=60000):
         playback.sample_button.click()
     playback.runner.wait(10)
-    assert playback.grid_view.image is not None and len(playback.trajectory) == 4
+    assert (
+        playback.grid_view.image is not None
+        and playback.trajectory.steps[-1] == defaults.num_inference_steps
+    )
+    # ... and the frames are exactly core's sampling with those settings, which
+    # tests/core/test_diffusers_models.py checks against diffusers' own pipelines
+    ckpt = playback.checkpoint
+    schedule = NoiseSchedule(ckpt.schedule_config)
+    sampler = make_sampler(defaults, schedule, ckpt.prediction_type)
+    model = build_model_from_checkpoint(ckpt)
+    frames = list(
+        sample(model, schedule, sampler, 2, ckpt.sample_shape, torch.Generator().manual_seed(7))
+    )
+    np.testing.assert_array_equal(playback.trajectory.final_samples, frames[-1].x_t.numpy())
