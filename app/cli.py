@@ -242,34 +242,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint", required=True, type=Path, metavar="CKPT", help="a .safetensors checkpoint"
     )
-    p.add_argument(
+    sampler_help = (
+        "Unset sampler options come from the model when it names a sampler (a diffusers "
+        "scheduler config), else from: DDPM, 100 steps, trailing spacing, fixed_small, no clip."
+    )
+    g = p.add_argument_group("sampler", sampler_help)
+    g.add_argument(
         "--sampler",
         choices=["ddpm", "ddim"],
-        default="ddpm",
-        help="sampler (default: %(default)s, ancestral; it scores better than DDIM on small models)",
+        help="ddpm (ancestral; scores better on small models) or ddim",
     )
-    p.add_argument(
-        "--steps",
-        type=_positive_int,
-        default=100,
-        help="sampling steps, 1..T (default: %(default)s)",
+    g.add_argument("--steps", type=_positive_int, help="sampling steps, 1..T")
+    g.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default 0)")
+    g.add_argument("--spacing", choices=TIMESTEP_SPACINGS, help="timestep spacing")
+    g.add_argument("--variance", choices=["fixed_small", "fixed_large"], help="DDPM variance")
+    g.add_argument(
+        "--clip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="clip the x0 prediction to [-1, 1]",
     )
-    p.add_argument(
-        "--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default: %(default)s)"
-    )
-    p.add_argument(
-        "--spacing",
-        choices=TIMESTEP_SPACINGS,
-        default="trailing",
-        help="timestep spacing (default: %(default)s)",
-    )
-    p.add_argument(
-        "--variance",
-        choices=["fixed_small", "fixed_large"],
-        default="fixed_small",
-        help="DDPM variance (default: %(default)s)",
-    )
-    p.add_argument("--clip", action="store_true", help="clip the x0 prediction to [-1, 1]")
     p.add_argument(
         "--n", type=_positive_int, default=16, help="number of samples (default: %(default)s)"
     )
@@ -501,6 +493,29 @@ def _reverse_gif_frames(trajectory, view: str, num_frames: int) -> list[np.ndarr
     return frames
 
 
+DEFAULT_SAMPLER = {"kind": "ddpm", "num_inference_steps": 100, "spacing": "trailing"}
+
+
+def _sampler_config(args: argparse.Namespace, ckpt: Any):
+    """Options given on the command line, else the model's own sampler, else our defaults."""
+    from core.samplers import SamplerConfig
+
+    values: dict[str, Any] = dict(DEFAULT_SAMPLER)
+    model_defaults = (ckpt.meta or {}).get("sampler_defaults")
+    if isinstance(model_defaults, dict):
+        values.update(model_defaults)
+    given = {
+        "kind": args.sampler,
+        "num_inference_steps": args.steps,
+        "spacing": args.spacing,
+        "eta": args.eta,
+        "variance_type": args.variance,
+        "clip_sample": args.clip,
+    }
+    values.update({k: v for k, v in given.items() if v is not None})
+    return SamplerConfig.from_dict(values)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -508,7 +523,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from core.checkpoint import build_model_from_checkpoint, load_checkpoint
     from core.device import resolve_device
     from core.export import make_grid, save_gif, save_png, to_uint8_images, upscale_nearest
-    from core.samplers import SamplerConfig, make_sampler
+    from core.samplers import make_sampler
     from core.sampling import Trajectory, sample
     from core.schedule import NoiseSchedule
 
@@ -521,14 +536,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
     device = resolve_device(args.device)
     schedule = NoiseSchedule(ckpt.schedule_config)
-    config = SamplerConfig(
-        args.sampler,
-        args.steps,
-        args.spacing,
-        eta=args.eta,
-        variance_type=args.variance,
-        clip_sample=args.clip,
-    )
+    config = _sampler_config(args, ckpt)
     sampler = make_sampler(config, schedule, ckpt.prediction_type)
     model = build_model_from_checkpoint(ckpt, device)
     generator = torch.Generator().manual_seed(args.seed)

@@ -387,3 +387,48 @@ def test_gui_without_display_says_so(tmp_path):
         timeout=120,
     )
     assert_one_line_error(result, "no display")
+
+
+def test_sample_a_diffusers_folder_with_its_own_sampler(tmp_path):
+    """With no sampler options, a diffusers model samples with its scheduler's settings and
+    gives what diffusers' own pipeline gives for the same seed."""
+    diffusers = pytest.importorskip("diffusers")
+    import torch
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    )
+    pipeline = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(100))
+    pipeline.save_pretrained(tmp_path / "tiny")
+    pipeline.set_progress_bar_config(disable=True)
+    result = run(
+        "sample",
+        "--checkpoint",
+        "tiny",
+        "--steps",
+        "10",
+        "--n",
+        "2",
+        "--seed",
+        "3",
+        "--npy",
+        "s.npy",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    expected = pipeline(
+        batch_size=2,
+        generator=torch.Generator().manual_seed(3),
+        num_inference_steps=10,
+        output_type="np",
+    ).images
+    ours = np.clip(np.load(tmp_path / "s.npy") / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
