@@ -1,0 +1,318 @@
+"""GUI under load: event-loop stalls while the Training panel trains, and its throughput.
+
+    python -m benchmarks.speed_gui_load [--seconds 60] [--idle-seconds 3] [--also-app-threads]
+                                        [--app-threads N] [--json PATH]
+
+Issue 5, item 3 (targets: stall max < 50 ms; in-app throughput >= 90 % of headless).
+In one process, one after the other:
+  1. headless: `core.training.Trainer` on exactly the config the Training panel will run
+     (`TrainingPanel.build_config()`: the default digits preset with the panel's preview
+     settings), iterated in the main thread for --seconds, with torch's default thread count
+     (what `diffusion-studio train` gets);
+  2. optionally (--also-app-threads) the same with the app's thread count (cores - 1), to
+     separate the cost of fewer threads from the cost of the GUI;
+  3. in the app: the real MainWindow (offscreen) on the Training tab; a QTimer probe in the
+     GUI thread fires every 5 ms for --idle-seconds (baseline), then the Start button is
+     clicked and the probe runs for --seconds while the panel trains and redraws.
+     --app-threads N tries another thread count for the app (set after make_application,
+     so the worker uses it); thread-pool environment variables such as OMP_WAIT_POLICY can
+     be tried the same way, on the command line.
+A stall is a probe tick's lateness: the gap since the previous tick minus 5 ms. The GUI
+thread's CPU time per gap tells GUI work from waiting (for the GIL or a core), and the
+Training panel's and status bar's slots are timed (wrapped at run time, app/ unchanged) to
+name the slow ones.
+Throughput compares the median images/s of the TrainProgress records (per optimizer step,
+after a warm-up) and the wall-clock rate (steps x batch over the time the records span).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.speed_common import (
+    SUMMARY_HEADER,
+    Target,
+    print_table,
+    print_targets,
+    process_events_for,
+    qt_application,
+    summarize,
+    summary_row,
+    write_json,
+)
+from core.training import TrainConfig, Trainer, TrainProgress
+
+PROBE_MS = 5
+
+
+def throughput(records: list[tuple[float, int, float]], batch: int, warmup_s: float) -> dict:
+    """records: (arrival time, step, samples_per_s). Drops the first `warmup_s` seconds.
+    Rates are NaN when there are too few records (a run too short for the machine)."""
+    if not records:
+        return {"steps": 0, "median_images_per_s": math.nan, "wall_images_per_s": math.nan}
+    start = records[0][0]
+    kept = [r for r in records if r[0] - start >= warmup_s] or records
+    wall = kept[-1][0] - kept[0][0]
+    return {
+        "steps": records[-1][1] - records[0][1] + 1,
+        "measured_steps": len(kept),
+        "median_images_per_s": float(np.median([r[2] for r in kept])),
+        "wall_images_per_s": (kept[-1][1] - kept[0][1]) * batch / wall if wall > 0 else math.nan,
+    }
+
+
+def run_headless(config: TrainConfig, seconds: float, threads: int, warmup_s: float) -> dict:
+    """Train `config` in this thread for `seconds` of wall time with `threads` torch threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        trainer = Trainer(config)
+        records: list[tuple[float, int, float]] = []
+        started = time.perf_counter()
+        for record in trainer.run():
+            now = time.perf_counter()
+            if isinstance(record, TrainProgress):
+                records.append((now, record.step, record.samples_per_s))
+            if now - started >= seconds:
+                break
+    finally:
+        torch.set_num_threads(previous)
+    return throughput(records, config.batch_size, warmup_s) | {"threads": threads}
+
+
+class Probe:
+    """A timer in the GUI thread that records when each of its ticks arrives, and the GUI
+    thread's CPU time then (a stall with little CPU time was a wait: the GIL or the OS)."""
+
+    def __init__(self) -> None:
+        from PySide6.QtCore import Qt, QTimer
+
+        self.ticks: list[tuple[float, float]] = []
+        self.timer = QTimer()
+        self.timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self.timer.setInterval(PROBE_MS)
+        self.timer.timeout.connect(
+            lambda: self.ticks.append((time.perf_counter(), time.thread_time()))
+        )
+
+    def run(self, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+        """Run the event loop for `seconds`; returns each tick's lateness in ms and the GUI
+        thread's CPU ms since the previous tick."""
+        self.ticks = []
+        self.timer.start()
+        process_events_for(seconds)
+        self.timer.stop()
+        ticks = np.asarray(self.ticks)
+        late = np.maximum(0.0, 1000.0 * np.diff(ticks[:, 0]) - PROBE_MS)
+        return late, 1000.0 * np.diff(ticks[:, 1])
+
+
+# GUI-thread slots whose duration is logged (wrapped on the class before the window is
+# built, so the signal connections call the wrappers); missing names are skipped.
+TRACED_SLOTS = {
+    "app.panels.training_panel.TrainingPanel": (
+        "_on_timer",
+        "_redraw_curves",
+        "_redraw_scatter",
+        "_redraw_preview",
+        "_update_stats",
+        "_on_progressed",
+    ),
+    "app.main_window.JobStatusBar": ("refresh",),
+    "app.worker.JobRunner": ("_on_worker_progressed",),
+    "pyqtgraph.widgets.GraphicsView.GraphicsView": ("paintEvent",),  # every plot's paint
+}
+
+
+class SlotTimer:
+    """Logs (start, seconds, name) of every call of the TRACED_SLOTS methods."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, float, str]] = []
+
+    def install(self) -> None:
+        import importlib
+
+        for dotted, names in TRACED_SLOTS.items():
+            module, cls_name = dotted.rsplit(".", 1)
+            cls = getattr(importlib.import_module(module), cls_name)
+            for name in names:
+                if callable(getattr(cls, name, None)):
+                    setattr(cls, name, self._wrap(getattr(cls, name), f"{cls_name}.{name}"))
+
+    def _wrap(self, method, label: str):
+        calls = self.calls
+
+        @functools.wraps(method)
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                calls.append((started, time.perf_counter() - started, label))
+
+        return timed
+
+    def slowest(self, since: float, n: int = 5) -> list[tuple[str, float, float]]:
+        """(name, ms, seconds after `since`) of the n slowest calls after `since`."""
+        calls = sorted((c for c in self.calls if c[0] >= since), key=lambda c: -c[1])[:n]
+        return [(name, round(1000 * d, 1), round(t - since, 1)) for t, d, name in calls]
+
+
+def describe_stalls(late: np.ndarray, cpu: np.ndarray, limit_ms: float = 50.0) -> dict:
+    """The stalls over `limit_ms`: how many, and how many kept the GUI thread busy (its CPU
+    time covered at least half the gap: GUI work) rather than waiting."""
+    over = late > limit_ms
+    gaps = late[over] + PROBE_MS
+    busy = cpu[over] >= 0.5 * gaps
+    worst = np.argsort(late)[::-1][:5]
+    return {
+        "count": int(over.sum()),
+        "gui_busy": int(busy.sum()),
+        "waiting": int((~busy).sum()),
+        "worst_ms": [round(float(late[i]), 1) for i in worst],
+        "worst_gui_cpu_ms": [round(float(cpu[i]), 1) for i in worst],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.speed_gui_load", description=__doc__
+    )
+    parser.add_argument("--seconds", type=float, default=60.0, help="each run (default 60)")
+    parser.add_argument("--idle-seconds", type=float, default=3.0, help="idle probe (default 3)")
+    parser.add_argument(
+        "--also-app-threads",
+        action="store_true",
+        help="also train headless with the app's torch thread count",
+    )
+    parser.add_argument(
+        "--app-threads",
+        type=int,
+        default=None,
+        help="try another torch thread count for the app (default: what the app sets)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the result here")
+    args = parser.parse_args(argv)
+    warmup_s = min(5.0, args.seconds / 5)
+
+    cli_threads = torch.get_num_threads()
+    app = qt_application()  # sets the app's thread count, as run_app does
+    if args.app_threads:
+        torch.set_num_threads(args.app_threads)
+    app_threads = torch.get_num_threads()
+    from app.main_window import MainWindow
+
+    slots = SlotTimer()
+    slots.install()
+    window = MainWindow()
+    window.show()
+    window.tabs.setCurrentWidget(window.training)
+    panel = window.training
+    config = panel.build_config()
+    app.processEvents()
+    print(
+        f"GUI load: {args.seconds:g} s each; digits preset, batch {config.batch_size}, preview "
+        f"every {config.preview_every} steps; torch threads: CLI {cli_threads}, app {app_threads}",
+        flush=True,
+    )
+
+    headless = run_headless(config, args.seconds, cli_threads, warmup_s)
+    print(f"headless ({cli_threads} threads): {headless}", flush=True)
+    headless_app_threads = None
+    if args.also_app_threads:
+        headless_app_threads = run_headless(config, args.seconds, app_threads, warmup_s)
+        print(f"headless ({app_threads} threads): {headless_app_threads}", flush=True)
+
+    probe = Probe()
+    idle, _ = probe.run(args.idle_seconds)
+    records: list[tuple[float, int, float]] = []
+
+    def on_progress(record: object) -> None:
+        if isinstance(record, TrainProgress):
+            records.append((time.perf_counter(), record.step, record.samples_per_s))
+
+    panel.runner.progressed.connect(on_progress)
+    clicked_at = time.perf_counter()
+    panel.start_button.click()
+    if not panel.runner.is_running:
+        raise SystemExit("the Training panel did not start (see its error line)")
+    loaded, loaded_cpu = probe.run(args.seconds)
+    panel.stop()
+    if not panel.runner.wait(60.0):
+        raise SystemExit("training did not stop within 60 s")
+    window.close()
+    in_app = throughput(records, config.batch_size, warmup_s) | {"threads": app_threads}
+    print(f"in the app ({app_threads} threads): {in_app}", flush=True)
+
+    idle_s, loaded_s = summarize(idle), summarize(loaded)
+    stalls = describe_stalls(loaded, loaded_cpu)
+    print_table(
+        SUMMARY_HEADER,
+        [
+            summary_row("probe lateness, idle", idle_s),
+            summary_row("probe lateness, training", loaded_s),
+        ],
+    )
+    rows = [["headless", str(cli_threads), headless]]
+    if headless_app_threads is not None:
+        rows.append(["headless", str(app_threads), headless_app_threads])
+    rows.append(["in the app", str(app_threads), in_app])
+    print_table(
+        ["run", "threads", "steps", "median images/s", "wall images/s"],
+        [
+            [name, th, str(r["steps"]), f"{r['median_images_per_s']:.0f}"]
+            + [f"{r['wall_images_per_s']:.0f}"]
+            for name, th, r in rows
+        ],
+    )
+    print(
+        f"stalls over 50 ms while training: {stalls['count']} ({stalls['gui_busy']} with the GUI "
+        f"thread busy, {stalls['waiting']} waiting); worst {stalls['worst_ms']} ms with GUI CPU "
+        f"{stalls['worst_gui_cpu_ms']} ms"
+    )
+    slowest = slots.slowest(clicked_at)
+    print("slowest GUI slots while training (name, ms, s after Start): " + str(slowest))
+    ratio = in_app["median_images_per_s"] / headless["median_images_per_s"]
+    wall_ratio = in_app["wall_images_per_s"] / headless["wall_images_per_s"]
+    targets = [
+        Target("stall max", loaded_s.max, 50.0, "ms"),
+        Target("stall p99", loaded_s.p99, 50.0, "ms"),
+        Target("in-app / headless images/s", 100 * ratio, 90.0, "%", at_least=True),
+        Target("in-app / headless wall rate", 100 * wall_ratio, 90.0, "%", at_least=True),
+    ]
+    print_targets(targets)
+    write_json(
+        args.json,
+        "gui_load",
+        {
+            "seconds": args.seconds,
+            "idle_seconds": args.idle_seconds,
+            "probe_ms": PROBE_MS,
+            "warmup_s": warmup_s,
+            "config": config.to_dict(),
+        },
+        {
+            "idle_lateness_ms": idle_s.to_dict(),
+            "training_lateness_ms": loaded_s.to_dict(),
+            "stalls_over_50ms": stalls,
+            "slowest_gui_slots": slowest,
+            "headless": headless,
+            "headless_app_threads": headless_app_threads,
+            "in_app": in_app,
+        },
+        targets,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
