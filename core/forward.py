@@ -17,6 +17,8 @@ from core.errors import ConfigError
 from core.export import select_frame_indices
 from core.schedule import NoiseSchedule
 
+HIST_SAMPLES = 65536  # at most this many values in x_t_sample (a pixel-value histogram)
+
 
 @dataclass(frozen=True)
 class ForwardNumbers:
@@ -48,6 +50,10 @@ class ForwardProcess:
         self._sqrt_ab = np.concatenate([[1.0], schedule.sqrt_alphas_cumprod.numpy()])
         self._sqrt_1m_ab = np.concatenate([[0.0], schedule.sqrt_one_minus_alphas_cumprod.numpy()])
         self._buffer = np.empty_like(self.x0)
+        # a fixed, evenly strided subsample of the values (for a histogram of x_t)
+        stride = -(-self.x0.size // HIST_SAMPLES)  # ceil: at most HIST_SAMPLES values
+        self._x0_sample = np.ascontiguousarray(self.x0.reshape(-1)[::stride])
+        self._noise_sample = np.ascontiguousarray(self.noise.reshape(-1)[::stride])
 
     @property
     def num_steps(self) -> int:
@@ -73,6 +79,17 @@ class ForwardProcess:
             self._sqrt_ab[step].astype(np.float32) * self.x0
             + self._sqrt_1m_ab[step].astype(np.float32) * self.noise
         )
+
+    def x_t_sample(self, step: int) -> np.ndarray:
+        """x_t at a display step on a fixed subsample of its values, float32 (n,), n <= 65536.
+
+        The same values of x_0 and eps for every step (chosen once), so histograms of
+        different steps are comparable.
+        """
+        step = self._check(step)
+        sample = np.float32(self._sqrt_ab[step]) * self._x0_sample
+        sample += np.float32(self._sqrt_1m_ab[step]) * self._noise_sample
+        return sample
 
     def x_t_uint8(self, step: int) -> np.ndarray:
         """x_t at a display step as a uint8 (H, W, C) picture, clipped to [-1, 1].

@@ -105,17 +105,21 @@ def sample(
             model.train(was_training)
 
 
+MAX_FRAMES = 1001  # a 1000-step run plus its final sample: every frame kept
+
+
 class Trajectory:
     """Frames of one sampling run, stored compactly for playback and export.
 
     Images are kept as uint8 (B, H, W, C) (what a screen shows; 4x smaller than float32),
-    points as float16 (B, 2). At most `max_frames` frames are kept: when full, every other
+    points as float16 (B, 2). At most `max_frames` frames are kept (default 1001: a
+    1000-step run and its final sample, none dropped): when full, every other
     stored frame is dropped (the first and the newest always stay) and from then on only every
     `stride`-th frame is taken, so memory is bounded and frames stay evenly spread.
     The final samples are also kept in full precision (`final_samples`).
     """
 
-    def __init__(self, max_frames: int = 1000) -> None:
+    def __init__(self, max_frames: int = MAX_FRAMES) -> None:
         if max_frames < 2:
             raise ConfigError(f"a trajectory needs room for at least 2 frames, got {max_frames}")
         self.max_frames = max_frames

@@ -2,9 +2,9 @@
 
 x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps  (DDPM eq. 4), with one fixed eps per
 seed. Slider position k = 0 shows the clean image x_0; k = 1..T shows timestep index t = k - 1.
-Everything that does not depend on t (x_0, eps, the coefficient tables, a pixel subsample for
-the histogram) is prepared when the image, seed or schedule changes, so a slider move is two
-multiply-adds over the image.
+All of that maths is `core.forward.ForwardProcess` (the CLI uses the same): it is rebuilt when
+the image, seed or schedule changes, so a slider move is one fused multiply-add over the image
+(x_t_uint8) and one over a fixed pixel subsample for the histogram (x_t_sample).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-import torch
 from PIL import Image
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
@@ -46,25 +45,20 @@ from app.widgets import (
     form_group,
     pixmap_from_uint8,
     spin_box,
-    to_display,
 )
 from app.worker import Job, JobRunner, JobStatus
 from core.data import default_photo_path, load_image, sample_photo_paths
 from core.errors import DiffusionStudioError
-from core.export import save_gif, select_frame_indices, to_uint8_images
+from core.export import save_gif
+from core.forward import ForwardProcess
 from core.schedule import NoiseSchedule, ScheduleConfig
 
 DISPLAY_MAX_SIDE = 512
 THUMB_SIDE = 96
 FILMSTRIP_FRAMES = 8
-HIST_SAMPLES = 65536
-HIST_BINS = np.linspace(-4.0, 4.0, 81)
-
-
-def noise_for(shape: tuple[int, ...], seed: int) -> np.ndarray:
-    """eps ~ N(0, I) of `shape` (C, H, W), float32, from a torch generator seeded with `seed`."""
-    generator = torch.Generator().manual_seed(int(seed))
-    return torch.randn(shape, generator=generator, dtype=torch.float32).numpy()
+HIST_RANGE = (-4.0, 4.0)
+HIST_BINS = np.linspace(*HIST_RANGE, 81)
+HIST_TOP = 0.6  # fixed y range 0..0.6 (N(0, 1) peaks at 0.40); widened only when needed
 
 
 @dataclass(frozen=True)
@@ -88,11 +82,12 @@ class ForwardPanel(Panel):
         self.schedule = NoiseSchedule(ScheduleConfig())
         self.image_path: Path | None = None
         self.x0: np.ndarray | None = None  # (C, H, W) float32 in [-1, 1]
-        self.noise: np.ndarray | None = None  # (C, H, W) float32
-        self.xt: np.ndarray | None = None  # the displayed x_t, (H, W) or (H, W, 3)
+        self.process: ForwardProcess | None = None  # x_t of x0 with the seed's eps
+        self.xt: np.ndarray | None = None  # the displayed x_t, uint8 (H, W) or (H, W, 3)
+        self._hist_top = HIST_TOP
         self.export_runner = self.make_export_runner("forward-export")
         self._build()
-        self._prepare_coefficients()
+        self._show_schedule()
         self.play_timer = QTimer(self)
         self.play_timer.setInterval(33)
         self.play_timer.timeout.connect(self._on_play_tick)
@@ -128,10 +123,11 @@ class ForwardPanel(Panel):
         self.play_button.toggled.connect(self._on_play_toggled)
         self.loop = check_box("Loop", "Start again from the clean image at the end")
         self.t_label = QLabel()
-        self.t_label.setMinimumWidth(110)
+        self.t_label.setFixedWidth(110)  # fixed widths: a new text needs no relayout
 
         self.numbers = QLabel()
         self.numbers.setTextFormat(Qt.TextFormat.RichText)
+        self.numbers.setFixedSize(260, 90)
         self.numbers.setToolTip(
             "The coefficients at t: x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps, "
             "alphabar_t = prod alpha_s, SNR_t = alphabar_t / (1 - alphabar_t)"
@@ -175,9 +171,8 @@ class ForwardPanel(Panel):
         self.hist.setToolTip("Histogram of all pixel values of x_t; the red curve is N(0, 1)")
         self.hist.setMenuEnabled(False)
         self.hist.setMouseEnabled(False, False)
-        self.hist.showGrid(x=True, y=True, alpha=0.25)
-        self.hist.setXRange(-4, 4, padding=0)
-        self.hist.setYRange(0, 1.2, padding=0)
+        self.hist.setXRange(*HIST_RANGE, padding=0)
+        self.hist.setYRange(0, HIST_TOP, padding=0)
         self.hist.setLabel("bottom", "pixel value")
         self.hist.setLabel("left", "density")
         self.hist.getAxis("left").enableAutoSIPrefix(False)  # densities, not "x0.001" units
@@ -187,7 +182,8 @@ class ForwardPanel(Panel):
             stepMode="center",
             fillLevel=0,
             brush=(31, 119, 180, 90),
-            pen=pg.mkPen((31, 119, 180), width=1.5),
+            pen=pg.mkPen((31, 119, 180), width=1),
+            antialias=False,  # axis-aligned steps: antialiasing only costs paint time
             name="x_t",
         )
         grid = np.linspace(-4, 4, 201)
@@ -274,39 +270,25 @@ class ForwardPanel(Panel):
         old_max = max(1, self.slider.maximum())
         fraction = self.slider.value() / old_max
         self.schedule = NoiseSchedule(config)
-        self._prepare_coefficients()
+        self._show_schedule()
         self.slider.blockSignals(True)
         self.slider.setRange(0, self.schedule.num_timesteps)
         self.slider.setValue(round(fraction * self.schedule.num_timesteps))
         self.slider.blockSignals(False)
-        self._update_filmstrip()
-        self.render()
+        self._prepare_image()
 
     # ------------------------------------------------------------------ precomputation
 
-    def _prepare_coefficients(self) -> None:
-        """a[k], b[k] for slider positions k = 0..T (k = 0: the clean image), float32 as core's
-        add_noise uses them for float32 images."""
-        s = self.schedule
-        self.coef_a = np.concatenate([[1.0], s.sqrt_alphas_cumprod.numpy()]).astype(np.float32)
-        self.coef_b = np.concatenate([[0.0], s.sqrt_one_minus_alphas_cumprod.numpy()]).astype(
-            np.float32
-        )
-        self.schedule_label.setText(f"Schedule: {describe(s.config)} (set on the Schedules tab)")
+    def _show_schedule(self) -> None:
+        text = f"Schedule: {describe(self.schedule.config)} (set on the Schedules tab)"
+        self.schedule_label.setText(text)
 
     def _prepare_image(self) -> None:
+        """Rebuild the forward process (image, seed or schedule changed) and redraw."""
         if self.x0 is None:
+            self.render()
             return
-        self.noise = noise_for(self.x0.shape, self.seed.value())
-        self._x0_display = to_display(self.x0)
-        self._noise_display = to_display(self.noise)
-        flat_x0, flat_noise = self.x0.reshape(-1), self.noise.reshape(-1)
-        step = max(1, flat_x0.size // HIST_SAMPLES)
-        self._x0_sample = np.ascontiguousarray(flat_x0[::step])
-        self._noise_sample = np.ascontiguousarray(flat_noise[::step])
-        stride = max(1, math.ceil(max(self.x0.shape[1:]) / THUMB_SIDE))
-        self._x0_thumb = self.x0[:, ::stride, ::stride]
-        self._noise_thumb = self.noise[:, ::stride, ::stride]
+        self.process = ForwardProcess(self.schedule, self.x0, seed=self.seed.value())
         self._update_filmstrip()
         self.render()
 
@@ -323,39 +305,42 @@ class ForwardPanel(Panel):
     def render(self) -> None:
         """Compute x_t for the slider's position and show it, its histogram and its numbers."""
         k = self.slider.value()
-        a, b = self.coef_a[k], self.coef_b[k]
         t = k - 1
         self.t_label.setText(
             "clean x_0" if k == 0 else f"t = {t} / {self.schedule.num_timesteps - 1}"
         )
-        self._show_numbers(k)
-        if self.x0 is None:
+        process = self.process
+        if process is None:
             return
-        xt = a * self._x0_display
-        xt += b * self._noise_display  # x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps
-        self.xt = xt
-        self.view.set_image(xt)
+        self._show_numbers(k)
+        xt = process.x_t_uint8(k)  # uint8 (H, W, C)
+        self.xt = xt[..., 0] if xt.shape[2] == 1 else xt
+        self.view.set_image(self.xt)
         self.view.set_title("x_0 (clean)" if k == 0 else f"x_t at t = {t}")
-        sample = a * self._x0_sample + b * self._noise_sample
-        density, _ = np.histogram(sample, bins=HIST_BINS, density=True)
+        density, _ = np.histogram(
+            process.x_t_sample(k), bins=len(HIST_BINS) - 1, range=HIST_RANGE, density=True
+        )
         self.hist_curve.setData(HIST_BINS, density)
-        self.hist.setYRange(0, max(0.5, 1.1 * float(density.max())), padding=0)
+        peak = float(density.max())
+        top = HIST_TOP if peak <= HIST_TOP else math.ceil(1.1 * peak / 0.5) * 0.5
+        if top != self._hist_top:  # change the axis only when needed (a relayout)
+            self._hist_top = top
+            self.hist.setYRange(0, top, padding=0)
 
     def _show_numbers(self, k: int) -> None:
-        a = float(self.coef_a[k])
-        b = float(self.coef_b[k])
-        if k == 0:
-            beta_text, snr_text = "–", "∞"
+        """The coefficients at slider position k (from the forward process)."""
+        numbers = self.process.numbers(k)
+        beta_text = "–" if k == 0 else f"{float(self.schedule.betas[k - 1]):.5g}"
+        snr = numbers.snr
+        if math.isinf(snr):
+            snr_text = "∞"
         else:
-            s = self.schedule
-            beta_text = f"{float(s.betas[k - 1]):.5g}"
-            snr = float(s.snr[k - 1])
             snr_text = f"{snr:.4g} (log {math.log(snr):.2f})" if snr > 0 else "0"
         rows = (
             ("beta_t", beta_text),
-            ("alphabar_t = prod alpha_s", f"{a * a:.5g}"),
-            ("sqrt(alphabar_t)", f"{a:.5g}"),
-            ("sqrt(1 - alphabar_t)", f"{b:.5g}"),
+            ("alphabar_t = prod alpha_s", f"{numbers.alpha_bar:.5g}"),
+            ("sqrt(alphabar_t)", f"{numbers.sqrt_alpha_bar:.5g}"),
+            ("sqrt(1 - alphabar_t)", f"{numbers.sqrt_one_minus_alpha_bar:.5g}"),
             ("SNR_t", snr_text),
         )
         self.numbers.setText(
@@ -368,16 +353,15 @@ class ForwardPanel(Panel):
         )
 
     def _update_filmstrip(self) -> None:
-        if self.x0 is None:
+        if self.process is None:
             return
-        T = self.schedule.num_timesteps
-        positions = [int(p) for p in select_frame_indices(T + 1, FILMSTRIP_FRAMES)]
-        self.filmstrip_positions = positions
-        a = self.coef_a[positions][:, None, None, None]
-        b = self.coef_b[positions][:, None, None, None]
-        frames = to_uint8_images(a * self._x0_thumb[None] + b * self._noise_thumb[None])
-        for i, (thumb, caption, k) in enumerate(zip(self.thumbs, self.thumb_captions, positions)):
-            thumb.setPixmap(pixmap_from_uint8(frames[i]))
+        steps, frames = self.process.frames(FILMSTRIP_FRAMES)
+        self.filmstrip_positions = [int(k) for k in steps]
+        stride = max(1, math.ceil(max(frames[0].shape[:2]) / THUMB_SIDE))
+        for thumb, caption, k, frame in zip(
+            self.thumbs, self.thumb_captions, self.filmstrip_positions, frames
+        ):
+            thumb.setPixmap(pixmap_from_uint8(frame[::stride, ::stride]))
             caption.setText("x_0" if k == 0 else f"t = {k - 1}")
 
     def _on_thumb_clicked(self, index: int) -> None:
@@ -415,7 +399,7 @@ class ForwardPanel(Panel):
 
     def export_gif(self) -> None:
         """Ask for a file name and write the forward trajectory as a GIF (in the worker)."""
-        if self.x0 is None:
+        if self.x0 is None or self.process is None:
             self.report_error("Export GIF", "Load an image first.")
             return
         stem = self.image_path.stem if self.image_path else "image"
@@ -427,18 +411,17 @@ class ForwardPanel(Panel):
         )
         if path is None:
             return
-        T = self.schedule.num_timesteps
-        positions = tuple(int(p) for p in select_frame_indices(T + 1, self.gif_frames.value()))
+        positions = tuple(int(k) for k in self.process.frame_steps(self.gif_frames.value()))
         request = GifRequest(path, positions, float(self.gif_fps.value()), self.gif_size.value())
-        x0, noise = self.x0.copy(), self.noise.copy()
-        a, b = self.coef_a.copy(), self.coef_b.copy()
+        schedule, x0, seed = self.schedule, self.x0.copy(), self.process.seed
         n = len(positions)
 
         def run() -> Iterator[int]:
+            # its own ForwardProcess: x_t_uint8 reuses a buffer, the GUI thread's is not shared
+            process = ForwardProcess(schedule, x0, seed=seed)
             frames = []
             for i, k in enumerate(request.positions):
-                frame = to_uint8_images(a[k] * x0 + b[k] * noise)
-                frames.append(_fit(frame, request.max_side))
+                frames.append(_fit(process.x_t_uint8(k), request.max_side))
                 yield i + 1
             save_gif(request.path, frames, fps=request.fps)
             yield n + 1

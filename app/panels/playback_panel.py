@@ -65,7 +65,7 @@ from core.export import (
 )
 from core.models import count_parameters
 from core.samplers import SamplerConfig, make_sampler
-from core.sampling import Frame, Trajectory, sample
+from core.sampling import MAX_FRAMES, Frame, Trajectory, sample
 from core.schedule import NoiseSchedule
 
 SPEEDS = [(f"{s:g}×", s) for s in (0.25, 0.5, 1.0, 2.0, 4.0)]
@@ -509,9 +509,11 @@ class PlaybackPanel(Panel):
             return False
         self.clear_problem()
         self.play_button.setChecked(False)
-        self.trajectory = Trajectory()
         self.frame_index = 0
         total = request.sampler.num_inference_steps + 1
+        # every frame of a run of up to 1000 steps (1001 frames) is kept; longer runs are
+        # thinned evenly so memory stays bounded
+        self.trajectory = Trajectory(max_frames=MAX_FRAMES)
 
         def run() -> Iterator[Frame]:  # worker thread
             model = build_model_from_checkpoint(ckpt)

@@ -67,7 +67,9 @@ def test_points_run_shows_previews(panel, qtbot):
     assert panel.preview is not None and panel.preview.samples.shape[1] == 2
     x, _ = panel.sample_scatter.getData()
     assert len(x) == panel.preview.samples.shape[0]
-    assert panel.scatter.getOriginalDataset()[0].size == 20 * 64
+    t, _ = panel.scatter.getOriginalDataset()  # each point is a pair (a short segment)
+    assert t.size == 2 * 20 * 64
+    assert panel.scatter_plot.getViewBox().viewRange()[0][1] >= panel.steps_T.value()
 
 
 def test_pause_resume_stop(panel, qtbot):

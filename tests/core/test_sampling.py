@@ -30,8 +30,16 @@ def test_frames_and_landing_on_x0():
     schedule = NoiseSchedule.from_kind("linear", 100)
     x0 = torch.rand(3, 1, 4, 4) * 2 - 1
     sampler = make_sampler(SamplerConfig("ddim", 10), schedule, "epsilon")
-    frames = list(sample(ExactNoise(schedule, x0), schedule, sampler, 3, (1, 4, 4),
-                         torch.Generator().manual_seed(0)))
+    frames = list(
+        sample(
+            ExactNoise(schedule, x0),
+            schedule,
+            sampler,
+            3,
+            (1, 4, 4),
+            torch.Generator().manual_seed(0),
+        )
+    )
     assert [f.step for f in frames] == list(range(11))
     assert [f.t for f in frames] == sampler.timesteps.tolist() + [-1]
     assert all(f.x_t.shape == (3, 1, 4, 4) and f.x_t.dtype == torch.float32 for f in frames)
@@ -58,8 +66,18 @@ def test_start_from_a_noised_image():
     image = torch.rand(1, 4, 4) * 2 - 1
     sampler = make_sampler(SamplerConfig("ddim", 20), schedule, "epsilon")
     model = ExactNoise(schedule, image.expand(2, 1, 4, 4))
-    frames = list(sample(model, schedule, sampler, 2, (1, 4, 4), torch.Generator().manual_seed(0),
-                         x_start=image, t_start=30))
+    frames = list(
+        sample(
+            model,
+            schedule,
+            sampler,
+            2,
+            (1, 4, 4),
+            torch.Generator().manual_seed(0),
+            x_start=image,
+            t_start=30,
+        )
+    )
     assert frames[0].t <= 30 and frames[0].t == 30
     torch.testing.assert_close(frames[-1].x_t, image.expand(2, 1, 4, 4), atol=1e-4, rtol=1e-4)
     with pytest.raises(ConfigError, match="start timestep"):
@@ -98,6 +116,15 @@ def test_trajectory_memory_for_64_digits_and_1000_frames_is_uint8_sized():
         traj.append(_frame(step, 999 - step, 0.0, shape=(64, 1, 28, 28)))
     assert len(traj) <= 1000
     assert traj.nbytes < 120e6
+
+
+def test_trajectory_keeps_every_frame_of_a_1000_step_run_by_default():
+    traj = Trajectory()
+    for step in range(1001):  # 1000 sampler steps and the final sample
+        traj.append(_frame(step, 999 - step if step < 1000 else -1, 0.0, shape=(1, 1, 2, 2)))
+    assert len(traj) == 1001
+    np.testing.assert_array_equal(traj.steps, np.arange(1001))
+    assert traj.timesteps[-1] == -1 and traj.is_complete
 
 
 def test_trajectory_points():
