@@ -1,0 +1,68 @@
+"""The pretrained models shipped in resources/models load, sample, and are good."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.checkpoint import (
+    build_model_from_checkpoint,
+    load_checkpoint,
+    pretrained_checkpoint_paths,
+)
+from core.data import TOY_DATASETS, toy_points
+from core.samplers import SamplerConfig, make_sampler
+from core.sampling import sample
+from core.schedule import NoiseSchedule
+
+EXPECTED = ("digits", *TOY_DATASETS)
+
+
+def _samples(name: str, n: int, steps: int = 100, seed: int = 0) -> np.ndarray:
+    ckpt = load_checkpoint(pretrained_checkpoint_paths()[name])
+    schedule = NoiseSchedule(ckpt.schedule_config)
+    sampler = make_sampler(SamplerConfig("ddpm", steps, "trailing"), schedule, ckpt.prediction_type)
+    model = build_model_from_checkpoint(ckpt)
+    final = None
+    for frame in sample(
+        model, schedule, sampler, n, ckpt.sample_shape, torch.Generator().manual_seed(seed)
+    ):
+        final = frame.x_t
+    return final.numpy()
+
+
+def test_every_model_is_shipped_small_and_for_sampling():
+    paths = pretrained_checkpoint_paths()
+    assert sorted(paths) == sorted(EXPECTED)
+    assert sum(p.stat().st_size for p in paths.values()) < 15e6
+    for path in paths.values():
+        ckpt = load_checkpoint(path)
+        assert not ckpt.can_resume  # slim: weights only
+        assert ckpt.meta.get("trained_steps")
+
+
+@pytest.mark.parametrize("name", TOY_DATASETS)
+def test_point_models_match_their_data(name):
+    samples = _samples(name, 1000, steps=100)
+    assert samples.shape == (1000, 2) and np.isfinite(samples).all()
+    data = toy_points(name, 2000, torch.Generator().manual_seed(1)).numpy()
+    distances = np.linalg.norm(samples[:, None, :] - data[None, :, :], axis=-1)
+    # samples lie on the data (precision) and the data are covered by samples (recall)
+    assert np.median(distances.min(axis=1)) < 0.08
+    assert np.median(distances.min(axis=0)) < 0.12
+
+
+@pytest.mark.slow
+def test_digits_model_makes_recognizable_evenly_spread_digits():
+    from benchmarks.score import score_samples
+
+    samples = _samples("digits", 256, steps=100)
+    assert samples.shape == (256, 1, 28, 28)
+    scores = score_samples(samples)
+    # Measured for the shipped model: 75.8 % confident, entropy 2.266, Frechet 2.39 (ceiling:
+    # real digits 98 %, 2.29, 0.99). The issue's goal for the shipped model (95 %) is not met
+    # yet; this guards what it does reach.
+    assert scores.confident >= 0.70, scores
+    assert scores.class_entropy >= 2.2, scores
+    assert scores.frechet <= 4.0, scores
