@@ -24,7 +24,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -35,6 +34,7 @@ from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
 import app.qt_compat  # noqa: F401  (must come before any signal is emitted)
 from core.errors import DiffusionStudioError
+from core.training import TrainControl as JobControl  # the trainer's flags serve every job
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,7 @@ Outcome = Literal["finished", "cancelled"]
 class Control(Protocol):
     """Cooperative pause/cancel flags, shared by the GUI thread and the worker (thread-safe).
 
-    `core.training.TrainControl` has this interface; `JobControl` is the small equivalent for
-    other jobs.
+    `core.training.TrainControl` has this interface; it is used for every job (as `JobControl`).
     """
 
     def pause(self) -> None: ...
@@ -55,32 +54,6 @@ class Control(Protocol):
     def is_paused(self) -> bool: ...
     @property
     def is_cancelled(self) -> bool: ...
-
-
-class JobControl:
-    """Thread-safe pause/cancel flags for jobs that are not training (sampling, export)."""
-
-    def __init__(self) -> None:
-        self._cancelled = threading.Event()
-        self._paused = threading.Event()
-
-    def pause(self) -> None:
-        self._paused.set()
-
-    def resume(self) -> None:
-        self._paused.clear()
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-        self._paused.clear()
-
-    @property
-    def is_paused(self) -> bool:
-        return self._paused.is_set() and not self._cancelled.is_set()
-
-    @property
-    def is_cancelled(self) -> bool:
-        return self._cancelled.is_set()
 
 
 @dataclass(frozen=True)
