@@ -281,8 +281,17 @@ def test_a_real_diffusers_folder_plays_back(window, tmp_path, qtbot, fake_dialog
         playback.grid_view.image is not None
         and playback.trajectory.steps[-1] == defaults.num_inference_steps
     )
-    # ... and the frames are exactly core's sampling with those settings, which
-    # tests/core/test_diffusers_models.py checks against diffusers' own pipelines
+    # ... so the app's playback equals diffusers' own pipeline for the same seed
+    pipeline.set_progress_bar_config(disable=True)
+    expected = pipeline(
+        batch_size=2,
+        generator=torch.Generator().manual_seed(7),
+        num_inference_steps=defaults.num_inference_steps,
+        output_type="np",
+    ).images  # (2, 8, 8, 1) in [0, 1]
+    ours = np.clip(playback.trajectory.final_samples / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+    # ... and its frames are exactly core's sampling with those settings
     ckpt = playback.checkpoint
     schedule = NoiseSchedule(ckpt.schedule_config)
     sampler = make_sampler(defaults, schedule, ckpt.prediction_type)
