@@ -269,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--only", nargs="*", help="variant names to run")
+    parser.add_argument(
+        "--samplers",
+        nargs="*",
+        choices=list(SAMPLERS),
+        help="evaluate only these samplers (default: each variant's own)",
+    )
     parser.add_argument("--long", action="store_true", help="also train the shipped candidates")
     parser.add_argument("--long-minutes", type=float, default=5.0)
     parser.add_argument(
@@ -306,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         variants = long_variants(args.long_minutes) + variants
     if args.only:
         variants = [v for v in variants if v.name in args.only]
+        variants.sort(key=lambda v: args.only.index(v.name))
+    if args.samplers:
+        variants = [Variant(**(asdict(v) | {"samplers": tuple(args.samplers)})) for v in variants]
     args.out.mkdir(parents=True, exist_ok=True)
     jsonl = args.out / "sweep.jsonl"
     started = time.perf_counter()

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
+from core.export import to_uint8_images
 from core.models import MLPConfig, build_model
 from core.samplers import SamplerConfig, make_sampler
 from core.sampling import Frame, Trajectory, sample
@@ -108,6 +109,19 @@ def test_trajectory_bounds_frames_evenly():
     assert steps[0] == 0 and steps[-1] == 100
     gaps = np.diff(steps[:-1])
     assert len(set(gaps.tolist())) == 1  # evenly spread (the newest frame aside)
+
+
+def test_trajectory_frames_keep_their_own_pixels_through_thinning():
+    """Each stored frame still holds the image of its own step after the store is thinned
+    (frames live in shared blocks, so a wrong row would show another step's picture)."""
+    traj = Trajectory(max_frames=7)
+    for step in range(41):  # frame `step` is filled with the value -1 + step / 20
+        traj.append(_frame(step, 40 - step if step < 40 else -1, -1.0 + step / 20))
+    for i, step in enumerate(traj.steps):
+        expected = to_uint8_images(torch.full((1, 1, 1), -1.0 + step / 20)).item()
+        assert traj.x_t(i).min() == traj.x_t(i).max() == expected, (i, step)
+    with pytest.raises(ValueError):
+        traj.x_t(0)[...] = 0  # read-only views: a caller cannot overwrite the stored frame
 
 
 def test_trajectory_memory_for_64_digits_and_1000_frames_is_uint8_sized():
