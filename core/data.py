@@ -8,13 +8,15 @@ with a message naming the file and what to do.
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -155,6 +157,13 @@ def toy_points(name: str, n: int, generator: torch.Generator | None = None) -> t
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
+# Largest image decoded in full (width x height), well under Pillow's decompression-bomb
+# limit (about 89 megapixels): decoding takes up to about 12 bytes a pixel on the way to
+# float32 (about 600 MB here). JPEGs larger than this are decoded at 1/2, 1/4 or 1/8 scale
+# (Image.draft), which must bring them under it; other formats cannot be decoded smaller and
+# are refused before decoding.
+MAX_DECODE_PIXELS = 50_000_000
+
 _HIGH_DEPTH_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _WITH_ALPHA = ("LA", "La", "PA", "RGBA", "RGBa")
 # Errors Pillow's decoders raise on corrupt or truncated input.
@@ -183,22 +192,72 @@ def _check_channels(channels: int | None) -> None:
         raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
 
 
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def _stat_problem(path: Path) -> tuple[os.stat_result | None, str | None]:
+    """os.stat(path) (following links), or None and the reason it cannot be read."""
+    try:
+        return path.stat(), None
+    except FileNotFoundError:
+        if path.is_symlink():
+            return None, "is a broken symbolic link (its target does not exist)"
+        return None, "was not found"
+    except PermissionError:
+        return None, "cannot be read: permission denied"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, "is a symbolic link loop"
+        return None, f"cannot be read ({exc.strerror or exc})"
+
+
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise ImageLoadError(
-            f"image not found: '{path}'. Check the path and choose an existing file."
-        )
-    if path.is_dir():
+    info, problem = _stat_problem(path)
+    if info is None:
+        if problem == "was not found":
+            raise ImageLoadError(
+                f"image not found: '{path}'. Check the path and choose an existing file."
+            )
+        raise ImageLoadError(f"image '{path}' {problem}. Choose another file.")
+    if stat.S_ISDIR(info.st_mode):
         raise ImageLoadError(
             f"'{path}' is a folder, not an image file. Choose an image file, or load the "
             "folder as an image-folder data set."
         )
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ImageLoadError(f"cannot read image '{path}': {exc}. Check the file.") from exc
-    if size == 0:
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageLoadError(
+            f"'{path}' is {_file_kind(info.st_mode)}, not an image file. Choose an image file."
+        )
+    if info.st_size == 0:
         raise ImageLoadError(f"image '{path}' is an empty file (0 bytes). Choose another file.")
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """Open `path` for reading without blocking, and only if it is a regular file.
+
+    O_NONBLOCK: opening a named pipe must not wait for a writer (it would hang the app);
+    the check after opening closes the race with a file swapped after `_check_file`.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ImageLoadError(
+                f"'{path}' is {_file_kind(mode)}, not an image file. Choose an image file."
+            )
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _draft_request(
@@ -273,6 +332,14 @@ def _decode(
     request = _draft_request(width, height, max_side, target)
     if request is not None:
         im.draft(None, request)  # JPEG: decode at 1/2, 1/4 or 1/8 scale; others: no-op
+    if im.size[0] * im.size[1] > MAX_DECODE_PIXELS:  # checked before a single pixel is decoded
+        how = "" if im.format == "JPEG" else ", or save it as a JPEG (decoded at reduced size)"
+        raise ImageLoadError(
+            f"image '{path}' is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); "
+            f"images that would take over {MAX_DECODE_PIXELS / 1e6:.0f} megapixels to decode "
+            f"are refused so that memory stays bounded. Downscale it to at most "
+            f"{max_side}x{max_side} in an image editor{how}."
+        )
     im.load()  # force a full decode so that truncated / corrupt files fail here
     try:
         im = ImageOps.exif_transpose(im)
@@ -301,10 +368,13 @@ def load_image(
     channels: None keeps the image's own (1 for grey, 3 otherwise); 1 converts to
       luma (ITU-R 601-2, as Pillow), 3 repeats grey.
     max_side: larger images are downscaled (JPEGs already while decoding) so that
-      neither side exceeds it; memory stays bounded.
+      neither side exceeds it; memory stays bounded. An image that would still take more
+      than MAX_DECODE_PIXELS to decode is refused from its header, before decoding.
 
     Raises ImageLoadError for a missing, empty, unreadable, corrupt, truncated or
-    oversized (decompression bomb) file, or one that is not an image.
+    oversized (decompression bomb, or over MAX_DECODE_PIXELS) file, one that is not an
+    image, a folder, a named pipe or device (never read, so nothing blocks),
+    a broken symbolic link or a link loop.
     """
     target = _check_size(size)
     _check_channels(channels)
@@ -313,7 +383,7 @@ def load_image(
     path = Path(path).expanduser()
     _check_file(path)
     try:
-        with Image.open(path) as opened:
+        with _open_regular(path) as file, Image.open(file) as opened:
             im = _decode(opened, path, max_side, target)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageLoadError(
@@ -363,12 +433,17 @@ def _ignore_walk_error(_error: OSError) -> None:
     """os.walk's onerror: unreadable sub-folders are skipped."""
 
 
-def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Image files (by suffix, case-insensitive: IMAGE_SUFFIXES) under `folder`, sorted.
+def scan_image_folder(folder: str | os.PathLike[str]) -> tuple[list[Path], list[str]]:
+    """Image files under `folder` and the entries named like images that cannot be used.
 
-    Recursive. Hidden files and folders (name starting with ".") are skipped, symlinked
-    sub-folders are not followed (so symlink loops are harmless), symlinked files are
-    listed when they point at a file, and unreadable entries are skipped.
+    Returns (files, unusable): the regular files with an image suffix (IMAGE_SUFFIXES,
+    case-insensitive), sorted, and one "path: reason" line for each other entry with an
+    image suffix (a named pipe, socket or device, a broken symbolic link, a link loop, an
+    entry that cannot be read), sorted; none of those is ever opened.
+    Recursive. Hidden files and folders (name starting with ".") are left out, symlinked
+    sub-folders are not followed (so symlink loops are harmless), symlinked files count
+    when they point at a regular file, and unreadable sub-folders are left out. A folder
+    whose name ends in an image suffix is searched like any other sub-folder.
     Raises DataError when `folder` is missing or not a folder.
     """
     root = Path(folder).expanduser()
@@ -377,18 +452,32 @@ def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
     if not root.is_dir():
         raise DataError(f"'{root}' is not a folder. Choose a folder that contains images.")
     found: list[Path] = []
+    unusable: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=_ignore_walk_error):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
                 continue
             candidate = Path(dirpath) / name
-            try:
-                if candidate.is_file():
-                    found.append(candidate)
-            except OSError:
-                continue
-    return sorted(found)
+            info, problem = _stat_problem(candidate)
+            if info is None:
+                unusable.append(f"{candidate}: {problem}")
+            elif stat.S_ISREG(info.st_mode):
+                found.append(candidate)
+            elif stat.S_ISDIR(info.st_mode):
+                unusable.append(f"{candidate}: is a link to a folder (not followed)")
+            else:
+                unusable.append(f"{candidate}: is {_file_kind(info.st_mode)}, not an image file")
+    return sorted(found), sorted(unusable)
+
+
+def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The image files under `folder`, sorted: `scan_image_folder(folder)[0]`.
+
+    Only regular files (or links to them) are listed, so a caller can open each without
+    hanging on a named pipe. Raises DataError when `folder` is missing or not a folder.
+    """
+    return scan_image_folder(folder)[0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -396,7 +485,9 @@ class LoadedImages:
     """The result of `load_image_folder`.
 
     images: float32 (N, C, H, W) in [-1, 1]; paths: the N files, in order;
-    skipped: one "path: reason" line per file that could not be loaded.
+    skipped: one "path: reason" line per file that could not be loaded, and per entry named
+      like an image that is not a usable file (see `scan_image_folder`); so
+      len(paths) + len(skipped) entries were found.
     """
 
     images: torch.Tensor
@@ -424,15 +515,15 @@ def load_image_folder(
         isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1
     ):
         raise ConfigError(f"max_images must be a positive integer or None, got {max_images!r}")
-    files = list_image_files(folder)
-    if not files:
+    files, unusable = scan_image_folder(folder)
+    if not files and not unusable:
         raise DataError(
             f"no image files in folder '{folder}' (looked for {', '.join(IMAGE_SUFFIXES)}). "
             "Choose a folder that contains images."
         )
     arrays: list[np.ndarray] = []
     paths: list[Path] = []
-    skipped: list[str] = []
+    skipped: list[str] = list(unusable)
     for path in files:
         if max_images is not None and len(arrays) >= max_images:
             break
@@ -443,10 +534,10 @@ def load_image_folder(
             continue
         paths.append(path)
     if not arrays:
-        first = "; ".join(skipped[:3])
+        first = "; ".join(skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
         raise DataError(
-            f"none of the {len(files)} image files in '{folder}' could be loaded ({first}). "
-            "Check the files or choose another folder."
+            f"none of the {len(files) + len(unusable)} image files in '{folder}' could be "
+            f"loaded ({first}). Check the files or choose another folder."
         )
     images = torch.from_numpy(np.stack(arrays))
     return LoadedImages(images=images, paths=tuple(paths), skipped=tuple(skipped))

@@ -33,6 +33,7 @@ from core.checkpoint import Checkpoint, save_checkpoint
 from core.data import Dataset, make_dataset
 from core.device import resolve_device
 from core.errors import ConfigError, TrainingError
+from core.memory import check_training_memory
 from core.models import MLPConfig, ModelConfig, UNetConfig, build_model, model_config_from_dict
 from core.samplers import PREDICTION_TYPES, PredictionType, SamplerConfig, make_sampler
 from core.sampling import sample
@@ -363,6 +364,7 @@ class Trainer:
         self._snr = self.schedule.snr.to(torch.float32)
         if resume is not None:
             self._restore(resume)
+        check_training_memory(self.config, self.model, self.device)  # refuse before an OOM kill
 
     # ------------------------------------------------------------------ set-up and state
 

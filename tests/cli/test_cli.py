@@ -432,3 +432,86 @@ def test_sample_a_diffusers_folder_with_its_own_sampler(tmp_path):
     ).images
     ours = np.clip(np.load(tmp_path / "s.npy") / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
     np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def _write_blank_png(path: Path, width: int, height: int) -> None:
+    """A black 1-bit PNG of any size, built by hand with its rows streamed through zlib."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    row = b"\x00" * (1 + (width + 7) // 8)
+    compressor = zlib.compressobj(9)
+    with path.open("wb") as file:
+        file.write(b"\x89PNG\r\n\x1a\n")
+        file.write(chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)))
+        for _ in range(height // 100):
+            file.write(chunk(b"IDAT", compressor.compress(row * 100)))
+        file.write(chunk(b"IDAT", compressor.compress(row * (height % 100)) + compressor.flush()))
+        file.write(chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["forward", "fifo.png", "--gif", "f.gif"], "named pipe"),
+        (["forward", "dangling.png", "--gif", "f.gif"], "broken symbolic link"),
+        (["forward", "loop.png", "--gif", "f.gif"], "symbolic link loop"),
+        (["forward", "d.png", "--gif", "f.gif"], "is a folder"),
+        # 8000 x 8000 = 64 megapixels: under Pillow's bomb limit, over our decoding cap
+        (["forward", "huge.png", "--gif", "f.gif"], "8000x8000 pixels (64 megapixels)"),
+        (["train", "--data", "allbad", "--steps", "5", "--out", "o.safetensors"], "none of the"),
+    ],
+    ids=["fifo", "dangling-link", "link-loop", "folder-named-png", "huge-png", "all-bad-folder"],
+)
+def test_odd_files_give_one_line_and_exit_2(tmp_path, args, needle):
+    """Named pipes (never opened, so nothing hangs), links to nowhere, a folder named like an
+    image, a huge image and a folder of nothing but such entries: one line, exit 2."""
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("named pipes need a POSIX system")
+    os.mkfifo(tmp_path / "fifo.png")
+    os.symlink(tmp_path / "nowhere.png", tmp_path / "dangling.png")
+    os.symlink(tmp_path / "loop.png", tmp_path / "loop.png")
+    (tmp_path / "d.png").mkdir()
+    _write_blank_png(tmp_path / "huge.png", 8000, 8000)
+    bad = tmp_path / "allbad"
+    bad.mkdir()
+    os.mkfifo(bad / "pipe.png")
+    os.symlink(bad / "gone.jpg", bad / "gone_link.jpg")
+    (bad / "text.png").write_text("not an image")
+    result = run(*args, cwd=tmp_path, timeout=120)
+    assert_one_line_error(result, needle)
+    assert not (tmp_path / "o.safetensors").exists() and not (tmp_path / "f.gif").exists()
+
+
+def test_train_refuses_a_batch_too_big_for_memory_before_allocating_it(tmp_path):
+    """Batch 65536 of 512x512 RGB images (tens of TB by the estimate, more than any machine
+    has) is refused by the memory estimate before the first step: one line naming the batch
+    and the largest batch that fits, exit 2, and the process stays small (no huge allocation;
+    its peak RSS as the OS counts it)."""
+    from core.training import MAX_BATCH_SIZE
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)).save(folder / "a.png")
+    result = run(
+        *("train", "--data", str(folder), "--image-size", "512", "--channels", "3"),
+        *("--steps", "5", "--batch-size", str(MAX_BATCH_SIZE), "--out", "o.safetensors"),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    err = result.stderr
+    assert_one_line_error(result, f"batch {MAX_BATCH_SIZE} of 512x512 images needs about")
+    assert "use a batch of at most" in err and "free" in err
+    assert not (tmp_path / "o.safetensors").exists()
+    if sys.platform.startswith("linux"):
+        import resource
+
+        # ru_maxrss of the largest child waited for so far (KB on Linux): this one and the
+        # earlier tiny CLI runs; a real attempt at the batch would need terabytes.
+        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        assert peak_kb < 4 * 1024**2, peak_kb
