@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import shiboken6
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
 import app.qt_compat  # noqa: F401  (must come before any signal is emitted)
@@ -112,7 +113,11 @@ def _sweep_finished() -> None:
         thread, worker, _ = entry
         if thread.isFinished():
             _LIVE.remove(entry)
-            worker.deleteLater()
+            # The worker lives in the ended thread, whose event loop never runs again, so a
+            # deleteLater() there would never happen: the worker and its job (a trainer with
+            # its model, optimizer and data) would leak with every run. The thread has ended,
+            # so nothing else can touch the worker: delete it now, from here.
+            shiboken6.delete(worker)
             thread.deleteLater()
 
 

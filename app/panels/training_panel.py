@@ -71,6 +71,7 @@ GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 SCATTER_POINTS = 4096
 SMOOTHING_WINDOW = (3.0, 100.0)  # the smoothed curve averages over ~5% of the steps so far
 PREVIEW_POINTS = 2000
+MAX_CURVE_POINTS = 20_000  # loss curve points kept (evenly thinned beyond): memory stays flat
 
 PREDICTION_TIPS = {
     "epsilon": "the noise eps (DDPM)",
@@ -110,23 +111,47 @@ class TrainResult:
 
 
 class Series:
-    """A growable (step, value) series in numpy arrays (amortised O(1) append)."""
+    """A (step, value) series in numpy arrays (amortised O(1) append), bounded in memory.
 
-    def __init__(self, capacity: int = 1024) -> None:
+    Once it holds `max_points`, every second point is dropped and from then on only every
+    `stride`-th appended point is kept (the stride doubles at each thinning): a run of any
+    length keeps its whole curve, evenly thinned, in at most `max_points` points.
+    """
+
+    def __init__(self, capacity: int = 1024, max_points: int = MAX_CURVE_POINTS) -> None:
+        self.max_points = max(2, max_points)
+        capacity = min(capacity, self.max_points)
         self.x = np.empty(capacity, dtype=np.float64)
         self.y = np.empty(capacity, dtype=np.float64)
         self.n = 0
+        self.stride = 1
+        self._appended = 0
 
     def append(self, x: float, y: float) -> None:
+        index = self._appended
+        self._appended += 1
+        if index % self.stride:
+            return
+        if self.n == self.max_points:  # full: keep every second point, double the stride
+            kept = (self.n + 1) // 2
+            self.x[:kept] = self.x[: self.n : 2].copy()
+            self.y[:kept] = self.y[: self.n : 2].copy()
+            self.n = kept
+            self.stride *= 2
+            if index % self.stride:
+                return
         if self.n == len(self.x):
-            self.x = np.concatenate([self.x, np.empty_like(self.x)])
-            self.y = np.concatenate([self.y, np.empty_like(self.y)])
+            size = min(2 * len(self.x), self.max_points)
+            self.x = np.concatenate([self.x, np.empty(size - len(self.x))])
+            self.y = np.concatenate([self.y, np.empty(size - len(self.y))])
         self.x[self.n] = x
         self.y[self.n] = y
         self.n += 1
 
     def clear(self) -> None:
         self.n = 0
+        self.stride = 1
+        self._appended = 0
 
     def data(self) -> tuple[np.ndarray, np.ndarray]:
         return self.x[: self.n], self.y[: self.n]
@@ -166,6 +191,7 @@ class TrainingPanel(Panel):
         self._ticks = 0
         self._save_requests: queue.Queue[Path] = queue.Queue()
         self._save_results: queue.Queue[tuple[Path, str | None]] = queue.Queue()
+        self._autosave_failed = False  # this run's autosave failed (reported once in a dialog)
         self._build()
         self._on_source_index_changed()
         self._on_budget_changed()
@@ -579,6 +605,7 @@ class TrainingPanel(Panel):
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         name = Path(config.data).name if self.source.currentData() == FOLDER else config.data
         self.autosave_path = checkpoints_dir() / f"{name}-{stamp}.safetensors"
+        self._autosave_failed = False
         self.start_time = time.monotonic()
         job = self._make_job(config, resume, self.autosave_path)
         self.runner.start(job)
@@ -631,8 +658,11 @@ class TrainingPanel(Panel):
             ckpt = trainer.checkpoint()
             path: Path | None = None
             if trainer.step > 0:
-                save_checkpoint(autosave, ckpt)
-                path = autosave
+                try:
+                    save_checkpoint(autosave, ckpt)
+                    path = autosave
+                except DiffusionStudioError as exc:  # disk full, read-only: keep the model
+                    results.put((autosave, str(exc)))
             return TrainResult(ckpt, path, trainer.step)
 
         def describe(record) -> JobStatus | None:  # GUI thread
@@ -815,7 +845,12 @@ class TrainingPanel(Panel):
             self.resume_path = None
             self._lock_for_resume(False)
             self._show_resume_text("")
-            where = f" and saved to {result.path}" if result.path else ""
+            if result.path is not None:
+                where = f" and saved to {result.path}"
+            elif result.step > 0:
+                where = ", but it was not saved: use “Save checkpoint as…” to keep it"
+            else:
+                where = ""
             self.status_message.emit(f"Training ended at step {result.step}{where}.")
             if result.path is not None:
                 self.file_used.emit(str(result.path))
@@ -866,6 +901,17 @@ class TrainingPanel(Panel):
             if error is None:
                 self.file_used.emit(str(path))
                 self.status_message.emit(f"Saved the model to {path}")
+            elif path == self.autosave_path:
+                going_on = "training goes on and " if self.runner.is_running else ""
+                message = (
+                    f"Autosave failed: {error}\n\nThe model is not lost: {going_on}it stays in "
+                    "memory; use “Save checkpoint as…” to save it elsewhere."
+                )
+                if self._autosave_failed:  # one dialog a run; later failures in the status bar
+                    self.status_message.emit(message.replace("\n\n", " "))
+                else:
+                    self._autosave_failed = True
+                    self.report_error("Autosave", message)
             else:
                 self.report_error("Save checkpoint", error)
 
