@@ -599,7 +599,6 @@ def _display_available() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     # No subcommand: the GUI, optionally with files to open.
     if not argv or (argv[0] not in COMMANDS and not argv[0].startswith("-")):
         if not _display_available():
@@ -609,9 +608,13 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_USER_ERROR
+        from app.gui_env import prepare_gui_threading
+
+        prepare_gui_threading()  # before torch is imported (by app.main_window)
         from app.main_window import run_app
 
         return run_app(argv)
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.self_check:
         from app.self_check import run_self_check

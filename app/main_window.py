@@ -477,7 +477,7 @@ class MainWindow(QMainWindow):
 
 def make_application() -> QApplication:
     """The QApplication, named (settings and data folders), styled, with the icon; torch
-    leaves a core to the GUI thread."""
+    gets a thread per core (see app.worker.prepare_gui_threading)."""
     app = QApplication.instance() or QApplication(sys.argv[:1])
     configure_application(app)
     app.setWindowIcon(app_icon())

@@ -140,10 +140,10 @@ def wait_for_all_threads(timeout_s: float, owner: object | None = None) -> bool:
 
 
 def configure_torch_threads() -> int:
-    """Leave one core to the GUI thread: torch gets (cores - 1) threads, at least 1."""
+    """torch gets one thread per core (idle ones sleep: see app.gui_env.prepare_gui_threading)."""
     import torch
 
-    count = max(1, (os.cpu_count() or 2) - 1)
+    count = max(1, os.cpu_count() or 1)
     torch.set_num_threads(count)
     return count
 

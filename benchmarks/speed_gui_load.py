@@ -4,19 +4,19 @@
                                         [--app-threads N] [--json PATH]
 
 Issue 5, item 3 (targets: stall max < 50 ms; in-app throughput >= 90 % of headless).
-In one process, one after the other:
-  1. headless: `core.training.Trainer` on exactly the config the Training panel will run
-     (`TrainingPanel.build_config()`: the default digits preset with the panel's preview
-     settings), iterated in the main thread for --seconds, with torch's default thread count
-     (what `diffusion-studio train` gets);
+One after the other:
+  1. headless, in a fresh process with the CLI's environment (torch's default thread count
+     and OpenMP wait policy, what `diffusion-studio train` gets): `core.training.Trainer` on
+     exactly the config the Training panel will run (`TrainingPanel.build_config()`: the
+     default digits preset with the panel's preview settings), for --seconds;
   2. optionally (--also-app-threads) the same with the app's thread count (cores - 1), to
      separate the cost of fewer threads from the cost of the GUI;
   3. in the app: the real MainWindow (offscreen) on the Training tab; a QTimer probe in the
      GUI thread fires every 5 ms for --idle-seconds (baseline), then the Start button is
      clicked and the probe runs for --seconds while the panel trains and redraws.
-     --app-threads N tries another thread count for the app (set after make_application,
-     so the worker uses it); thread-pool environment variables such as OMP_WAIT_POLICY can
-     be tried the same way, on the command line.
+     This process starts as the app does (`app.gui_env.prepare_gui_threading` before torch
+     is imported: OMP_WAIT_POLICY=PASSIVE unless set). --app-threads N tries another thread
+     count for the app (set after make_application, so the worker uses it).
 A stall is a probe tick's lateness: the gap since the previous tick minus 5 ms. The GUI
 thread's CPU time per gap tells GUI work from waiting (for the GIL or a core), and the
 Training panel's and status bar's slots are timed (wrapped at run time, app/ unchanged) to
@@ -29,15 +29,24 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+from app.gui_env import prepare_gui_threading
 
-from benchmarks.speed_common import (
+if __name__ == "__main__":
+    prepare_gui_threading()  # as the app does, before torch is imported
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.speed_common import (  # noqa: E402
     SUMMARY_HEADER,
     Target,
     print_table,
@@ -48,7 +57,7 @@ from benchmarks.speed_common import (
     summary_row,
     write_json,
 )
-from core.training import TrainConfig, Trainer, TrainProgress
+from core.training import TrainConfig, Trainer, TrainProgress  # noqa: E402
 
 PROBE_MS = 5
 
@@ -67,6 +76,28 @@ def throughput(records: list[tuple[float, int, float]], batch: int, warmup_s: fl
         "median_images_per_s": float(np.median([r[2] for r in kept])),
         "wall_images_per_s": (kept[-1][1] - kept[0][1]) * batch / wall if wall > 0 else math.nan,
     }
+
+
+def run_headless_subprocess(config: TrainConfig, seconds: float, warmup_s: float) -> dict:
+    """`run_headless` in a fresh process with the CLI's environment (no OMP_WAIT_POLICY set
+    by us) and torch's default thread count, as `diffusion-studio train` runs."""
+    env = dict(os.environ)
+    if env.get("OMP_WAIT_POLICY") == "PASSIVE" and "DS_BENCH_KEEP_OMP" not in env:
+        env.pop("OMP_WAIT_POLICY")  # set by prepare_gui_threading for this process only
+    with tempfile.TemporaryDirectory() as folder:
+        config_path, out_path = Path(folder) / "config.json", Path(folder) / "out.json"
+        config_path.write_text(json.dumps(config.to_dict()), encoding="utf-8")
+        code = (
+            "import json, sys, torch\n"
+            "from benchmarks.speed_gui_load import run_headless\n"
+            "from core.training import TrainConfig\n"
+            f"config = TrainConfig.from_dict(json.load(open({str(config_path)!r})))\n"
+            f"result = run_headless(config, {seconds!r}, torch.get_num_threads(), {warmup_s!r})\n"
+            f"json.dump(result, open({str(out_path)!r}, 'w'))\n"
+        )
+        root = Path(__file__).resolve().parent.parent
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=env)
+        return json.loads(out_path.read_text(encoding="utf-8"))
 
 
 def run_headless(config: TrainConfig, seconds: float, threads: int, warmup_s: float) -> dict:
@@ -204,7 +235,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warmup_s = min(5.0, args.seconds / 5)
 
-    cli_threads = torch.get_num_threads()
     app = qt_application()  # sets the app's thread count, as run_app does
     if args.app_threads:
         torch.set_num_threads(args.app_threads)
@@ -221,12 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     app.processEvents()
     print(
         f"GUI load: {args.seconds:g} s each; digits preset, batch {config.batch_size}, preview "
-        f"every {config.preview_every} steps; torch threads: CLI {cli_threads}, app {app_threads}",
+        f"every {config.preview_every} steps; torch threads in the app {app_threads}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}",
         flush=True,
     )
 
-    headless = run_headless(config, args.seconds, cli_threads, warmup_s)
-    print(f"headless ({cli_threads} threads): {headless}", flush=True)
+    headless = run_headless_subprocess(config, args.seconds, warmup_s)
+    cli_threads = headless["threads"]
+    print(f"headless ({cli_threads} threads, CLI environment): {headless}", flush=True)
     headless_app_threads = None
     if args.also_app_threads:
         headless_app_threads = run_headless(config, args.seconds, app_threads, warmup_s)

@@ -1,0 +1,41 @@
+"""The GUI's process set-up that must happen before torch is imported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from app import gui_env
+
+
+def test_prepare_gui_threading_sets_passive_waits_unless_chosen(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    gui_env.prepare_gui_threading()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    gui_env.prepare_gui_threading()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice wins
+
+
+def test_the_gui_entry_sets_the_wait_policy_before_torch_is_imported():
+    """`diffusion-studio` with no subcommand: when the GUI module is reached, the policy is
+    set and nothing on the way has imported torch (OpenMP reads the policy when torch loads).
+    The GUI module is replaced by a stub that records the state it is entered in."""
+    code = (
+        "import os, sys, types\n"
+        "stub = types.ModuleType('app.main_window')\n"
+        "def run_app(paths):\n"
+        "    print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n"
+        "    return 0\n"
+        "stub.run_app = run_app\n"
+        "sys.modules['app.main_window'] = stub\n"
+        "import app.cli\n"
+        "app.cli._display_available = lambda: True\n"
+        "sys.exit(app.cli.main([]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.split() == ["PASSIVE", "False"]
