@@ -8,6 +8,7 @@ drives the same core functions the GUI uses. Errors a user can cause print one l
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import time
@@ -396,6 +397,27 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+SKIPPED_SHOWN = 5  # files named in the "skipped" line; the rest are counted
+
+
+def skipped_summary(skipped: tuple[str, ...] | list[str], loaded: int) -> str:
+    """One line about the files of a data folder that were skipped ("path: reason" lines, as
+    core's Dataset.skipped holds them): 'skipped 2 of 7 files: a.png (an empty file), ...',
+    naming at most SKIPPED_SHOWN files, then 'and N more'."""
+    shown = []
+    for line in skipped[:SKIPPED_SHOWN]:
+        path, _, reason = line.partition(": ")
+        reason = reason.replace(f"'{path}'", "").replace(path, "").strip()
+        reason = re.split(r" \(|\. |\.$|: ", reason, maxsplit=1)[0].strip()
+        reason = re.sub(r"^(image\s+)?(is\s+)?", "", reason)
+        name = Path(path).name or path
+        shown.append(f"{name} ({reason})" if reason else name)
+    more = len(skipped) - len(shown)
+    total = loaded + len(skipped)
+    text = f"skipped {len(skipped)} of {total} files: {', '.join(shown)}"
+    return text + (f", and {more} more" if more > 0 else "")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from app.progress import ProgressBar, format_seconds
     from core.errors import CheckpointError, TrainingError
@@ -417,6 +439,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{config.schedule.kind} schedule T={config.schedule.num_timesteps}",
         file=sys.stderr,
     )
+    if trainer.dataset.skipped:
+        print(skipped_summary(trainer.dataset.skipped, len(trainer.dataset)), file=sys.stderr)
     bar = ProgressBar("train")
     # A polite kill (SIGTERM) saves like Ctrl-C does.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Union
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QIcon, QImage, QPixmap
 from PySide6.QtWidgets import (
     QAbstractSlider,
@@ -316,6 +317,198 @@ def points_plot(title: str, tip: str) -> pg.PlotWidget:
 def scatter_item(size: float, rgba: tuple[int, int, int, int]) -> pg.ScatterPlotItem:
     """Borderless round markers of one colour (fast for thousands of points)."""
     return pg.ScatterPlotItem(size=size, pen=None, brush=pg.mkBrush(*rgba))
+
+
+# ---------------------------------------------------------------------------- field checks
+
+NumberBox = Union[QSpinBox, QDoubleSpinBox]
+INT_TYPING_RANGE = (-(2**31), 2**31 - 1)  # what a checked QSpinBox lets a user type
+DOUBLE_TYPING_LIMIT = 1e6  # a checked QDoubleSpinBox takes -1e6..1e6
+INVALID_STYLE = 'QAbstractSpinBox[invalid="true"] { border: 2px solid #b00020; }'
+
+
+class FieldCheck(QObject):
+    """Refuses bad values at the field, with core's reason.
+
+    A spin box clamps what is typed to its range, silently. Each field added here instead
+    takes (nearly) any number typed, and after every change `check` builds the settings the
+    way the panel does (e.g. `lambda: panel.build_config()`) so that core's own validation
+    (`TrainConfig`, `ScheduleConfig`, `SamplerConfig`, `UNetConfig`, ...) decides; its
+    ConfigError message is the reason. A field added with `keep_range=True` also keeps its
+    range as a limit of the app's own (for settings core has no rule for, e.g. an export's
+    frame rate): a value core accepts but outside that range gets "... is out of range: use
+    lo..hi".
+
+    A refused field shows the reason in a red line under it (in its QFormLayout) and in its
+    tooltip, and gets the dynamic property invalid=true (a red border); `valid` is False until
+    every field is fixed, and `changed` is emitted after every check (the panel enables its
+    Start / Sample button from `valid`). Errors no field is to blame for (no folder chosen, no
+    model) are left to the panel's Start / Sample path, which reports them as before.
+
+    When the settings are refused, the blame goes to the fields whose own value is refused
+    with every other suspect (the field just edited and those already refused) back at its last
+    accepted value; reverting is done on the widgets, with their signals blocked, and undone at
+    once.
+    """
+
+    changed = Signal()
+
+    def __init__(self, parent: QObject, check: Callable[[], object] | None = None) -> None:
+        super().__init__(parent)
+        self.check = check
+        self.fields: list[NumberBox] = []
+        self.problems: dict[NumberBox, str] = {}
+        self._good: dict[NumberBox, float] = {}
+        self._limits: dict[NumberBox, tuple[float, float]] = {}
+        self._tips: dict[NumberBox, str] = {}
+        self._labels: dict[NumberBox, ErrorLabel] = {}
+
+    # ------------------------------------------------------------ set-up
+
+    def add(self, *fields: NumberBox, keep_range: bool = False) -> None:
+        """Check these fields (already placed in their form). keep_range: the field's range
+        stays a limit; otherwise core alone decides. A field's minimum stays when it has a
+        special value text (e.g. 0 = "never")."""
+        for field in fields:
+            if keep_range:
+                self._limits[field] = (field.minimum(), field.maximum())
+            if isinstance(field, QDoubleSpinBox):
+                lo, hi = -DOUBLE_TYPING_LIMIT, DOUBLE_TYPING_LIMIT
+            else:
+                lo, hi = INT_TYPING_RANGE
+            if field.specialValueText():
+                lo = field.minimum()
+            field.setRange(lo, hi)
+            field.setProperty("invalid", False)
+            field.setStyleSheet(INVALID_STYLE)
+            self._tips[field] = field.toolTip()
+            self._good[field] = field.value()
+            self._labels[field] = self._place_label(field)
+            self.fields.append(field)
+            field.valueChanged.connect(lambda _value, f=field: self.recheck(f))
+
+    def watch(self, *signals) -> None:
+        """Check again when one of these signals fires (inputs that are not number fields,
+        such as combo boxes, may make a field's value valid or invalid)."""
+        for signal in signals:
+            signal.connect(lambda *_args: self.recheck())
+
+    @staticmethod
+    def _place_label(field: NumberBox) -> ErrorLabel:
+        label = ErrorLabel()
+        label.setObjectName("field_error")
+        parent = field.parentWidget()
+        form = parent.layout() if parent is not None else None
+        if isinstance(form, QFormLayout):
+            row, _role = form.getWidgetPosition(field)
+            if row >= 0:
+                form.insertRow(row + 1, label)
+                form.setRowVisible(label, False)
+        return label
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    def problem(self, field: NumberBox) -> str:
+        """The reason `field` is refused ("" when it is not)."""
+        return self.problems.get(field, "")
+
+    def first_problem(self) -> str:
+        """The first refused field's reason ("" when none), in the order of `fields`."""
+        return next((self.problems[f] for f in self.fields if f in self.problems), "")
+
+    def label(self, field: NumberBox) -> ErrorLabel:
+        return self._labels[field]
+
+    # ------------------------------------------------------------ checking
+
+    def recheck(self, edited: NumberBox | None = None) -> None:
+        """Check the settings after `edited` changed (None: after some other input did)."""
+        suspects = [f for f in self.fields if f in self.problems or f is edited]
+        problems: dict[NumberBox, str] = {}
+        error = self._error()
+        if error is not None and suspects:
+            with self._values({f: self._good[f] for f in suspects}):
+                baseline_ok = self._error() is None
+            if baseline_ok:
+                for field in suspects:
+                    others = {f: self._good[f] for f in suspects if f is not field}
+                    with self._values(others):
+                        own = self._error()
+                    if own is not None:
+                        problems[field] = own
+                if len(problems) == 1:  # the message about every current value
+                    problems = {next(iter(problems)): error}
+                elif not problems:  # only together are they refused
+                    problems = {f: error for f in ([edited] if edited is not None else suspects)}
+        for field in self.fields:
+            if field not in problems:
+                limit = self._limit_message(field)
+                if limit:
+                    problems[field] = limit
+        for field in self.fields:
+            if field not in problems:
+                self._good[field] = field.value()
+        self.problems = problems
+        for field in self.fields:
+            self._show(field, problems.get(field, ""))
+        self.changed.emit()
+
+    def _error(self) -> str | None:
+        if self.check is None:
+            return None
+        from core.errors import DiffusionStudioError
+
+        try:
+            self.check()
+        except (DiffusionStudioError, TypeError, ValueError) as exc:
+            return str(exc)
+        return None
+
+    def _limit_message(self, field: NumberBox) -> str:
+        if field not in self._limits or not field.isEnabled():
+            return ""
+        lo, hi = self._limits[field]
+        value = field.value()
+        if lo <= value <= hi:
+            return ""
+        suffix = field.suffix()
+        return (
+            f"{field.textFromValue(value)}{suffix} is out of range: use "
+            f"{field.textFromValue(lo)}..{field.textFromValue(hi)}{suffix}"
+        )
+
+    @contextmanager
+    def _values(self, values: Mapping[NumberBox, float]) -> Iterator[None]:
+        """Hold `values` in the fields (signals blocked) for the duration, then put back."""
+        saved = {f: f.value() for f in values}
+        blocked = {f: f.blockSignals(True) for f in values}
+        try:
+            for field, value in values.items():
+                field.setValue(value)
+            yield
+        finally:
+            for field, value in saved.items():
+                field.setValue(value)
+                field.blockSignals(blocked[field])
+
+    def _show(self, field: NumberBox, message: str) -> None:
+        invalid = bool(message)
+        if bool(field.property("invalid")) != invalid:
+            field.setProperty("invalid", invalid)
+            field.style().unpolish(field)
+            field.style().polish(field)
+            field.update()
+        tip = self._tips[field]
+        field.setToolTip(f"{tip}\n\nRefused: {message}" if invalid else tip)
+        label = self._labels[field]
+        label.show_message(message)
+        form = label.parentWidget().layout() if label.parentWidget() is not None else None
+        if isinstance(form, QFormLayout) and form.indexOf(label) >= 0:
+            form.setRowVisible(label, invalid)
 
 
 # ---------------------------------------------------------------------------- settings

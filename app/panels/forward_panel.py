@@ -36,6 +36,7 @@ from app.panels.schedule_panel import describe
 from app.widgets import (
     ClickableLabel,
     ErrorLabel,
+    FieldCheck,
     ImageView,
     Persistent,
     button,
@@ -229,6 +230,12 @@ class ForwardPanel(Panel):
         controls = control_column((image_box, noise_box, t_box, gif_box, self.error), 300)
         self.splitter = controls_beside_views(self, controls, right)
 
+        # The GIF settings keep their ranges (core has no GIF settings object): a value typed
+        # outside one is refused at the field and Export GIF waits until it is fixed.
+        self.gif_fields = FieldCheck(self)
+        self.gif_fields.add(self.gif_frames, self.gif_fps, self.gif_size, keep_range=True)
+        self.gif_fields.changed.connect(lambda: self.gif_button.setEnabled(self.gif_fields.valid))
+
     # ------------------------------------------------------------------ inputs
 
     def choose_image(self) -> None:
@@ -401,6 +408,9 @@ class ForwardPanel(Panel):
         """Ask for a file name and write the forward trajectory as a GIF (in the worker)."""
         if self.x0 is None or self.process is None:
             self.report_error("Export GIF", "Load an image first.")
+            return
+        if not self.gif_fields.valid:
+            self.report_error("Export GIF", self.gif_fields.first_problem())
             return
         stem = self.image_path.stem if self.image_path else "image"
         path = dialogs.ask_save_path(

@@ -34,6 +34,7 @@ from app.widgets import (
     POINT_EXTENT,
     REDRAW_INTERVAL_MS,
     ErrorLabel,
+    FieldCheck,
     ImageView,
     Persistent,
     button,
@@ -65,7 +66,7 @@ from core.export import (
 )
 from core.models import count_parameters
 from core.samplers import SamplerConfig, make_sampler
-from core.sampling import MAX_FRAMES, Frame, Trajectory, sample
+from core.sampling import MAX_FRAMES, Frame, Trajectory, sample, sampling_timesteps
 from core.schedule import NoiseSchedule
 
 SPEEDS = [(f"{s:g}×", s) for s in (0.25, 0.5, 1.0, 2.0, 4.0)]
@@ -324,6 +325,25 @@ class PlaybackPanel(Panel):
         controls = control_column((model_box, sampler_box, self.error, play_box, export_box))
         self.splitter = controls_beside_views(self, controls, self.views)
 
+        # Steps (at most the model's T), eta and start t are refused at the field with core's
+        # reason (SamplerConfig, make_sampler, the schedule); the number of samples and the
+        # export settings keep their ranges (memory; core has no export settings object).
+        self._checked_schedule: NoiseSchedule | None = None
+        self.fields = FieldCheck(self, self._check_sampler)
+        self.fields.add(self.num_steps, self.eta, self.start_t)
+        self.fields.add(self.num_samples, keep_range=True)
+        self.fields.watch(
+            self.sampler_kind.currentIndexChanged,
+            self.spacing.currentIndexChanged,
+            self.from_image.toggled,
+        )
+        self.export_fields = FieldCheck(self)
+        self.export_fields.add(
+            self.export_frames, self.export_fps, self.export_scale, keep_range=True
+        )
+        for check in (self.fields, self.export_fields):
+            check.changed.connect(self._update_buttons)
+
     # ------------------------------------------------------------------ models
 
     def _add_model(self, key: str, label: str, model: Checkpoint | Path) -> None:
@@ -405,13 +425,15 @@ class PlaybackPanel(Panel):
             self._update_buttons()
             return
         T = model.schedule_config.num_timesteps
-        self.num_steps.setMaximum(T)
-        self.start_t.setMaximum(T - 1)
+        # A new model: steps and start t follow its T (what the user types is checked).
+        self.num_steps.setValue(min(self.num_steps.value(), T))
+        self.start_t.setValue(min(self.start_t.value(), T - 1))
         if was_points != model.is_points:
             self.num_samples.setValue(1000 if model.is_points else 16)
             set_combo_data(self.export_view, VIEW_POINTS if model.is_points else VIEW_GRID_XT)
         self.views.setCurrentWidget(self.point_views if model.is_points else self.image_views)
         self._apply_sampler_defaults(model)
+        self.fields.recheck()
         try:
             params = count_parameters(build_model_from_checkpoint(model))
         except (DiffusionStudioError, RuntimeError):
@@ -443,7 +465,8 @@ class PlaybackPanel(Panel):
         except (DiffusionStudioError, TypeError):
             return
         set_combo_data(self.sampler_kind, config.kind)
-        self.num_steps.setValue(min(config.num_inference_steps, self.num_steps.maximum()))
+        T = model.schedule_config.num_timesteps
+        self.num_steps.setValue(min(config.num_inference_steps, T))
         set_combo_data(self.spacing, config.spacing)
         self.eta.setValue(config.eta)
         self.clip_x0.setChecked(config.clip_sample)
@@ -488,6 +511,21 @@ class PlaybackPanel(Panel):
             start_t=self.start_t.value() if use_image else None,
         )
 
+    def _check_sampler(self) -> None:
+        """Build what Sample would (ConfigError with core's reason when the fields are refused):
+        the SamplerConfig; with a model, its sampler (steps at most T) and the start t."""
+        request = self.request()
+        ckpt = self.checkpoint
+        if ckpt is None:
+            return
+        schedule = self._checked_schedule
+        if schedule is None or schedule.config != ckpt.schedule_config:
+            schedule = self._checked_schedule = NoiseSchedule(ckpt.schedule_config)
+        sampler = make_sampler(request.sampler, schedule, ckpt.prediction_type)
+        if request.start_t is not None and not ckpt.is_points:
+            schedule.check_timesteps(torch.tensor([request.start_t]))
+            sampling_timesteps(sampler, request.start_t)
+
     def start_sampling(self) -> bool:
         """Sample from the chosen model in the worker. False (and a message) when it cannot."""
         ckpt = self.checkpoint
@@ -495,6 +533,9 @@ class PlaybackPanel(Panel):
             self.report_error(
                 "Cannot sample", "Choose a model first: train one or open a checkpoint."
             )
+            return False
+        if not self.fields.valid:
+            self.show_problem("Cannot sample", self.fields.first_problem())
             return False
         if self.runner.is_running:
             if not dialogs.ask_yes_no(
@@ -579,7 +620,7 @@ class PlaybackPanel(Panel):
     def _update_buttons(self) -> None:
         running = self.runner.is_running
         has_model = self.checkpoint is not None
-        self.sample_button.setEnabled(has_model and not running)
+        self.sample_button.setEnabled(has_model and not running and self.fields.valid)
         self.cancel_button.setEnabled(running)
         image_model = has_model and not self.checkpoint.is_points
         self.from_image.setEnabled(image_model)
@@ -589,8 +630,9 @@ class PlaybackPanel(Panel):
         frames = self.has_frames()
         for w in (self.play_button, self.back_button, self.forward_button, self.scrub):
             w.setEnabled(frames)
-        self.gif_button.setEnabled(frames and not running)
-        self.png_button.setEnabled(frames and not running)
+        exportable = frames and not running and self.export_fields.valid
+        self.gif_button.setEnabled(exportable)
+        self.png_button.setEnabled(exportable)
         self._on_sampler_changed()
 
     # ------------------------------------------------------------------ playback
@@ -707,6 +749,9 @@ class PlaybackPanel(Panel):
         """The uint8 pictures the export settings describe (None and a message when impossible)."""
         if not self.has_frames():
             self.report_error("Export", "Nothing to export yet: sample first.")
+            return None
+        if not self.export_fields.valid:
+            self.report_error("Export", self.export_fields.first_problem())
             return None
         traj = self.trajectory
         lo, hi = self.export_from.value(), self.export_to.value()

@@ -24,6 +24,7 @@ from app.panels.base import Panel
 from app.settings import read_json, write_json
 from app.widgets import (
     ErrorLabel,
+    FieldCheck,
     Persistent,
     button,
     check_box,
@@ -205,6 +206,12 @@ class SchedulesPanel(Panel):
         self.curves: dict[str, pg.PlotDataItem] = {}
         self._comparison_items: list[pg.PlotDataItem] = []
 
+        # T and the beta range are refused at the field with ScheduleConfig's reason.
+        self.fields = FieldCheck(self, self.config_from_fields)
+        self.fields.add(self.steps, self.beta_start, self.beta_end)
+        self.fields.watch(self.kind.currentIndexChanged, self.zero_snr.toggled)
+        self.fields.changed.connect(self._update_buttons)
+
         self.kind.currentIndexChanged.connect(self._apply)
         self.steps.valueChanged.connect(self._apply)
         self.beta_start.valueChanged.connect(self._apply)
@@ -242,6 +249,11 @@ class SchedulesPanel(Panel):
         for w in widgets:
             w.blockSignals(False)
         self._apply()
+        self.fields.recheck()
+
+    def _update_buttons(self) -> None:
+        """Only a schedule the fields describe can be added to the comparison."""
+        self.add_button.setEnabled(self.fields.valid)
 
     def _apply(self) -> None:
         uses_range = self.kind.currentData() != "cosine"

@@ -29,6 +29,7 @@ from app.settings import checkpoints_dir
 from app.widgets import (
     REDRAW_INTERVAL_MS,
     ErrorLabel,
+    FieldCheck,
     ImageView,
     Persistent,
     button,
@@ -398,6 +399,24 @@ class TrainingPanel(Panel):
         self.splitter = controls_beside_views(self, controls, plots)
         self._on_log_y(True)
 
+        # Typed values go to core (build_config) and are refused at the field with its reason;
+        # image size and autosave keep the app's own limits (memory; core has no autosave).
+        # Connected before the panel's own slots: those read `self.fields` first.
+        self.fields = FieldCheck(self, lambda: self.build_config(require_data=False))
+        self.fields.add(
+            self.steps_T, self.batch, self.lr, self.max_steps, self.max_minutes, self.preview_every
+        )
+        self.fields.add(self.image_size, self.autosave_minutes, keep_range=True)
+        self.fields.watch(
+            self.source.currentIndexChanged,
+            self.model_size.currentIndexChanged,
+            self.kind.currentIndexChanged,
+            self.prediction.currentIndexChanged,
+            self.budget.currentIndexChanged,
+            self.channels.currentIndexChanged,
+        )
+        self.fields.changed.connect(self._update_buttons)
+
         self.source.currentIndexChanged.connect(self._on_source_index_changed)
         self.budget.currentIndexChanged.connect(self._on_budget_changed)
         self.model_size.currentIndexChanged.connect(self._update_model_info)
@@ -480,7 +499,8 @@ class TrainingPanel(Panel):
         self._update_model_info()
 
     def _on_image_shape_changed(self) -> None:
-        if self.source.currentData() == FOLDER and not self._filling:
+        refused = bool(self.fields.problem(self.image_size))
+        if self.source.currentData() == FOLDER and not self._filling and not refused:
             self.folder_shape = (self.image_size.value(), int(self.channels.currentData()))
         self._update_model_info()
 
@@ -505,7 +525,10 @@ class TrainingPanel(Panel):
         kind, size, channels = self._data_shape()
         try:
             config = default_model_config(
-                kind, size or 28, channels or 1, self.model_size.currentData()
+                kind,
+                size if kind == "images" else 28,
+                channels or 1,
+                self.model_size.currentData(),
             )
             params = count_parameters(build_model(config))
         except DiffusionStudioError as exc:
@@ -545,8 +568,10 @@ class TrainingPanel(Panel):
 
     # ------------------------------------------------------------------ config
 
-    def build_config(self) -> TrainConfig:
-        """The TrainConfig the fields describe (ConfigError / DataError when they make no sense)."""
+    def build_config(self, require_data: bool = True) -> TrainConfig:
+        """The TrainConfig the fields describe (ConfigError / DataError when they make no sense).
+
+        require_data=False: with no folder chosen yet, a stand-in name (checks the fields only)."""
         steps = self.budget.currentData() == "steps"
         common: dict[str, Any] = dict(
             batch_size=self.batch.value(),
@@ -565,8 +590,9 @@ class TrainingPanel(Panel):
             )
             return resume_config(self.resume_from, **common, **budget)
         source = self.source_name()
-        if not source:
+        if not source and require_data:
             raise DataError("choose a folder of images first (Choose folder…)")
+        source = source or FOLDER
         kind, size, channels = self._data_shape()
         schedule = ScheduleConfig(self.kind.currentData(), self.steps_T.value())
         overrides: dict[str, Any] = dict(
@@ -591,6 +617,9 @@ class TrainingPanel(Panel):
     def start(self) -> bool:
         """Start a run with the current settings. False (and a message) when they are invalid."""
         if self.runner.is_running:
+            return False
+        if not self.fields.valid:
+            self.show_problem("Cannot start training", self.fields.first_problem())
             return False
         try:
             config = self.build_config()
@@ -702,7 +731,7 @@ class TrainingPanel(Panel):
 
     def _update_buttons(self) -> None:
         running = self.runner.is_running
-        self.start_button.setEnabled(not running)
+        self.start_button.setEnabled(not running and self.fields.valid)
         self.pause_button.setEnabled(running)
         self.stop_button.setEnabled(running)
         self.resume_button.setEnabled(not running)
@@ -949,6 +978,7 @@ class TrainingPanel(Panel):
             for step, value in zip(history_steps.tolist(), history_losses.tolist()):
                 self._append_loss(step, value)
         self.redraw_now()
+        self.fields.recheck()
         self._update_buttons()
         self.file_used.emit(str(path))
         return True
@@ -962,6 +992,7 @@ class TrainingPanel(Panel):
         self.resume_path = None
         self._show_resume_text("")
         self._lock_for_resume(False)
+        self.fields.recheck()
         self._update_buttons()
 
     def _lock_for_resume(self, locked: bool) -> None:
