@@ -112,10 +112,15 @@ def _with_config(tmp_path, edit):
     edit(config)
     tensors = {"model/" + k: v for k, v in ckpt.model_state.items()}
     path = tmp_path / "edited.safetensors"
-    save_file(tensors, str(path), metadata={
-        "format": "diffusion-studio", "format_version": str(FORMAT_VERSION),
-        "config": json.dumps(config),
-    })
+    save_file(
+        tensors,
+        str(path),
+        metadata={
+            "format": "diffusion-studio",
+            "format_version": str(FORMAT_VERSION),
+            "config": json.dumps(config),
+        },
+    )
     return path
 
 
@@ -143,9 +148,15 @@ def test_bad_config_values_refused(tmp_path):
 def test_newer_format_refused(tmp_path):
     ckpt = make_ckpt()
     path = tmp_path / "new.safetensors"
-    save_file({"model/" + k: v for k, v in ckpt.model_state.items()}, str(path), metadata={
-        "format": "diffusion-studio", "format_version": "99", "config": json.dumps(ckpt.config_json()),
-    })
+    save_file(
+        {"model/" + k: v for k, v in ckpt.model_state.items()},
+        str(path),
+        metadata={
+            "format": "diffusion-studio",
+            "format_version": "99",
+            "config": json.dumps(ckpt.config_json()),
+        },
+    )
     with pytest.raises(CheckpointError, match="newer"):
         load_checkpoint(path)
 

@@ -50,7 +50,9 @@ def test_progress_records_and_loss_falls():
     progress = [r for r in records if isinstance(r, TrainProgress)]
     assert [r.step for r in progress] == list(range(1, 151))
     first = progress[0]
-    assert first.total_steps == 150 and first.timesteps.shape == (64,) and first.losses.shape == (64,)
+    assert (
+        first.total_steps == 150 and first.timesteps.shape == (64,) and first.losses.shape == (64,)
+    )
     assert first.timesteps.min() >= 0 and first.timesteps.max() < 100
     assert progress[-1].fraction_done == 1.0 and progress[-1].eta_s == 0.0
     early = np.mean([r.loss for r in progress[:10]])
@@ -88,7 +90,9 @@ def test_learning_rate_warmup_and_cosine_decay():
 def test_min_snr_weights():
     snr = torch.tensor([0.5, 5.0, 50.0])
     torch.testing.assert_close(min_snr_weights(snr, 5.0, "epsilon"), torch.tensor([1.0, 1.0, 0.1]))
-    torch.testing.assert_close(min_snr_weights(snr, 5.0, "v"), torch.tensor([0.5 / 1.5, 5 / 6, 5 / 51]))
+    torch.testing.assert_close(
+        min_snr_weights(snr, 5.0, "v"), torch.tensor([0.5 / 1.5, 5 / 6, 5 / 51])
+    )
     torch.testing.assert_close(min_snr_weights(snr, 5.0, "x0"), torch.tensor([0.5, 5.0, 5.0]))
     torch.testing.assert_close(min_snr_weights(snr, None, "v"), torch.ones(3))
 
@@ -115,8 +119,13 @@ def test_resume_continues_the_exact_same_run(tmp_path, prediction):
 
 def test_resume_of_unet_run_matches(tmp_path):
     config = TrainConfig(
-        data="digits", model=TINY_UNET, schedule=ScheduleConfig("cosine", 100), batch_size=4,
-        max_steps=6, max_minutes=None, device="cpu",
+        data="digits",
+        model=TINY_UNET,
+        schedule=ScheduleConfig("cosine", 100),
+        batch_size=4,
+        max_steps=6,
+        max_minutes=None,
+        device="cpu",
     )
     straight = Trainer(config)
     straight_losses = [r.loss for r in straight.run()]
@@ -128,7 +137,9 @@ def test_resume_of_unet_run_matches(tmp_path):
     losses += [r.loss for r in resumed.run()]
     np.testing.assert_allclose(losses, straight_losses, rtol=1e-5)
     for name, value in straight.ema_model.state_dict().items():
-        torch.testing.assert_close(resumed.ema_model.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            resumed.ema_model.state_dict()[name], value, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
