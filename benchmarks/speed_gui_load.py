@@ -1,6 +1,7 @@
 """GUI under load: event-loop stalls while the Training panel trains, and its throughput.
 
-    python -m benchmarks.speed_gui_load [--seconds 60] [--idle-seconds 3] [--also-app-threads]
+    python -m benchmarks.speed_gui_load [--seconds 60] [--idle-seconds 3] [--headless-seconds S]
+                                        [--also-app-threads]
                                         [--app-threads N] [--json PATH]
 
 Issue 5, item 3 (targets: stall max < 50 ms; in-app throughput >= 90 % of headless).
@@ -8,7 +9,8 @@ One after the other:
   1. headless, in a fresh process with the CLI's environment (torch's default thread count
      and OpenMP wait policy, what `diffusion-studio train` gets): `core.training.Trainer` on
      exactly the config the Training panel will run (`TrainingPanel.build_config()`: the
-     default digits preset with the panel's preview settings), for --seconds;
+     default digits preset with the panel's preview settings), for --headless-seconds
+     (default: half of --seconds);
   2. optionally (--also-app-threads) the same with the app's thread count (cores - 1), to
      separate the cost of fewer threads from the cost of the GUI;
   3. in the app: the real MainWindow (offscreen) on the Training tab; a QTimer probe in the
@@ -221,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="each run (default 60)")
     parser.add_argument("--idle-seconds", type=float, default=3.0, help="idle probe (default 3)")
     parser.add_argument(
+        "--headless-seconds",
+        type=float,
+        default=None,
+        help="the headless baseline's length (default: half of --seconds; its median images/s "
+        "settles within seconds)",
+    )
+    parser.add_argument(
         "--also-app-threads",
         action="store_true",
         help="also train headless with the app's torch thread count",
@@ -256,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    headless = run_headless_subprocess(config, args.seconds, warmup_s)
+    headless_s = args.headless_seconds or args.seconds / 2
+    headless = run_headless_subprocess(config, headless_s, min(warmup_s, headless_s / 5))
     cli_threads = headless["threads"]
     print(f"headless ({cli_threads} threads, CLI environment): {headless}", flush=True)
     headless_app_threads = None
