@@ -191,3 +191,23 @@ def test_a_folder_gets_the_preset_for_its_size_and_channels(panel, image_folder)
     assert panel.image_size.value() == 28 and not panel.image_size.isEnabled()
     set_combo_data(panel.source, "folder")  # ... and the folder keeps its choice
     assert panel.image_size.value() == 16
+
+
+def test_a_batch_too_big_for_memory_is_refused_with_the_largest_that_fits(
+    panel, qtbot, fake_dialogs, monkeypatch
+):
+    """Out of memory: with 1 GB free, batch 60000 of digits is refused before the first
+    step (core.memory's estimate), the message names the largest batch that fits, and the
+    panel can start again."""
+    from core import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1024**3)
+    tiny(panel, "digits", steps=2)
+    panel.batch.setValue(60000)
+    with qtbot.waitSignal(panel.runner.failed, timeout=60000):
+        panel.start()
+    panel.runner.wait(10)
+    title, message = fake_dialogs.errors[-1]
+    assert title == "Training stopped"
+    assert "batch 60000" in message and "use a batch of at most" in message
+    assert panel.start_button.isEnabled()
