@@ -11,8 +11,11 @@ from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
-from PySide6.QtCore import QSettings
+from PIL import Image
+from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
 
 from app import dialogs
 from core.checkpoint import save_checkpoint
@@ -191,3 +194,32 @@ def checkpoints(tmp_path_factory) -> SimpleNamespace:
     save_checkpoint(paths.points, points.checkpoint())
     save_checkpoint(paths.images, images.checkpoint())
     return paths
+
+
+def drop_on_window(window, paths: list[Path], target=None) -> None:
+    """Drop `paths` on `target` (default: the current tab), a widget inside the window, as Qt
+    delivers a real drop: Qt sends synthetic drag events only during a real drag, so they go
+    to the window's application-wide event filter, DragEnter then Drop (the file is opened
+    from the event loop, a moment later)."""
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    target = target if target is not None else window.tabs.currentWidget()
+    buttons, modifiers = Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier
+    try:  # Qt 6.12 takes a QPointF, older versions a QPoint
+        enter = QDragEnterEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, buttons, modifiers)
+    except TypeError:
+        enter = QDragEnterEvent(QPoint(5, 5), Qt.DropAction.CopyAction, mime, buttons, modifiers)
+    assert window.eventFilter(target, enter) and enter.isAccepted()
+    drop = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, buttons, modifiers)
+    assert window.eventFilter(target, drop) and drop.isAccepted()
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Four 8x8 grey images: a tiny image data set that trains fast."""
+    folder = tmp_path / "tiny_images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder

@@ -20,33 +20,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
-from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from safetensors.torch import save_file
 
 from app.settings import recent_files
 from core.checkpoint import FORMAT_VERSION, load_checkpoint
 from core.data import default_photo_path
 from core.models import UNetConfig
+from tests.app.conftest import drop_on_window
 
 # ---------------------------------------------------------------------- helpers
-
-
-def drop_on_window(window, paths: list[Path]) -> None:
-    """Drop `paths` on a widget deep inside the window, as Qt delivers a real drop: the
-    window's application-wide event filter gets DragEnter, then Drop (the file is opened
-    from the event loop, a moment later)."""
-    mime = QMimeData()
-    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
-    target = window.tabs.currentWidget()
-    buttons, modifiers = Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier
-    try:  # Qt 6.12 takes a QPointF, older versions a QPoint
-        enter = QDragEnterEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, buttons, modifiers)
-    except TypeError:
-        enter = QDragEnterEvent(QPoint(5, 5), Qt.DropAction.CopyAction, mime, buttons, modifiers)
-    assert window.eventFilter(target, enter) and enter.isAccepted()
-    drop = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, buttons, modifiers)
-    assert window.eventFilter(target, drop) and drop.isAccepted()
 
 
 def tree_digest(*folders: Path) -> dict[str, str]:

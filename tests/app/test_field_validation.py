@@ -8,9 +8,7 @@ disabled until a valid value is typed; the last valid settings stay in effect.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from PIL import Image
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFormLayout, QGroupBox, QSpinBox
 
@@ -86,16 +84,6 @@ def test_field_check_shows_cores_reason_for_an_image_size_the_unet_cannot_downsa
 @pytest.fixture
 def training(show):
     return show(TrainingPanel())
-
-
-@pytest.fixture
-def image_folder(tmp_path):
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
 
 
 def test_training_defaults_show_no_reason(training):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
-from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QLabel
 
 from app.main_window import MainWindow
@@ -21,6 +21,7 @@ from core.data import default_photo_path
 from core.samplers import SamplerConfig, make_sampler
 from core.sampling import sample
 from core.schedule import NoiseSchedule
+from tests.app.conftest import drop_on_window
 
 
 def test_first_launch_shows_the_bundled_photo_on_every_panel(window):
@@ -95,22 +96,13 @@ def test_corrupt_files_show_an_error_and_the_app_stays_usable(window, tmp_path, 
 def test_drop_a_file_anywhere_on_the_window(window, tmp_path, qtbot):
     image = tmp_path / "dropped.png"
     Image.fromarray(np.zeros((10, 10), dtype=np.uint8)).save(image)
-    mime = QMimeData()
-    mime.setUrls([QUrl.fromLocalFile(str(image))])
-    target = window.schedules.plots.viewport()  # a plot deep inside another tab
-    buttons, modifiers = Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier
-    # Qt delivers synthetic drag events only during a real drag, so hand them to the window's
-    # application-wide event filter as Qt would for a drop on `target`.
-    try:  # Qt 6.12 takes a QPointF, older versions a QPoint
-        enter = QDragEnterEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, buttons, modifiers)
-    except TypeError:
-        enter = QDragEnterEvent(QPoint(5, 5), Qt.DropAction.CopyAction, mime, buttons, modifiers)
-    assert window.eventFilter(target, enter) and enter.isAccepted()
-    drop = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, buttons, modifiers)
-    assert window.eventFilter(target, drop) and drop.isAccepted()
+    drop_on_window(window, [image], target=window.schedules.plots.viewport())  # another tab
     qtbot.waitUntil(lambda: window.forward.image_path == image, timeout=3000)
     assert window.tabs.currentWidget() is window.forward
     other = QLabel("not in the window")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(image))])
+    buttons, modifiers = Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier
     stray = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, buttons, modifiers)
     assert not window.eventFilter(other, stray)
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from app.panels.training_panel import TrainingPanel
 from app.widgets import set_combo_data
@@ -28,17 +26,6 @@ def tiny(panel, source="moons", steps=40):
     panel.batch.setValue(64 if source in ("moons",) else 4)
     panel.steps_T.setValue(100)
     panel.preview_every.setValue(10 if source == "moons" else 0)
-
-
-@pytest.fixture
-def image_folder(tmp_path):
-    """Four 8x8 grey images: a tiny image data set that trains fast."""
-    folder = tmp_path / "tiny_images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
 
 
 def test_tiny_run_to_completion_grows_the_loss_curve(panel, qtbot, app_dirs, image_folder):
@@ -172,7 +159,7 @@ def test_choosing_a_source_fills_its_preset(panel):
     set_combo_data(panel.source, "moons")
     assert same_run(panel.build_config(), preset_config("moons"))
     assert panel.budget.currentData() == "minutes" and panel.max_minutes.value() == 0.5
-    assert panel.batch.value() == 256 and panel.kind.currentData() == "linear"
+    assert panel.batch.value() == 256 and panel.kind.currentData() == "cosine"  # not sigmoid
     set_combo_data(panel.model_size, "small")
     set_combo_data(panel.source, "digits")
     assert same_run(panel.build_config(), preset_config("digits", "small"))
