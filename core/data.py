@@ -495,6 +495,23 @@ class LoadedImages:
     skipped: tuple[str, ...]
 
 
+def _check_folder_fits_in_memory(
+    folder: str | os.PathLike[str], count: int, image_size: int, channels: int
+) -> None:
+    """Refuse, before decoding anything, a folder whose images at `image_size` would not fit
+    in free memory: float32 (count, C, S, S), held twice while the batch is stacked."""
+    from core.memory import available_memory, format_bytes  # core.memory imports torch models
+
+    needed = 2 * count * channels * image_size * image_size * 4
+    available = available_memory("cpu")
+    if available is not None and needed > available:
+        raise DataError(
+            f"the {count} images in '{folder}' at {image_size}x{image_size} need about "
+            f"{format_bytes(needed)} of memory, this machine has {format_bytes(available)} free: "
+            "use a smaller image size or a folder with fewer images"
+        )
+
+
 def load_image_folder(
     folder: str | os.PathLike[str],
     image_size: int,
@@ -521,6 +538,9 @@ def load_image_folder(
             f"no image files in folder '{folder}' (looked for {', '.join(IMAGE_SUFFIXES)}). "
             "Choose a folder that contains images."
         )
+    _check_folder_fits_in_memory(
+        folder, min(len(files), max_images or len(files)), image_size, channels
+    )
     arrays: list[np.ndarray] = []
     paths: list[Path] = []
     skipped: list[str] = list(unusable)

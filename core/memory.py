@@ -234,7 +234,7 @@ def available_memory(device: torch.device | str = "cpu") -> int | None:
 # --------------------------------------------------------------------------- the check
 
 
-def _gb(n: int) -> str:
+def format_bytes(n: int) -> str:
     """Bytes in words: "512 MB", "3.2 GB", "72 TB"."""
     if n >= 1024 * GIB:
         return f"{n / (1024 * GIB):,.0f} TB"
@@ -281,7 +281,7 @@ def check_training_memory(
     where = "this GPU has" if torch.device(device).type == "cuda" else "this machine has"
     needs = (
         f"batch {config.batch_size} of {_describe_samples(config.model)} needs about "
-        f"{_gb(estimate.total_bytes)} to train, {where} {_gb(available)} free"
+        f"{format_bytes(estimate.total_bytes)} to train, {where} {format_bytes(available)} free"
     )
     largest = estimate.max_batch_size(available)
     if largest >= 1:

@@ -781,3 +781,21 @@ def test_folder_of_thousands_of_tiny_images(tmp_path: Path) -> None:
     assert len(loaded.paths) == 3000 and loaded.paths[-1].name == "2999.png"
     expected = (np.arange(3000) % 8) * 32 / 127.5 - 1
     np.testing.assert_allclose(loaded.images[:, 0, 3, 3].numpy(), expected, atol=1e-6)
+
+
+def test_folder_too_big_for_memory_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three 64x64 RGB images need 2 x 3 x 3 x 64 x 64 x 4 bytes (held twice while stacked):
+    with less free than that, the folder is refused with the sizes and what to do, and no
+    image is decoded."""
+    from core import memory
+
+    for i in range(3):
+        Image.new("RGB", (64, 64), (i, i, i)).save(tmp_path / f"{i}.png")
+    decoded: list[Path] = []
+    monkeypatch.setattr(data, "load_image", lambda path, **kw: decoded.append(path))
+    monkeypatch.setattr(memory, "available_memory", lambda device: 2 * 3 * 3 * 64 * 64 * 4 - 1)
+    with pytest.raises(DataError, match=r"the 3 images in .* at 64x64 need about .* smaller image"):
+        data.load_image_folder(tmp_path, 64, 3)
+    assert decoded == []

@@ -156,10 +156,10 @@ def test_the_largest_batch_of_big_images_exceeds_any_machine() -> None:
 
 
 def test_sizes_in_words() -> None:
-    assert memory._gb(50 * MB) == "50 MB"
-    assert memory._gb(300 * MB) == "0.3 GB"
-    assert memory._gb(3 * 1024**3 + 200 * MB) == "3.2 GB"
-    assert memory._gb(72 * 1024**4) == "72 TB"
+    assert memory.format_bytes(50 * MB) == "50 MB"
+    assert memory.format_bytes(300 * MB) == "0.3 GB"
+    assert memory.format_bytes(3 * 1024**3 + 200 * MB) == "3.2 GB"
+    assert memory.format_bytes(72 * 1024**4) == "72 TB"
 
 
 def test_meminfo_is_read_in_kilobytes(tmp_path: Path) -> None:
