@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sampler_help = (
         "Unset sampler options come from the model when it names a sampler (a diffusers "
-        "scheduler config), else from: DDPM, 100 steps, trailing spacing, fixed_small, no clip."
+        "scheduler config), else from: DDPM, 100 steps, trailing spacing, fixed_small, x0 "
+        "clipped to [-1, 1] for image models (not for 2-D points)."
     )
     g = p.add_argument_group("sampler", sampler_help)
     g.add_argument(
@@ -517,17 +518,14 @@ def _reverse_gif_frames(trajectory, view: str, num_frames: int) -> list[np.ndarr
     return frames
 
 
-DEFAULT_SAMPLER = {"kind": "ddpm", "num_inference_steps": 100, "spacing": "trailing"}
-
-
 def _sampler_config(args: argparse.Namespace, ckpt: Any):
     """Options given on the command line, else the model's own sampler, else our defaults."""
-    from core.samplers import SamplerConfig
+    from core.samplers import SamplerConfig, default_sampler_config
 
-    values: dict[str, Any] = dict(DEFAULT_SAMPLER)
     model_defaults = (ckpt.meta or {}).get("sampler_defaults")
-    if isinstance(model_defaults, dict):
-        values.update(model_defaults)
+    if not isinstance(model_defaults, dict):
+        model_defaults = None
+    values: dict[str, Any] = default_sampler_config(ckpt.is_points, model_defaults).to_dict()
     given = {
         "kind": args.sampler,
         "num_inference_steps": args.steps,

@@ -49,13 +49,13 @@ from core.checkpoint import Checkpoint, build_model_from_checkpoint, save_checkp
 from core.data import load_digits
 from core.export import make_grid, save_png, to_uint8_images, upscale_nearest
 from core.models import count_parameters
-from core.samplers import SamplerConfig, make_sampler
+from core.samplers import default_sampler_config, make_sampler
 from core.sampling import sample
 from core.schedule import NoiseSchedule
 from core.training import Trainer, TrainProgress, preset_config
 
-SAMPLER = SamplerConfig("ddpm", 100, "trailing")
-SAMPLER_TEXT = "DDPM ancestral, 100 steps, trailing spacing"
+SAMPLER = default_sampler_config(is_points=False)  # what Playback and the CLI use for images
+SAMPLER_TEXT = "DDPM ancestral, 100 steps, trailing spacing, x0 clipped to [-1, 1]"
 REFERENCE_SAMPLER_TEXT = "diffusers DDPMScheduler, 100 steps (defaults: leading, clip_sample)"
 REFERENCE_BATCH = 64
 REFERENCE_LR = 1e-3

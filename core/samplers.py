@@ -75,6 +75,25 @@ class SamplerConfig:
         return cls(**data)
 
 
+def default_sampler_config(
+    is_points: bool, model_defaults: dict[str, Any] | None = None
+) -> SamplerConfig:
+    """The sampler Playback, the CLI, training previews and the benchmarks start from.
+
+    A model that names its own sampler (`model_defaults`, e.g. from a diffusers scheduler
+    config) gets it. Otherwise DDPM, 100 steps, trailing spacing, with the x_0 estimate clipped
+    to [-1, 1] for images (their data range, as diffusers' DDPMScheduler does by default) and
+    not for 2-D points (which extend beyond it). Without the clip an epsilon-prediction model
+    on the cosine schedule (alphabar_T ~ 2e-9) blows up in the first steps:
+    pred_x0 = (x_t - sqrt(1 - alphabar_t) eps) / sqrt(alphabar_t) multiplies the network's error
+    by ~2e4 (measured: |x| up to 1.8e4 and pure-noise scores without the clip; recognizable
+    digits with it). v- and x0-prediction models are unaffected (the same scores either way).
+    """
+    if model_defaults is not None:
+        return SamplerConfig.from_dict(dict(model_defaults))
+    return SamplerConfig("ddpm", 100, "trailing", clip_sample=not is_points)
+
+
 class StepOutput(NamedTuple):
     """prev_sample: x_{t_prev}, shape of x_t; pred_x0: the model's estimate of x_0, same shape."""
 

@@ -35,7 +35,13 @@ from core.device import resolve_device
 from core.errors import ConfigError, TrainingError
 from core.memory import check_training_memory
 from core.models import MLPConfig, ModelConfig, UNetConfig, build_model, model_config_from_dict
-from core.samplers import PREDICTION_TYPES, PredictionType, SamplerConfig, make_sampler
+from core.samplers import (
+    PREDICTION_TYPES,
+    PredictionType,
+    SamplerConfig,
+    default_sampler_config,
+    make_sampler,
+)
 from core.sampling import sample
 from core.schedule import NoiseSchedule, ScheduleConfig
 
@@ -556,8 +562,9 @@ class Trainer:
     def preview(self) -> TrainPreview:
         """Samples from the EMA model with DDIM and a fixed seed (does not touch the training RNG)."""
         config = self.config
+        clip = default_sampler_config(self.dataset.kind == "points").clip_sample
         sampler = make_sampler(
-            SamplerConfig("ddim", config.preview_steps, "trailing"),
+            SamplerConfig("ddim", config.preview_steps, "trailing", clip_sample=clip),
             self.schedule,
             config.prediction_type,
         )

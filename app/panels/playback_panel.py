@@ -65,7 +65,7 @@ from core.export import (
     upscale_nearest,
 )
 from core.models import count_parameters
-from core.samplers import SamplerConfig, make_sampler
+from core.samplers import SamplerConfig, default_sampler_config, make_sampler
 from core.sampling import MAX_FRAMES, Frame, Trajectory, sample, sampling_timesteps
 from core.schedule import NoiseSchedule
 
@@ -152,7 +152,11 @@ class PlaybackPanel(Panel):
             "deterministic at eta = 0, good with fewer steps (Song et al. 2021)",
         )
         self.sampler_kind.currentIndexChanged.connect(self._on_sampler_changed)
-        self.num_steps = spin_box(1, 10000, 100, "Number of sampling steps (at most T)")
+        start = default_sampler_config(is_points=False)  # core's default for image models
+        set_combo_data(self.sampler_kind, start.kind)
+        self.num_steps = spin_box(
+            1, 10000, start.num_inference_steps, "Number of sampling steps (at most T)"
+        )
         self.eta = double_box(
             0.0, 1.0, 0.0, "DDIM eta: 0 = deterministic, 1 = as much noise as DDPM", 2, 0.1
         )
@@ -160,10 +164,14 @@ class PlaybackPanel(Panel):
             [("trailing", "trailing"), ("leading", "leading"), ("linspace", "linspace")],
             "How the sampling timesteps are spread over 0..T-1 (trailing starts at T-1)",
         )
+        set_combo_data(self.spacing, start.spacing)
         self.clip_x0 = check_box(
             "Clip x0 prediction to [-1, 1]",
-            "Clamp the model's x_0 estimate at every step (diffusers' clip_sample)",
+            "Clamp the model's x_0 estimate at every step (diffusers' clip_sample). On by "
+            "default for image models (their data range; it keeps an epsilon model on the "
+            "cosine schedule from blowing up at t near T), off for 2-D points",
         )
+        self.clip_x0.setChecked(start.clip_sample)
         self.num_samples = spin_box(1, 20000, 16, "How many samples to draw at once")
         self.seed = spin_box(0, 2**31 - 1, 0, "Seed of the initial noise (and of DDPM's noise)")
         self.from_image = check_box(
@@ -455,13 +463,16 @@ class PlaybackPanel(Panel):
 
     def _apply_sampler_defaults(self, model: Checkpoint) -> None:
         """A model that names its sampler (a diffusers scheduler config) gets it, so playback
-        matches the model's own pipeline; other models keep the user's choice."""
+        matches the model's own pipeline; other models keep the user's choice of sampler,
+        steps and spacing, and get core's x_0 clipping for their kind (on for images, off for
+        2-D points: `core.samplers.default_sampler_config`)."""
         defaults = (model.meta or {}).get("sampler_defaults")
         self._variance_type = "fixed_small"
         if not isinstance(defaults, dict):
+            self.clip_x0.setChecked(default_sampler_config(model.is_points).clip_sample)
             return
         try:
-            config = SamplerConfig.from_dict(defaults)
+            config = default_sampler_config(model.is_points, defaults)
         except (DiffusionStudioError, TypeError):
             return
         set_combo_data(self.sampler_kind, config.kind)

@@ -99,7 +99,7 @@ def test_bad_checkpoint_shows_an_error_and_keeps_the_model(
 # ---------------------------------------------------------------------- defaults and bundled models
 
 
-def test_sampler_defaults_are_ddpm_100_trailing(panel, checkpoints):
+def test_sampler_defaults_are_ddpm_100_trailing_clipped_for_images(panel, checkpoints):
     for ckpt in (checkpoints.images, checkpoints.points):
         assert panel.load_checkpoint(ckpt)
         request = panel.request()
@@ -107,6 +107,9 @@ def test_sampler_defaults_are_ddpm_100_trailing(panel, checkpoints):
         assert request.sampler.num_inference_steps == 100
         assert request.sampler.spacing == "trailing"
         assert not panel.eta.isEnabled()
+        # x0 clipped to [-1, 1] for images, not for 2-D points (core's default for each kind)
+        assert request.sampler.clip_sample == (ckpt == checkpoints.images)
+        assert panel.clip_x0.isChecked() == request.sampler.clip_sample
 
 
 @pytest.fixture

@@ -315,3 +315,38 @@ def test_sampler_properties(kind, T, frac, spacing, prediction, dtype):
     assert out.prev_sample.shape == x.shape and out.prev_sample.dtype == dtype
     assert out.pred_x0.shape == x.shape and out.pred_x0.dtype == dtype
     assert torch.isfinite(out.prev_sample).all()
+
+
+def test_default_sampler_clips_images_but_not_points_and_keeps_a_models_own():
+    from core.samplers import default_sampler_config
+
+    image, points = default_sampler_config(False), default_sampler_config(True)
+    assert (image.kind, image.num_inference_steps, image.spacing) == ("ddpm", 100, "trailing")
+    assert image.clip_sample and not points.clip_sample
+    own = SamplerConfig("ddim", 25, "leading", clip_sample=False)
+    assert default_sampler_config(False, own.to_dict()) == own
+
+
+def test_default_sampler_keeps_an_untrained_epsilon_model_on_cosine_bounded():
+    """An untrained epsilon net predicts eps ~ 0, so pred_x0 = x_t / sqrt(alphabar_t), and
+    alphabar_T of the cosine schedule is ~2e-9: without the clip the first step multiplies
+    x_T by ~2e4 and the sample explodes; with the default sampler it stays in [-1, 1]."""
+    from core.samplers import default_sampler_config
+
+    schedule = NoiseSchedule(ScheduleConfig("cosine", 1000))
+
+    def zero_eps(x, t):
+        return torch.zeros_like(x)
+
+    def final(config):
+        sampler = make_sampler(config, schedule, "epsilon")
+        x = torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(1)
+        for t in sampler.timesteps.tolist():
+            x = sampler.step(zero_eps(x, t), t, x, generator=generator).prev_sample
+        return x
+
+    default = default_sampler_config(False)
+    assert final(default).abs().max() <= 1.0 + 1e-6
+    unclipped = SamplerConfig(default.kind, default.num_inference_steps, default.spacing)
+    assert final(unclipped).abs().max() > 100
