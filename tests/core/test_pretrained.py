@@ -66,9 +66,9 @@ def test_digits_model_makes_recognizable_evenly_spread_digits():
     samples = _samples("digits", 256, steps=100)
     assert samples.shape == (256, 1, 28, 28)
     scores = score_samples(samples)
-    # Measured for the shipped model: 75.8 % confident, entropy 2.266, Frechet 2.39 (ceiling:
-    # real digits 98 %, 2.29, 0.99). The goal for the shipped model (95 %) is not met
-    # yet; this guards what it does reach.
-    assert scores.confident >= 0.70, scores
+    # Measured for the shipped model (11,024 steps): 80.1 % confident, entropy 2.271, Frechet
+    # 1.74 (ceiling: real digits 98 %, 2.29, 0.99). The goal for the shipped model
+    # (95 %) is not met yet; this guards what it does reach.
+    assert scores.confident >= 0.75, scores
     assert scores.class_entropy >= 2.2, scores
-    assert scores.frechet <= 4.0, scores
+    assert scores.frechet <= 3.0, scores
