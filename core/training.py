@@ -123,11 +123,12 @@ def _validate_train_config(c: TrainConfig) -> None:
         raise ConfigError(
             f"batch size must be a whole number in 1..{MAX_BATCH_SIZE}, got {c.batch_size!r}"
         )
-    for name in ("learning_rate", "weight_decay"):
+    lowest = {"learning_rate": "> 0", "weight_decay": ">= 0"}
+    for name, bound in lowest.items():
         value = getattr(c, name)
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ConfigError(
-                f"{name.replace('_', ' ')} must be a finite number >= 0, got {value!r}"
+                f"{name.replace('_', ' ')} must be a finite number {bound}, got {value!r}"
             )
     if c.learning_rate <= 0:
         raise ConfigError(f"learning rate must be > 0, got {c.learning_rate!r}")
