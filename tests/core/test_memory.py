@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,36 +67,48 @@ def test_activations_grow_with_batch_and_image_size() -> None:
     assert e_small.fixed_bytes == memory.PARAMETER_COPIES * 4 * parameters
 
 
+MEASURE_A_STEP = """
+import json, torch
+from pathlib import Path
+from core import memory
+from core.data import Dataset
+from core.training import TrainConfig, Trainer, default_model_config
+
+def status_kb(key):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+
+torch.set_num_threads(1)
+model = default_model_config("images", 28, 1, "small")
+config = TrainConfig(
+    data="digits", model=model, batch_size=64, max_steps=2, max_minutes=None, device="cpu"
+)
+trainer = Trainer(config, dataset=Dataset("d", "images", torch.zeros(8, 1, 28, 28)))
+before = status_kb("VmRSS")
+Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+trainer._train_step()
+used = (status_kb("VmHWM") - before) * 1024
+estimate = memory.estimate_for(model, trainer.model, config.batch_size, "cpu")
+print(json.dumps({"used": used, "estimate": estimate.total_bytes}))
+"""
+
+
 @pytest.mark.skipif(
     not Path("/proc/self/clear_refs").exists(), reason="needs Linux's peak-RSS reset"
 )
 def test_estimate_covers_a_real_training_step() -> None:
-    """The estimate is above the peak memory a real step adds (peak RSS, reset first)."""
-
-    def peak_kb() -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmHWM")
-
-    def rss_kb() -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS")
-
-    model = default_model_config("images", 28, 1, "small")
-    config = TrainConfig(
-        data="digits", model=model, batch_size=64, max_steps=2, max_minutes=None, device="cpu"
+    """The estimate is above the peak memory a real step adds (peak RSS, reset first). Run in
+    a fresh interpreter: in a long test session the allocator reuses memory freed by earlier
+    tests, and the step's growth would not show."""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE_A_STEP], capture_output=True, text=True, cwd=root
     )
-    trainer = Trainer(config, dataset=Dataset("d", "images", torch.zeros(8, 1, 28, 28)))
-    before = rss_kb()
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    trainer._train_step()
-    used = (peak_kb() - before) * 1024
-    estimate = memory.estimate_for(model, trainer.model, config.batch_size, "cpu")
-    assert used > 20 * MB  # the step really allocated (so the comparison means something)
-    assert estimate.total_bytes > used, (estimate.total_bytes / MB, used / MB)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["used"] > 20 * MB  # the step really allocated (so the comparison means something)
+    assert result["estimate"] > result["used"], (result["estimate"] / MB, result["used"] / MB)
 
 
 def _digits_config(batch_size: int) -> TrainConfig:
