@@ -45,13 +45,12 @@ from benchmarks.score import (
     score_samples,
     table_cells,
 )
-from core.checkpoint import Checkpoint, build_model_from_checkpoint, save_checkpoint
+from core.checkpoint import Checkpoint, save_checkpoint
 from core.data import load_digits
 from core.export import make_grid, save_png, to_uint8_images, upscale_nearest
 from core.models import count_parameters
-from core.samplers import default_sampler_config, make_sampler
-from core.sampling import sample
-from core.schedule import NoiseSchedule
+from core.samplers import default_sampler_config
+from core.sampling import sample_checkpoint
 from core.training import Trainer, TrainProgress, preset_config
 
 SAMPLER = default_sampler_config(is_points=False)  # what Playback and the CLI use for images
@@ -119,15 +118,7 @@ def train_ours(minutes: float) -> tuple[Checkpoint, Trainer]:
 
 def sample_ours(ckpt: Checkpoint, n: int, seed: int, device: torch.device) -> np.ndarray:
     """n samples from a checkpoint with the Playback sampler: float32 (n, C, H, W)."""
-    schedule = NoiseSchedule(ckpt.schedule_config)
-    sampler = make_sampler(SAMPLER, schedule, ckpt.prediction_type)
-    model = build_model_from_checkpoint(ckpt, device)
-    generator = torch.Generator().manual_seed(seed)
-    final = None
-    for frame in sample(model, schedule, sampler, n, ckpt.sample_shape, generator, device):
-        final = frame.x_t
-    assert final is not None
-    return final.numpy().astype(np.float32)
+    return sample_checkpoint(ckpt, n, SAMPLER, seed, device)
 
 
 def run_ours(minutes: float, n: int, seed: int, out: Path) -> RunResult:

@@ -6,7 +6,7 @@
 
 Trains `core.training.preset_config(NAME)` (with the given overrides) for --steps optimizer
 steps, or for the preset's own time budget (`--preset-time`: 30 s, what the Training panel
-does), samples 1000 points with DDPM 100 trailing (Playback's default), and prints:
+does), samples 1000 points with Playback's default sampler (DDPM 100 trailing), and prints:
 - on-data share: samples within 0.1 of one of 2000 fresh data points (real data: 0.997-1.0);
 - cover median: the median distance from a data point to its nearest sample (all modes and
   arms covered when small).
@@ -22,11 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.checkpoint import Checkpoint, build_model_from_checkpoint, load_checkpoint
+from core.checkpoint import load_checkpoint
 from core.data import TOY_DATASETS, toy_points
-from core.samplers import SamplerConfig, make_sampler
-from core.sampling import sample
-from core.schedule import NoiseSchedule, ScheduleConfig
+from core.sampling import sample_checkpoint
+from core.schedule import ScheduleConfig
 from core.training import Trainer, preset_config
 
 ON_DATA_DISTANCE = 0.1
@@ -48,19 +47,6 @@ def score_points(samples: np.ndarray, name: str, n_data: int = 2000) -> ToyScore
     )
 
 
-def sample_points(ckpt: Checkpoint, n: int = 1000, steps: int = 100, seed: int = 0) -> np.ndarray:
-    """n samples (n, 2) from a 2-D checkpoint with DDPM `steps` trailing."""
-    schedule = NoiseSchedule(ckpt.schedule_config)
-    sampler = make_sampler(SamplerConfig("ddpm", steps, "trailing"), schedule, ckpt.prediction_type)
-    model = build_model_from_checkpoint(ckpt)
-    final = None
-    generator = torch.Generator().manual_seed(seed)
-    for frame in sample(model, schedule, sampler, n, ckpt.sample_shape, generator):
-        final = frame.x_t
-    assert final is not None
-    return final.numpy()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(TOY_DATASETS))
@@ -78,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown toy set {unknown[0]!r}: choose from {', '.join(TOY_DATASETS)}")
     if args.checkpoint:
         ckpt = load_checkpoint(args.checkpoint)
-        scores = score_points(sample_points(ckpt), ckpt.data["name"])
+        scores = score_points(sample_checkpoint(ckpt, 1000), ckpt.data["name"])
         print(f"{args.checkpoint}: on-data {scores.on_data:.3f}, cover {scores.cover_median:.3f}")
         return 0
     for name in args.names:
@@ -96,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in trainer.run():
             pass
         seconds = time.perf_counter() - started
-        scores = score_points(sample_points(trainer.checkpoint()), name)
+        scores = score_points(sample_checkpoint(trainer.checkpoint(), 1000), name)
         print(
             f"{name}: {trainer.step} steps in {seconds:.1f} s, on-data {scores.on_data:.3f}, "
             f"cover median {scores.cover_median:.3f}",

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from core import memory
 from core.errors import ConfigError, DataError, ImageLoadError
 from core.resources import resource_path
 
@@ -500,14 +501,13 @@ def _check_folder_fits_in_memory(
 ) -> None:
     """Refuse, before decoding anything, a folder whose images at `image_size` would not fit
     in free memory: float32 (count, C, S, S), held twice while the batch is stacked."""
-    from core.memory import available_memory, format_bytes  # core.memory imports torch models
-
     needed = 2 * count * channels * image_size * image_size * 4
-    available = available_memory("cpu")
+    available = memory.available_memory("cpu")
     if available is not None and needed > available:
         raise DataError(
             f"the {count} images in '{folder}' at {image_size}x{image_size} need about "
-            f"{format_bytes(needed)} of memory, this machine has {format_bytes(available)} free: "
+            f"{memory.format_bytes(needed)} of memory, this machine has "
+            f"{memory.format_bytes(available)} free: "
             "use a smaller image size or a folder with fewer images"
         )
 

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.checkpoint import Checkpoint, build_model_from_checkpoint
 from core.errors import ConfigError
 from core.export import to_uint8_images
-from core.samplers import Sampler
+from core.samplers import Sampler, SamplerConfig, default_sampler_config, make_sampler
 from core.schedule import NoiseSchedule
 
 
@@ -103,6 +104,36 @@ def sample(
             yield Frame(len(timesteps), -1, final, final)
         finally:
             model.train(was_training)
+
+
+def sample_checkpoint(
+    ckpt: Checkpoint,
+    num_samples: int,
+    sampler_config: SamplerConfig | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """The final samples of a checkpoint's model, float32 (N, C, H, W) in [-1, 1] or (N, 2).
+
+    sampler_config: None = the default for the model (`default_sampler_config`). All random
+    draws come from a CPU generator seeded with `seed` (the same samples on every device).
+    """
+    if sampler_config is None:
+        defaults = (ckpt.meta or {}).get("sampler_defaults")
+        sampler_config = default_sampler_config(
+            ckpt.is_points, defaults if isinstance(defaults, dict) else None
+        )
+    schedule = NoiseSchedule(ckpt.schedule_config)
+    sampler = make_sampler(sampler_config, schedule, ckpt.prediction_type)
+    model = build_model_from_checkpoint(ckpt, device)
+    generator = torch.Generator().manual_seed(seed)
+    final = None
+    for frame in sample(
+        model, schedule, sampler, num_samples, ckpt.sample_shape, generator, device
+    ):
+        final = frame.x_t
+    assert final is not None
+    return final.numpy().astype(np.float32)
 
 
 MAX_FRAMES = 1001  # a 1000-step run plus its final sample: every frame kept

@@ -4,33 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from benchmarks.toy_quality import score_points
 from core.checkpoint import (
-    build_model_from_checkpoint,
     load_checkpoint,
     pretrained_checkpoint_paths,
 )
 from core.data import TOY_DATASETS
-from core.samplers import SamplerConfig, make_sampler
-from core.sampling import sample
-from core.schedule import NoiseSchedule
+from core.samplers import SamplerConfig
+from core.sampling import sample_checkpoint
 
 EXPECTED = ("digits", *TOY_DATASETS)
 
 
 def _samples(name: str, n: int, steps: int = 100, seed: int = 0) -> np.ndarray:
     ckpt = load_checkpoint(pretrained_checkpoint_paths()[name])
-    schedule = NoiseSchedule(ckpt.schedule_config)
-    sampler = make_sampler(SamplerConfig("ddpm", steps, "trailing"), schedule, ckpt.prediction_type)
-    model = build_model_from_checkpoint(ckpt)
-    final = None
-    for frame in sample(
-        model, schedule, sampler, n, ckpt.sample_shape, torch.Generator().manual_seed(seed)
-    ):
-        final = frame.x_t
-    return final.numpy()
+    return sample_checkpoint(ckpt, n, SamplerConfig("ddpm", steps, "trailing"), seed)
 
 
 def test_every_model_is_shipped_small_and_for_sampling():
