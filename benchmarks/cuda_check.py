@@ -25,19 +25,9 @@ from core.checkpoint import (
     pretrained_checkpoint_paths,
 )
 from core.device import resolve_device
-from core.samplers import SamplerConfig, make_sampler
-from core.sampling import sample
-from core.schedule import NoiseSchedule
+from core.samplers import SamplerConfig
+from core.sampling import sample_checkpoint
 from core.training import Trainer, preset_config
-
-
-def _final(model, schedule, sampler, shape, device) -> torch.Tensor:
-    final = None
-    generator = torch.Generator().manual_seed(0)
-    for frame in sample(model, schedule, sampler, 16, shape, generator, device):
-        final = frame.x_t
-    assert final is not None
-    return final
 
 
 def _ms_per_step(device: str, batch: int, steps: int = 30) -> float:
@@ -70,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
         "auto_device": str(resolve_device("auto")),
     }
     ckpt = load_checkpoint(pretrained_checkpoint_paths()["digits"])
-    schedule = NoiseSchedule(ckpt.schedule_config)
     cpu_model = build_model_from_checkpoint(ckpt, "cpu")
     gpu_model = build_model_from_checkpoint(ckpt, "cuda")
     x = torch.randn(16, *ckpt.sample_shape, generator=torch.Generator().manual_seed(1))
@@ -78,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         diff = (cpu_model(x, t) - gpu_model(x.cuda(), t.cuda()).cpu()).abs().max()
     result["model_max_abs_diff"] = float(diff)
-    sampler = make_sampler(SamplerConfig("ddim", 50, "trailing"), schedule, ckpt.prediction_type)
-    a = _final(cpu_model, schedule, sampler, ckpt.sample_shape, "cpu")
-    b = _final(gpu_model, schedule, sampler, ckpt.sample_shape, "cuda")
-    result["ddim50_max_abs_diff"] = float((a - b).abs().max())
+    ddim = SamplerConfig("ddim", 50, "trailing")
+    a = sample_checkpoint(ckpt, 16, ddim, seed=0, device="cpu")
+    b = sample_checkpoint(ckpt, 16, ddim, seed=0, device="cuda")
+    result["ddim50_max_abs_diff"] = float(abs(a - b).max())
     torch.set_num_threads(2)
     for batch in (64, 256):
         result[f"train_ms_per_step_cpu_b{batch}"] = round(_ms_per_step("cpu", batch, 10), 1)
