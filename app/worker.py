@@ -16,7 +16,8 @@ Pause and cancel are cooperative: the worker checks its `Control` between record
 (and `core.training.Trainer` checks its `TrainControl` between steps).
 
 Panels never redraw per record: they store the latest state in the `progressed`
-slot and redraw from a QTimer (about 30 Hz).
+slot and redraw from a QTimer (about 30 Hz; the Training panel's curves at most twice a
+second while it trains, since every repaint takes CPU and the GIL from the training thread).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ One after the other:
      and OpenMP wait policy, what `diffusion-studio train` gets): `core.training.Trainer` on
      exactly the config the Training panel will run (`TrainingPanel.build_config()`: the
      default digits preset with the panel's preview settings), for --headless-seconds
-     (default: half of --seconds);
+     (default: half of --seconds) in two halves, one before and one after step 3, whose
+     mean is the baseline (the machine's speed drifts by up to 10 % over minutes);
   2. optionally (--also-app-threads) the same with the app's thread count (cores - 1), to
      separate the cost of fewer threads from the cost of the GUI;
   3. in the app: the real MainWindow (offscreen) on the Training tab; a QTimer probe in the
@@ -77,6 +78,20 @@ def throughput(records: list[tuple[float, int, float]], batch: int, warmup_s: fl
         "measured_steps": len(kept),
         "median_images_per_s": float(np.median([r[2] for r in kept])),
         "wall_images_per_s": (kept[-1][1] - kept[0][1]) * batch / wall if wall > 0 else math.nan,
+    }
+
+
+def mean_of_runs(first: dict, second: dict) -> dict:
+    """Two headless runs' results as one: steps added, rates averaged."""
+    mean = {
+        key: (first[key] + second[key]) / 2 for key in ("median_images_per_s", "wall_images_per_s")
+    }
+    return {
+        "steps": first["steps"] + second["steps"],
+        "measured_steps": first.get("measured_steps", 0) + second.get("measured_steps", 0),
+        **mean,
+        "threads": first["threads"],
+        "runs": [first, second],
     }
 
 
@@ -265,10 +280,15 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    headless_s = args.headless_seconds or args.seconds / 2
-    headless = run_headless_subprocess(config, headless_s, min(warmup_s, headless_s / 5))
-    cli_threads = headless["threads"]
-    print(f"headless ({cli_threads} threads, CLI environment): {headless}", flush=True)
+    # The headless baseline runs in two halves, before and after the app's run, and their
+    # mean is the reference: this shared machine's speed drifts by up to 10 % over minutes.
+    headless_s = (args.headless_seconds or args.seconds / 2) / 2
+    headless_warmup_s = min(warmup_s, headless_s / 5)
+    headless_before = run_headless_subprocess(config, headless_s, headless_warmup_s)
+    cli_threads = headless_before["threads"]
+    print(
+        f"headless before ({cli_threads} threads, CLI environment): {headless_before}", flush=True
+    )
     headless_app_threads = None
     if args.also_app_threads:
         headless_app_threads = run_headless(config, args.seconds, app_threads, warmup_s)
@@ -294,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     window.close()
     in_app = throughput(records, config.batch_size, warmup_s) | {"threads": app_threads}
     print(f"in the app ({app_threads} threads): {in_app}", flush=True)
+    headless_after = run_headless_subprocess(config, headless_s, headless_warmup_s)
+    print(f"headless after: {headless_after}", flush=True)
+    headless = mean_of_runs(headless_before, headless_after)
 
     idle_s, loaded_s = summarize(idle), summarize(loaded)
     stalls = describe_stalls(loaded, loaded_cpu)

@@ -1,7 +1,8 @@
 """Training panel: settings, Start / Pause / Resume / Stop, and the run drawn live.
 
 `core.training.Trainer` runs in the worker thread. Its records are stored here as they
-arrive (cheap appends); the plots are redrawn from that state by a 30 Hz timer. Checkpoints
+arrive (cheap appends); the plots are redrawn from that state by a 30 Hz timer, at most
+twice a second while training (LIVE_REDRAW_S). Checkpoints
 are written in the worker thread (the trainer's state may only be read between its steps):
 autosave every few minutes and at the end (Stop or done) to the app's data folder, and
 "Save Checkpoint As…" on request.
@@ -70,6 +71,8 @@ FOLDER = "folder"
 FOLDER_IMAGE_SIZE = 32  # the image size first offered for a folder of images
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 SCATTER_POINTS = 4096
+LIVE_REDRAW_S = 0.5  # while training: curves and numbers at most twice a second
+SCATTER_EVERY = 4  # ... and the loss-against-t scatter every 2 s
 SMOOTHING_WINDOW = (3.0, 100.0)  # the smoothed curve averages over ~5% of the steps so far
 PREVIEW_POINTS = 2000
 MAX_CURVE_POINTS = 20_000  # loss curve points kept (evenly thinned beyond): memory stays flat
@@ -190,6 +193,8 @@ class TrainingPanel(Panel):
         self._dirty = False
         self._preview_dirty = False
         self._ticks = 0
+        self._drawn_at = 0.0  # time.monotonic() of the last curve redraw
+        self._curve_redraws = 0
         self._save_requests: queue.Queue[Path] = queue.Queue()
         self._save_results: queue.Queue[tuple[Path, str | None]] = queue.Queue()
         self._autosave_failed = False  # this run's autosave failed (reported once in a dialog)
@@ -348,8 +353,10 @@ class TrainingPanel(Panel):
         self.loss_curve = self.loss_plot.plot(
             pen=pg.mkPen((31, 119, 180, 90), width=1), name="loss"
         )
+        # A 2-px line is stroked ~4x faster without antialiasing (9.5 -> 2.8 ms a repaint of
+        # 3000 steps; benchmarks/README.md, Speed: "GUI under load"); the curve is smooth.
         self.smooth_curve = self.loss_plot.plot(
-            pen=pg.mkPen((214, 39, 40), width=2), name="smoothed"
+            pen=pg.mkPen((214, 39, 40), width=2), name="smoothed", antialias=False
         )
         for curve in (self.loss_curve, self.smooth_curve):
             curve.setDownsampling(auto=True, method="peak")
@@ -775,10 +782,16 @@ class TrainingPanel(Panel):
     def _on_timer(self) -> None:
         self._ticks += 1
         self._poll_save_results()
-        if self._dirty:
+        running = self.runner.is_running
+        now = time.monotonic()
+        if self._dirty and (not running or now - self._drawn_at >= LIVE_REDRAW_S):
+            # While training, at most LIVE_REDRAW_S between redraws: every paint takes CPU
+            # and the GIL from the training thread (benchmarks/README.md, "GUI under load").
             self._dirty = False
+            self._drawn_at = now
             self._redraw_curves()
-            if self._ticks % 5 == 0 or not self.runner.is_running:
+            self._curve_redraws += 1
+            if self._curve_redraws % SCATTER_EVERY == 0 or not running:
                 self._redraw_scatter()
             self._update_stats()
         if self._preview_dirty:
@@ -788,7 +801,8 @@ class TrainingPanel(Panel):
             self.timer.stop()
 
     def redraw_now(self) -> None:
-        """Draw the latest state at once (the timer does this ~30 times a second)."""
+        """Draw the latest state at once (the timer does it as records arrive, at most every
+        LIVE_REDRAW_S during a run)."""
         self._redraw_curves()
         self._redraw_scatter()
         self._redraw_preview()
