@@ -192,7 +192,6 @@ class TrainingPanel(Panel):
         self.preview: TrainPreview | None = None
         self._dirty = False
         self._preview_dirty = False
-        self._ticks = 0
         self._drawn_at = 0.0  # time.monotonic() of the last curve redraw
         self._curve_redraws = 0
         self._save_requests: queue.Queue[Path] = queue.Queue()
@@ -780,7 +779,6 @@ class TrainingPanel(Panel):
         self.smoothed.append(step, self._smooth_state / self._smooth_weight)
 
     def _on_timer(self) -> None:
-        self._ticks += 1
         self._poll_save_results()
         running = self.runner.is_running
         now = time.monotonic()
