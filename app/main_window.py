@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 
 import core
 from app import dialogs
+from app.garbage import after_startup
 from app.panels.base import Panel
 from app.panels.forward_panel import ForwardPanel
 from app.panels.playback_panel import PlaybackPanel
@@ -492,6 +493,7 @@ def run_app(paths: list[str]) -> int:
     app = make_application()
     window = MainWindow()
     window.show()
+    after_startup(window)  # the garbage collector leaves the start-up objects alone
     for path in paths:
         window.open_path(path)
     code = app.exec()

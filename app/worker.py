@@ -15,6 +15,10 @@ current job's signals in the past tense:
 Pause and cancel are cooperative: the worker checks its `Control` between records
 (and `core.training.Trainer` checks its `TrainControl` between steps).
 
+While any worker thread runs, Python's cyclic garbage collector runs only in the GUI thread
+(app.garbage.job_garbage: held when a thread starts, released when it has ended), so a worker
+never finalises a GUI-thread Qt object.
+
 Panels never redraw per record: they store the latest state in the `progressed`
 slot and redraw from a QTimer (about 30 Hz; the Training panel's curves at most twice a
 second while it trains, since every repaint takes CPU and the GIL from the training thread).
@@ -35,6 +39,7 @@ import shiboken6
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
 import app.qt_compat  # noqa: F401  (must come before any signal is emitted)
+from app.garbage import job_garbage
 from core.errors import DiffusionStudioError
 from core.training import TrainControl as JobControl  # the trainer's flags serve every job
 
@@ -96,6 +101,7 @@ _job_ids = itertools.count(1)
 
 # Every QThread that has been started and has not finished yet, with its worker. Holding them
 # here (not only in a JobRunner) means a thread is never garbage-collected while running.
+# While any is here, Python's cyclic collector runs only in the GUI thread (app.garbage).
 _LIVE: list[tuple[QThread, Worker, object]] = []  # (thread, worker, owning JobRunner)
 
 
@@ -114,6 +120,7 @@ def _sweep_finished() -> None:
         thread, worker, _ = entry
         if thread.isFinished():
             _LIVE.remove(entry)
+            job_garbage.release()
             # The worker lives in the ended thread, whose event loop never runs again, so a
             # deleteLater() there would never happen: the worker and its job (a trainer with
             # its model, optimizer and data) would leak with every run. The thread has ended,
@@ -292,6 +299,7 @@ class JobRunner(QObject):
         worker.cancelled.connect(self._on_worker_cancelled)
         thread.finished.connect(self._on_thread_finished)
         _LIVE.append((thread, worker, self))
+        job_garbage.hold()  # no automatic collection in the worker thread (app.garbage)
         thread.start()
         self.started.emit(job.name)
         return self._job_id

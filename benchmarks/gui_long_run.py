@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     qt_application()
     from app import dialogs
+    from app.garbage import after_startup
     from app.main_window import MainWindow
     from app.panels import training_panel
     from app.widgets import set_combo_data
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     dialogs.show_error = lambda _parent, title, message: errors.append(f"{title}: {message}")
     window = MainWindow()
     window.show()
+    after_startup(window)  # as run_app
     training = window.training
     window.tabs.setCurrentWidget(training)
     set_combo_data(training.source, args.data)

@@ -263,12 +263,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.app_threads:
         torch.set_num_threads(args.app_threads)
     app_threads = torch.get_num_threads()
+    from app.garbage import after_startup, job_garbage
     from app.main_window import MainWindow
 
     slots = SlotTimer()
     slots.install()
     window = MainWindow()
     window.show()
+    after_startup(window)  # as run_app: start-up objects frozen, torch._dynamo imported
+    deadline = time.monotonic() + 30  # a user presses Start seconds later: the import is done
+    while job_garbage.holds and time.monotonic() < deadline:
+        app.processEvents()
+        time.sleep(0.01)
     window.tabs.setCurrentWidget(window.training)
     panel = window.training
     config = panel.build_config()
