@@ -103,6 +103,7 @@ def _add_schedule_options(p: argparse.ArgumentParser, default_kind: str = "linea
 def build_parser() -> argparse.ArgumentParser:
     from core.data import TOY_DATASETS
     from core.device import DEVICE_CHOICES
+    from core.guidance import DEFAULT_GUIDANCE_SCALE
     from core.samplers import PREDICTION_TYPES, TIMESTEP_SPACINGS
     from core.training import MODEL_SIZES
 
@@ -232,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="also save every N steps (default: at least once a minute)",
     )
+    p.add_argument(
+        "--unconditional",
+        action="store_true",
+        help="ignore the data's class labels (the digits are class-conditional by default)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     # sample
@@ -263,6 +269,22 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="clip the x0 prediction to [-1, 1]",
+    )
+    g = p.add_argument_group(
+        "class-conditional models (e.g. the digits)",
+        "Which class to draw and how strongly to guide towards it (classifier-free guidance).",
+    )
+    g.add_argument(
+        "--label",
+        type=int,
+        metavar="K",
+        help="draw only class K (a digit); default: every class in turn",
+    )
+    g.add_argument(
+        "--guidance",
+        type=float,
+        metavar="S",
+        help=f"guidance scale, 1 = none (default: {DEFAULT_GUIDANCE_SCALE:g})",
     )
     p.add_argument(
         "--n", type=_positive_int, default=16, help="number of samples (default: %(default)s)"
@@ -381,6 +403,8 @@ def _train_config(args: argparse.Namespace):
         overrides["learning_rate"] = args.lr
     if args.prediction is not None:
         overrides["prediction_type"] = args.prediction
+    if args.unconditional:
+        overrides["class_conditional"] = False
     config = preset_config(args.data, args.model_size, **overrides)
     if args.schedule is not None or args.timesteps is not None:
         base = config.schedule
@@ -545,6 +569,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from core.checkpoint import build_model_from_checkpoint, load_checkpoint
     from core.device import resolve_device
     from core.export import make_grid, save_gif, save_png, to_uint8_images, upscale_nearest
+    from core.guidance import DEFAULT_GUIDANCE_SCALE, num_classes, sampling_labels
     from core.samplers import make_sampler
     from core.sampling import Trajectory, sample
     from core.schedule import NoiseSchedule
@@ -561,11 +586,26 @@ def cmd_sample(args: argparse.Namespace) -> int:
     config = _sampler_config(args, ckpt)
     sampler = make_sampler(config, schedule, ckpt.prediction_type)
     model = build_model_from_checkpoint(ckpt, device)
+    if args.guidance is not None and not num_classes(model):
+        raise CliError("--guidance needs a class-conditional model; this one is unconditional")
+    labels = sampling_labels(model, args.n, args.label)
+    guidance = DEFAULT_GUIDANCE_SCALE if args.guidance is None else args.guidance
     generator = torch.Generator().manual_seed(args.seed)
     trajectory = Trajectory(max_frames=max(2, min(1000, args.frames * 4)) if args.gif else 2)
     bar = ProgressBar("sample")
     n_steps = len(sampler.timesteps)
-    for frame in sample(model, schedule, sampler, args.n, ckpt.sample_shape, generator, device):
+    frames = sample(
+        model,
+        schedule,
+        sampler,
+        args.n,
+        ckpt.sample_shape,
+        generator,
+        device,
+        labels=labels,
+        guidance_scale=guidance,
+    )
+    for frame in frames:
         trajectory.append(frame)
         bar.update(frame.step / n_steps, f"step {frame.step}/{n_steps}")
     bar.update(1.0, f"step {n_steps}/{n_steps}", force=True)

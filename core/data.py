@@ -586,12 +586,14 @@ class Dataset:
 
     kind "images": data float32 (N, C, H, W) in [-1, 1]; kind "points": float32 (N, 2).
     skipped: "path: reason" lines for folder files that could not be loaded.
+    labels: int64 (N,) class labels 0..num_classes-1 (the built-in digits), or None.
     """
 
     name: str
     kind: Literal["images", "points"]
     data: torch.Tensor
     skipped: tuple[str, ...] = ()
+    labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "images" and self.data.ndim != 4:
@@ -600,6 +602,16 @@ class Dataset:
             raise DataError(f"point data must be (N, 2), got {tuple(self.data.shape)}")
         if self.kind not in ("images", "points"):
             raise DataError(f"data set kind must be 'images' or 'points', got {self.kind!r}")
+        if self.labels is not None and tuple(self.labels.shape) != (self.data.shape[0],):
+            raise DataError(
+                f"a data set needs one label per sample: {self.data.shape[0]} samples, "
+                f"labels of shape {tuple(self.labels.shape)}"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (largest label + 1), 0 without labels."""
+        return 0 if self.labels is None or not len(self.labels) else int(self.labels.max()) + 1
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
@@ -639,7 +651,8 @@ def make_dataset(
         raise ConfigError(f"image size must be a positive integer, got {image_size!r}")
     _check_channels(channels)
     if source == "digits":
-        return Dataset("digits", "images", _digits_tensor(image_size, channels))
+        labels = torch.from_numpy(load_digits()[1].copy())  # 0..9, in the images' order
+        return Dataset("digits", "images", _digits_tensor(image_size, channels), labels=labels)
     if source in TOY_DATASETS:
         generator = torch.Generator().manual_seed(int(seed))
         return Dataset(source, "points", toy_points(source, num_points, generator))

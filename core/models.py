@@ -41,6 +41,7 @@ __all__ = [
 
 _PIXEL_UNSHUFFLE_FACTORS = (1, 2, 4)
 _MAX_LEVELS = 6
+MAX_CLASSES = 1000
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -71,6 +72,8 @@ class UNetConfig:
     attention_heads: heads of the self-attention at the lowest resolution (0 = none).
     pixel_unshuffle: 1, 2 or 4; with p > 1 the net runs on the pixel-unshuffled input
         (C, H, W) -> (p*p*C, H/p, W/p) and pixel-shuffles its output back.
+    num_classes: 0 = unconditional; K > 0 = class-conditional on labels 0..K-1, with label K
+        meaning "no label" (the unconditional model of classifier-free guidance, core.guidance).
     """
 
     kind: Literal["unet"] = "unet"
@@ -82,6 +85,7 @@ class UNetConfig:
     norm_groups: int = 8
     pixel_unshuffle: int = 1
     dropout: float = 0.0
+    num_classes: int = 0
 
     def __post_init__(self) -> None:
         _check_kind("UNetConfig", self.kind, "unet")
@@ -110,6 +114,9 @@ class UNetConfig:
         _check_int("norm_groups", self.norm_groups, 1)
         _check_int("pixel_unshuffle", self.pixel_unshuffle, 1)
         _check_int("image_size", self.image_size, 1)
+        _check_int("num_classes", self.num_classes, 0)
+        if self.num_classes > MAX_CLASSES:
+            raise ConfigError(f"num_classes must be at most {MAX_CLASSES}, got {self.num_classes}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
             raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         object.__setattr__(self, "dropout", float(self.dropout))
@@ -373,6 +380,25 @@ def _timesteps_as_tensor(t: torch.Tensor | int, batch: int, device: torch.device
     return t
 
 
+def _labels_as_tensor(
+    labels: torch.Tensor | None, batch: int, num_classes: int, device: torch.device
+) -> torch.Tensor:
+    """Class labels as a (B,) long tensor on `device`; None = "no label" (index num_classes)."""
+    if labels is None:
+        return torch.full((batch,), num_classes, dtype=torch.long, device=device)
+    if labels.shape != (batch,):
+        raise ValueError(f"labels must have shape ({batch},), got shape {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integers, got {labels.dtype}")
+    if (
+        labels.device.type == "cpu"
+        and batch
+        and not 0 <= int(labels.min()) <= int(labels.max()) <= num_classes
+    ):
+        raise ValueError(f"labels must be in 0..{num_classes}, got {labels.min()}..{labels.max()}")
+    return labels.to(device=device, dtype=torch.long)
+
+
 # --------------------------------------------------------------------------- UNet
 
 
@@ -467,6 +493,11 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(
             nn.Linear(chans[0], temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim)
         )
+        # Class-conditional: a learned vector per label (and one for "no label", index K)
+        # added to the timestep embedding, as in the guided diffusion UNets.
+        self.class_embed: nn.Embedding | None = None
+        if config.num_classes:
+            self.class_embed = nn.Embedding(config.num_classes + 1, temb_dim)  # N(0, 1) init
         self.conv_in = nn.Conv2d(config.in_channels * p2, chans[0], 3, padding=1)
 
         def attn(width: int) -> _Attention:
@@ -515,8 +546,12 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)  # untrained net predicts exactly 0
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """x (B, C, H, W) with H, W multiples of `config.size_factor`; t (B,) indices or int."""
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor | int, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (B, C, H, W) with H, W multiples of `config.size_factor`; t (B,) indices or int;
+        labels (B,) in 0..num_classes (num_classes = no label; None = no label for all), only
+        for a class-conditional net."""
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(
@@ -530,7 +565,14 @@ class UNet(nn.Module):
                 f"{cfg.pixel_unshuffle}) needs"
             )
         t = _timesteps_as_tensor(t, x.shape[0], x.device)
-        temb = F.silu(self.time_mlp(timestep_embedding(t, self.base_dim)))  # SiLU once, all blocks
+        temb = self.time_mlp(timestep_embedding(t, self.base_dim))
+        if self.class_embed is not None:
+            temb = temb + self.class_embed(
+                _labels_as_tensor(labels, x.shape[0], cfg.num_classes, x.device)
+            )
+        elif labels is not None:
+            raise ConfigError("this model is not class-conditional: it takes no labels")
+        temb = F.silu(temb)  # SiLU once, for all blocks
 
         h = x
         if cfg.pixel_unshuffle > 1:

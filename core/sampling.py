@@ -18,6 +18,12 @@ from torch import nn
 from core.checkpoint import Checkpoint, build_model_from_checkpoint
 from core.errors import ConfigError
 from core.export import to_uint8_images
+from core.guidance import (
+    DEFAULT_GUIDANCE_SCALE,
+    check_guidance_scale,
+    guided_output,
+    sampling_labels,
+)
 from core.samplers import Sampler, SamplerConfig, default_sampler_config, make_sampler
 from core.schedule import NoiseSchedule
 
@@ -61,6 +67,8 @@ def sample(
     x_start: torch.Tensor | None = None,
     t_start: int | None = None,
     autocast_bf16: bool = False,
+    labels: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
 ) -> Iterator[Frame]:
     """Run the reverse process and yield a Frame per step, then the final sample.
 
@@ -68,10 +76,15 @@ def sample(
     sample_shape: (C, H, W) for images, (2,) for points.
     x_start: optional clean input (B, *sample_shape) or (*sample_shape) to noise to t_start
              and denoise from there ("what does the model make of this image?").
+    labels: (B,) class labels for a class-conditional model (`core.guidance.sampling_labels`),
+            with classifier-free guidance of strength `guidance_scale` (1 = none).
     Random draws (initial noise, forward noise, ancestral noise) all come from `generator`.
     """
     if num_samples < 1:
         raise ConfigError(f"number of samples must be at least 1, got {num_samples}")
+    guidance_scale = check_guidance_scale(guidance_scale)
+    if labels is not None and tuple(labels.shape) != (num_samples,):
+        raise ConfigError(f"expected {num_samples} class labels, got shape {tuple(labels.shape)}")
     device = torch.device(device)
     timesteps = sampling_timesteps(sampler, t_start)
     shape = (num_samples, *sample_shape)
@@ -89,13 +102,18 @@ def sample(
             t0 = torch.full((num_samples,), timesteps[0], dtype=torch.long)
             x = schedule.add_noise(x0, noise, t0)
         x = x.to(device)
+        if labels is not None:
+            labels = labels.to(device)
         was_training = model.training
         model.eval()
         try:
             for step, t in enumerate(timesteps):
                 t_batch = torch.full((num_samples,), t, dtype=torch.long, device=device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-                    model_output = model(x, t_batch)
+                    if labels is None:
+                        model_output = model(x, t_batch)
+                    else:
+                        model_output = guided_output(model, x, t_batch, labels, guidance_scale)
                 model_output = model_output.float()
                 out = sampler.step(model_output, t, x, generator=generator)
                 yield Frame(step, t, x.cpu(), out.pred_x0.cpu())
@@ -112,11 +130,15 @@ def sample_checkpoint(
     sampler_config: SamplerConfig | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    label: int | None = None,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
 ) -> np.ndarray:
     """The final samples of a checkpoint's model, float32 (N, C, H, W) in [-1, 1] or (N, 2).
 
     sampler_config: None = the default for the model (`default_sampler_config`). All random
     draws come from a CPU generator seeded with `seed` (the same samples on every device).
+    label, guidance_scale: for a class-conditional model, one class (None = every class in
+    turn) and the classifier-free guidance scale (an unconditional model refuses a label).
     """
     if sampler_config is None:
         defaults = (ckpt.meta or {}).get("sampler_defaults")
@@ -126,10 +148,19 @@ def sample_checkpoint(
     schedule = NoiseSchedule(ckpt.schedule_config)
     sampler = make_sampler(sampler_config, schedule, ckpt.prediction_type)
     model = build_model_from_checkpoint(ckpt, device)
+    labels = sampling_labels(model, num_samples, label)
     generator = torch.Generator().manual_seed(seed)
     final = None
     for frame in sample(
-        model, schedule, sampler, num_samples, ckpt.sample_shape, generator, device
+        model,
+        schedule,
+        sampler,
+        num_samples,
+        ckpt.sample_shape,
+        generator,
+        device,
+        labels=labels,
+        guidance_scale=guidance_scale,
     ):
         final = frame.x_t
     assert final is not None

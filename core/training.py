@@ -33,6 +33,7 @@ from core.checkpoint import Checkpoint, save_checkpoint
 from core.data import Dataset, make_dataset
 from core.device import resolve_device
 from core.errors import ConfigError, TrainingError
+from core.guidance import DEFAULT_GUIDANCE_SCALE, sampling_labels
 from core.memory import check_training_memory
 from core.models import MLPConfig, ModelConfig, UNetConfig, build_model, model_config_from_dict
 from core.samplers import (
@@ -48,6 +49,7 @@ from core.schedule import NoiseSchedule, ScheduleConfig
 ModelSize = Literal["small", "default", "large"]
 MODEL_SIZES: tuple[str, ...] = ("small", "default", "large")
 MAX_BATCH_SIZE = 65_536
+DIGIT_CLASSES = 10
 MAX_STEPS = 100_000_000
 LOSS_HISTORY_LIMIT = 4096
 
@@ -60,7 +62,9 @@ class TrainConfig:
     model for the data (see `default_model_config`). The run ends at `max_steps` optimizer
     steps or after `max_minutes` of training time (not counting pauses and previews),
     whichever comes first; the learning rate warms up over `warmup_steps` and then follows
-    `lr_decay` to zero at that end.
+    `lr_decay` to zero at that end. class_conditional: train on the data's class labels when
+    it has them (the built-in digits), for sampling one class with classifier-free guidance
+    (core.guidance); `label_dropout` of the labels are replaced by "no label" for that.
     """
 
     data: str = "digits"
@@ -86,6 +90,8 @@ class TrainConfig:
     preview_every: int = 0
     preview_count: int = 16
     preview_steps: int = 50
+    class_conditional: bool = True
+    label_dropout: float = 0.1
 
     def __post_init__(self) -> None:
         _validate_train_config(self)
@@ -168,6 +174,14 @@ def _validate_train_config(c: TrainConfig) -> None:
             raise ConfigError(
                 f"{name.replace('_', ' ')} must be a whole number >= 0, got {value!r}"
             )
+    if not isinstance(c.class_conditional, bool):
+        raise ConfigError(f"class conditional must be true or false, got {c.class_conditional!r}")
+    if (
+        isinstance(c.label_dropout, bool)
+        or not isinstance(c.label_dropout, (int, float))
+        or not 0.0 <= c.label_dropout < 1.0
+    ):
+        raise ConfigError(f"label dropout must be a number in [0, 1), got {c.label_dropout!r}")
     if c.preview_every and (c.preview_count < 1 or c.preview_steps < 1):
         raise ConfigError("previews need at least 1 sample and 1 sampling step")
     if c.preview_every and c.preview_steps > c.schedule.num_timesteps:
@@ -178,9 +192,14 @@ def _validate_train_config(c: TrainConfig) -> None:
 
 
 def default_model_config(
-    dataset_kind: str, image_size: int = 28, channels: int = 1, size: ModelSize = "default"
+    dataset_kind: str,
+    image_size: int = 28,
+    channels: int = 1,
+    size: ModelSize = "default",
+    num_classes: int = 0,
 ) -> ModelConfig:
-    """The model preset for a data kind ("images" or "points") and a size."""
+    """The model preset for a data kind ("images" or "points") and a size; images with
+    `num_classes` > 0 get a class-conditional UNet."""
     if size not in MODEL_SIZES:
         raise ConfigError(f"unknown model size {size!r}; choose one of {', '.join(MODEL_SIZES)}")
     if dataset_kind == "points":
@@ -201,6 +220,7 @@ def default_model_config(
         channels=widths[:levels],
         pixel_unshuffle=unshuffle,
         norm_groups=8,
+        num_classes=num_classes,
     )
 
 
@@ -229,7 +249,13 @@ def preset_config(
     else:
         image_size = overrides.get("image_size", 28)
         channels = overrides.get("channels", 1)
-        base = dict(data=data, model=default_model_config("images", image_size, channels, size))
+        # The digits are labelled: class-conditional with guidance gets recognisable digits
+        # sooner (benchmarks/README.md, "Class-conditional digits")
+        labelled = data == "digits" and overrides.get("class_conditional", True)
+        classes = DIGIT_CLASSES if labelled else 0
+        base = dict(
+            data=data, model=default_model_config("images", image_size, channels, size, classes)
+        )
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -354,7 +380,12 @@ class Trainer:
         if config.model is None:
             config = replace(
                 config,
-                model=default_model_config(self.dataset.kind, config.image_size, config.channels),
+                model=default_model_config(
+                    self.dataset.kind,
+                    config.image_size,
+                    config.channels,
+                    num_classes=self.dataset.num_classes if config.class_conditional else 0,
+                ),
             )
         self.config = config
         self._check_model_fits_data()
@@ -386,6 +417,15 @@ class Trainer:
             return
         if not isinstance(model, UNetConfig):
             raise ConfigError("image data needs the UNet model, not the MLP")
+        if model.num_classes and data.labels is None:
+            raise ConfigError(
+                f"the model is class-conditional ({model.num_classes} classes) but the data "
+                f"'{data.name}' have no class labels: use an unconditional model"
+            )
+        if model.num_classes and data.num_classes > model.num_classes:
+            raise ConfigError(
+                f"the data have {data.num_classes} classes but the model only {model.num_classes}"
+            )
         shape = tuple(data.data.shape[1:])
         expected = (model.in_channels, model.image_size, model.image_size)
         if shape != expected:
@@ -507,6 +547,7 @@ class Trainer:
         t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=self.generator)
         x0 = data[index]
         noise = torch.randn(x0.shape, generator=self.generator)
+        labels = self._labels_for(index)
         x0, noise, t_dev = x0.to(self.device), noise.to(self.device), t.to(self.device)
         x_t = self.schedule.add_noise(x0, noise, t_dev)  # DDPM eq. 4
         if config.prediction_type == "epsilon":
@@ -520,7 +561,7 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.bf16):
-            output = self.model(x_t, t_dev)
+            output = self.model(x_t, t_dev) if labels is None else self.model(x_t, t_dev, labels)
         mse = ((output.float() - target) ** 2).flatten(1).mean(dim=1)  # (B,)
         weights = min_snr_weights(
             self._snr[t].to(self.device), config.min_snr_gamma, config.prediction_type
@@ -549,6 +590,18 @@ class Trainer:
         self.optimizer.step()
         self._update_ema()
         return loss_value, t, mse.detach().cpu()
+
+    def _labels_for(self, index: torch.Tensor) -> torch.Tensor | None:
+        """Class labels (B,) of the drawn samples for a class-conditional model, each replaced
+        by "no label" (index K) with probability `label_dropout`; None for an unconditional one."""
+        classes = getattr(self.config.model, "num_classes", 0)
+        if not classes:
+            return None
+        assert self.dataset.labels is not None  # _check_model_fits_data
+        labels = self.dataset.labels[index].clone()
+        dropped = torch.rand(labels.shape, generator=self.generator) < self.config.label_dropout
+        labels[dropped] = classes
+        return labels.to(self.device)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -579,6 +632,8 @@ class Trainer:
             tuple(self.dataset.sample_shape),
             generator,
             self.device,
+            labels=sampling_labels(self.ema_model, config.preview_count),  # every class in turn
+            guidance_scale=DEFAULT_GUIDANCE_SCALE,
         ):
             final = frame.x_t
         assert final is not None

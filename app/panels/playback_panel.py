@@ -64,6 +64,7 @@ from core.export import (
     select_frame_indices,
     upscale_nearest,
 )
+from core.guidance import DEFAULT_GUIDANCE_SCALE, MAX_GUIDANCE_SCALE, sampling_labels
 from core.models import count_parameters
 from core.samplers import SamplerConfig, default_sampler_config, make_sampler
 from core.sampling import MAX_FRAMES, Frame, Trajectory, sample, sampling_timesteps
@@ -74,6 +75,10 @@ BASE_FPS = 15.0
 TRAIL_FRAMES = 8
 PRETRAINED_DEFAULT = "digits"  # the bundled model chosen on first launch
 MODEL_NAMES = {"unet": "UNet", "mlp": "MLP", "diffusers_unet": "diffusers UNet2DModel"}
+
+EVERY_DIGIT = "Every digit in turn"
+EVERY_CLASS = "Every class in turn"
+UNCONDITIONAL = "– (unconditional model)"
 
 VIEW_GRID_XT = "grid_xt"
 VIEW_GRID_X0 = "grid_x0"
@@ -90,6 +95,8 @@ class SampleRequest:
     seed: int
     start_image: Path | None
     start_t: int | None
+    label: int | None = None  # a class-conditional model: one class, None = every class in turn
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
 
 
 def _copy_frame(frame: Frame) -> Frame:
@@ -173,6 +180,20 @@ class PlaybackPanel(Panel):
         )
         self.clip_x0.setChecked(start.clip_sample)
         self.num_samples = spin_box(1, 20000, 16, "How many samples to draw at once")
+        self.class_label = combo_box(
+            [(EVERY_CLASS, None)],
+            "For a class-conditional model (such as the digits): which class to draw",
+        )
+        self.guidance = double_box(
+            0.0,
+            MAX_GUIDANCE_SCALE,
+            DEFAULT_GUIDANCE_SCALE,
+            "Classifier-free guidance scale for a class-conditional model: 1 = the plain "
+            "conditional model, higher = samples that look more like their class (and vary "
+            "less); every step then evaluates the network twice",
+            1,
+            0.5,
+        )
         self.seed = spin_box(0, 2**31 - 1, 0, "Seed of the initial noise (and of DDPM's noise)")
         self.from_image = check_box(
             "Start from an image",
@@ -256,6 +277,8 @@ class PlaybackPanel(Panel):
                 ("eta", self.eta),
                 ("Spacing", self.spacing),
                 ("", self.clip_x0),
+                ("Class", self.class_label),
+                ("Guidance", self.guidance),
                 ("Samples", self.num_samples),
                 ("Seed", self.seed),
                 self.from_image,
@@ -441,12 +464,14 @@ class PlaybackPanel(Panel):
             set_combo_data(self.export_view, VIEW_POINTS if model.is_points else VIEW_GRID_XT)
         self.views.setCurrentWidget(self.point_views if model.is_points else self.image_views)
         self._apply_sampler_defaults(model)
+        self._fill_class_choice(model)
         self.fields.recheck()
         try:
             params = count_parameters(build_model_from_checkpoint(model))
         except (DiffusionStudioError, RuntimeError):
             params = 0
         data = model.data or {}
+        classes = getattr(model.model_config, "num_classes", 0)
         shape = "×".join(str(s) for s in model.sample_shape)
         step = (model.training or {}).get("step")
         notes = [str(n) for n in (model.meta or {}).get("notes", [])]
@@ -456,10 +481,31 @@ class PlaybackPanel(Panel):
             f"data: {html.escape(str(data.get('name', '?')))} ({shape})<br>"
             f"schedule: {describe(model.schedule_config)}<br>"
             f"predicts: {model.prediction_type}"
+            + (f"<br>class-conditional: {classes} classes" if classes else "")
             + (f"<br>trained for {step:,} steps" if isinstance(step, int) else "")
             + "".join(f"<br><i>{html.escape(n)}</i>" for n in notes)
         )
         self._update_buttons()
+
+    def _fill_class_choice(self, model: Checkpoint) -> None:
+        """Class and guidance apply to a class-conditional model only: its classes are
+        listed (the previous choice kept when it still exists), otherwise both are off."""
+        classes = getattr(model.model_config, "num_classes", 0)
+        chosen = self.class_label.currentData()
+        self.class_label.blockSignals(True)
+        self.class_label.clear()
+        if classes:
+            digits = (model.data or {}).get("name") == "digits"
+            self.class_label.addItem(EVERY_DIGIT if digits else EVERY_CLASS, None)
+            for k in range(classes):
+                self.class_label.addItem(str(k) if digits else f"class {k}", k)
+            if chosen is not None and chosen < classes:
+                set_combo_data(self.class_label, chosen)
+        else:
+            self.class_label.addItem(UNCONDITIONAL, None)
+        self.class_label.blockSignals(False)
+        self.class_label.setEnabled(bool(classes))
+        self.guidance.setEnabled(bool(classes))
 
     def _apply_sampler_defaults(self, model: Checkpoint) -> None:
         """A model that names its sampler (a diffusers scheduler config) gets it, so playback
@@ -520,6 +566,8 @@ class PlaybackPanel(Panel):
             seed=self.seed.value(),
             start_image=self.start_image if use_image else None,
             start_t=self.start_t.value() if use_image else None,
+            label=self.class_label.currentData(),
+            guidance_scale=self.guidance.value(),
         )
 
     def _check_sampler(self) -> None:
@@ -572,6 +620,7 @@ class PlaybackPanel(Panel):
             schedule = NoiseSchedule(ckpt.schedule_config)
             sampler = make_sampler(request.sampler, schedule, ckpt.prediction_type)
             generator = torch.Generator().manual_seed(request.seed)
+            labels = sampling_labels(model, request.num_samples, request.label)
             for frame in sample(
                 model,
                 schedule,
@@ -581,6 +630,8 @@ class PlaybackPanel(Panel):
                 generator,
                 x_start=x_start,
                 t_start=request.start_t,
+                labels=labels,
+                guidance_scale=request.guidance_scale,
             ):
                 yield _copy_frame(frame)
 
@@ -830,7 +881,7 @@ class PlaybackPanel(Panel):
     def persistent_widgets(self) -> dict[str, Persistent]:
         # Not the number of samples: it follows the model (16 images, 1000 points).
         names = (
-            "sampler_kind num_steps eta spacing seed start_t speed loop grid_of "
+            "sampler_kind num_steps eta spacing guidance seed start_t speed loop grid_of "
             "export_frames export_fps export_scale export_loop"
         )
         return {name: getattr(self, name) for name in names.split()}

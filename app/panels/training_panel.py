@@ -530,18 +530,23 @@ class TrainingPanel(Panel):
     def _update_model_info(self) -> None:
         kind, size, channels = self._data_shape()
         try:
-            config = default_model_config(
-                kind,
-                size if kind == "images" else 28,
-                channels or 1,
-                self.model_size.currentData(),
-            )
+            if self.source.currentData() == "digits":
+                config = self.preset().model  # class-conditional on the digit labels
+            else:
+                config = default_model_config(
+                    kind,
+                    size if kind == "images" else 28,
+                    channels or 1,
+                    self.model_size.currentData(),
+                )
             params = count_parameters(build_model(config))
         except DiffusionStudioError as exc:
             self.model_info.setText(f"<span style='color:#b00020'>{exc}</span>")
             return
         name = "MLP" if kind == "points" else f"UNet {list(config.channels)}"
-        self.model_info.setText(f"{name}, {params / 1e6:.2f} M parameters")
+        classes = getattr(config, "num_classes", 0)
+        conditional = f", conditional on {classes} classes" if classes else ""
+        self.model_info.setText(f"{name}, {params / 1e6:.2f} M parameters{conditional}")
 
     def choose_folder(self) -> None:
         folder = dialogs.ask_folder(self, "Choose a folder of training images")

@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -172,7 +173,8 @@ def window(qtbot, fake_dialogs):
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> SimpleNamespace:
-    """Tiny trained checkpoints: a 2-D points MLP and a digits UNet (a few steps each)."""
+    """Tiny trained checkpoints: a 2-D points MLP, a digits UNet and a class-conditional
+    digits UNet (a few steps each)."""
     folder = tmp_path_factory.mktemp("checkpoints")
     points = Trainer(
         preset_config(
@@ -196,11 +198,19 @@ def checkpoints(tmp_path_factory) -> SimpleNamespace:
     )
     for _ in images.run():
         pass
+    conditional = Trainer(
+        replace(images.config, model=replace(tiny_unet, num_classes=10), max_steps=2)
+    )
+    for _ in conditional.run():
+        pass
     paths = SimpleNamespace(
-        points=folder / "moons.safetensors", images=folder / "digits.safetensors"
+        points=folder / "moons.safetensors",
+        images=folder / "digits.safetensors",
+        conditional=folder / "digits-conditional.safetensors",
     )
     save_checkpoint(paths.points, points.checkpoint())
     save_checkpoint(paths.images, images.checkpoint())
+    save_checkpoint(paths.conditional, conditional.checkpoint())
     return paths
 
 

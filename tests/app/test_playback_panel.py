@@ -8,7 +8,9 @@ from PIL import Image
 
 from app.panels.playback_panel import VIEW_PAIR, PlaybackPanel
 from app.widgets import set_combo_data
+from core.checkpoint import load_checkpoint
 from core.data import default_photo_path
+from core.sampling import sample_checkpoint
 
 
 @pytest.fixture
@@ -151,3 +153,33 @@ def test_a_broken_bundled_model_is_reported(monkeypatch, tmp_path, qtbot, fake_d
     qtbot.addWidget(p)
     assert fake_dialogs.errors[-1][0] == "Cannot open pretrained model"
     assert p.checkpoint is None and not p.sample_button.isEnabled()
+
+
+def test_a_class_conditional_model_samples_the_chosen_digit_with_guidance(
+    panel, qtbot, checkpoints
+):
+    """The Class and Guidance fields reach core: the panel's samples are exactly what
+    core.sampling.sample_checkpoint draws for that class, scale and seed."""
+    assert panel.load_checkpoint(checkpoints.conditional)
+    assert panel.class_label.isEnabled() and panel.guidance.isEnabled()
+    assert panel.class_label.count() == 11
+    assert panel.class_label.itemText(0) == "Every digit in turn"
+    assert "class-conditional: 10 classes" in panel.model_info.text()
+    ckpt = load_checkpoint(checkpoints.conditional)
+    for label, scale in ((3, 2.5), (None, 1.0)):
+        set_combo_data(panel.class_label, label)
+        panel.guidance.setValue(scale)
+        sample(panel, qtbot, steps=3, n=4)
+        expected = sample_checkpoint(
+            ckpt, 4, panel.request().sampler, seed=0, label=label, guidance_scale=scale
+        )
+        np.testing.assert_array_equal(panel.trajectory.final_samples, expected)
+
+    # an unconditional model: no classes to choose, no guidance
+    assert panel.load_checkpoint(checkpoints.images)
+    assert not panel.class_label.isEnabled() and not panel.guidance.isEnabled()
+    assert panel.request().label is None
+    sample(panel, qtbot, steps=3, n=4)
+    # back to the conditional model: the class list returns
+    assert panel.load_checkpoint(checkpoints.conditional)
+    assert panel.class_label.isEnabled() and panel.class_label.count() == 11

@@ -515,3 +515,55 @@ def test_train_refuses_a_batch_too_big_for_memory_before_allocating_it(tmp_path)
         # earlier tiny CLI runs; a real attempt at the batch would need terabytes.
         peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         assert peak_kb < 4 * 1024**2, peak_kb
+
+
+def test_digits_train_class_conditional_and_sample_one_digit(tmp_path):
+    """The digits are class-conditional by default (--unconditional turns it off); `sample`
+    draws one digit with --label and guides with --guidance; an unconditional model refuses
+    both with one line."""
+    small = ["--model-size", "small", "--steps", "2", "--batch-size", "4", "--timesteps", "50"]
+    result = run("train", "--data", "digits", *small, "--out", "c.safetensors", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(tmp_path / "c.safetensors").model_config.num_classes == 10
+    result = run(
+        "train",
+        "--data",
+        "digits",
+        *small,
+        "--unconditional",
+        "--out",
+        "u.safetensors",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(tmp_path / "u.safetensors").model_config.num_classes == 0
+
+    def sample_npy(checkpoint: str, *extra: str) -> subprocess.CompletedProcess:
+        return run(
+            "sample",
+            "--checkpoint",
+            checkpoint,
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "--n",
+            "3",
+            "--npy",
+            "s.npy",
+            *extra,
+            cwd=tmp_path,
+        )
+
+    arrays = {}
+    for extra in ((), ("--label", "7"), ("--label", "7", "--guidance", "4")):
+        result = sample_npy("c.safetensors", *extra)
+        assert result.returncode == 0, result.stderr
+        arrays[extra] = np.load(tmp_path / "s.npy")
+        assert arrays[extra].shape == (3, 1, 28, 28)
+    assert not np.array_equal(arrays[()], arrays[("--label", "7")])
+    assert not np.array_equal(arrays[("--label", "7")], arrays[("--label", "7", "--guidance", "4")])
+    assert_one_line_error(sample_npy("c.safetensors", "--label", "10"), "0 to 9")
+    assert_one_line_error(sample_npy("c.safetensors", "--guidance", "-1"), "guidance scale")
+    assert_one_line_error(sample_npy("u.safetensors", "--label", "3"), "not class-conditional")
+    assert_one_line_error(sample_npy("u.safetensors", "--guidance", "3"), "unconditional")
