@@ -117,8 +117,8 @@ def freeze_startup_objects() -> bool:
 
 def after_startup(parent: QObject) -> None:
     """The app's start-up hygiene, once the window is shown: freeze the start-up objects,
-    import torch._dynamo in a background thread (torch's first optimizer imports it: ~1.2 s
-    and 130,000 objects) and freeze what it made as soon as the import is done, provided no
+    import torch._dynamo in a background thread a quarter of a second later (torch's first optimizer
+    imports it: ~1.2 s and 130,000 objects) and freeze what it made as soon as the import is done, provided no
     job has started meanwhile (else the live objects may include the user's work, and nothing
     more is frozen). The import thread counts as a job for `job_garbage`."""
     freeze_startup_objects()
@@ -134,11 +134,14 @@ def after_startup(parent: QObject) -> None:
 
     job_garbage.hold()
     holds_before_jobs = job_garbage.total_holds
-    threading.Thread(target=load, name="import torch._dynamo", daemon=True).start()
+    importer = threading.Thread(target=load, name="import torch._dynamo", daemon=True)
     timer = QTimer(parent)
     timer.setInterval(IMPORT_CHECK_INTERVAL_MS)
 
     def freeze_when_imported() -> None:
+        if not importer.is_alive() and not imported.is_set():
+            importer.start()  # at the first tick: the window's first paints keep the GIL
+            return
         if not imported.is_set():
             return
         timer.stop()

@@ -5,8 +5,9 @@
 In one process, one after the other (so both see the same machine):
   (a) ours: the default digits preset, exactly as the CLI and the Training panel run it
       (`preset_config("digits", max_minutes=M)` + `Trainer(...).run()`), then N samples from
-      its EMA weights with DDPM ancestral sampling, 100 steps, trailing spacing
-      (core.samplers + core.sampling, as Playback does);
+      its EMA weights with DDPM ancestral sampling, 100 steps, trailing spacing; the
+      preset is class-conditional, so every digit in turn with classifier-free guidance at
+      the default scale (core.sampling.sample_checkpoint, as Playback and the CLI do);
   (b) the diffusers reference: `UNet2DModel` with widths 32/64/64, one layer per block, no
       attention blocks (1,062,497 parameters), on the digits padded to 32x32 with -1, linear
       schedule (T = 1000, beta 1e-4..0.02), epsilon prediction, batch 64, AdamW lr 1e-3
@@ -49,13 +50,17 @@ from benchmarks.score import (
 from core.checkpoint import Checkpoint, save_checkpoint
 from core.data import load_digits
 from core.export import make_grid, save_png, to_uint8_images, upscale_nearest
+from core.guidance import DEFAULT_GUIDANCE_SCALE
 from core.models import count_parameters
 from core.samplers import default_sampler_config
 from core.sampling import sample_checkpoint
 from core.training import Trainer, TrainProgress, preset_config
 
 SAMPLER = default_sampler_config(is_points=False)  # what Playback and the CLI use for images
-SAMPLER_TEXT = "DDPM ancestral, 100 steps, trailing spacing, x0 clipped to [-1, 1]"
+SAMPLER_TEXT = (
+    "DDPM ancestral, 100 steps, trailing spacing, x0 clipped to [-1, 1]; every digit in turn, "
+    f"classifier-free guidance scale {DEFAULT_GUIDANCE_SCALE:g}"
+)
 REFERENCE_SAMPLER_TEXT = "diffusers DDPMScheduler, 100 steps (defaults: leading, clip_sample)"
 REFERENCE_BATCH = 64
 REFERENCE_LR = 1e-3

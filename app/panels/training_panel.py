@@ -229,6 +229,7 @@ class TrainingPanel(Panel):
         )
         set_combo_data(self.model_size, "default")
         self.model_info = QLabel()
+        self.model_info.setTextFormat(Qt.TextFormat.RichText)
         self.model_info.setToolTip("The network the preset builds")
         self.kind = combo_box(
             [(k, k) for k in SCHEDULE_KINDS], "Noise schedule kind (see the Schedules tab)"
@@ -545,7 +546,7 @@ class TrainingPanel(Panel):
             return
         name = "MLP" if kind == "points" else f"UNet {list(config.channels)}"
         classes = getattr(config, "num_classes", 0)
-        conditional = f", conditional on {classes} classes" if classes else ""
+        conditional = f"<br>class-conditional: {classes} classes" if classes else ""
         self.model_info.setText(f"{name}, {params / 1e6:.2f} M parameters{conditional}")
 
     def choose_folder(self) -> None:
