@@ -17,7 +17,9 @@ Models:
 Reported: seconds per run, ms per network evaluation (the loop's time / steps) and per
 sample, the network alone (the same batch, timed outside the loop), and for ours the cost of
 recording every frame in a `core.sampling.Trajectory` (runs with and without, alternating;
-DDIM: median of --repeats pairs, DDPM: one pair; target < 5 %).
+DDIM: median of --repeats pairs, DDPM: one pair; target < 5 %). A class-conditional model
+(the digits preset since session 4) also runs DDIM once as Playback samples it: every digit in
+turn with classifier-free guidance (`core.guidance`), two network evaluations per step.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 from torch import nn
 
 from benchmarks.speed_common import Target, print_table, print_targets, write_json
+from core.guidance import DEFAULT_GUIDANCE_SCALE, num_classes, sampling_labels
 from core.models import build_model, count_parameters
 from core.samplers import PredictionType, SamplerConfig, make_sampler
 from core.sampling import Trajectory, sample
@@ -109,14 +112,25 @@ def reference_model() -> Subject:
     )
 
 
-def run_loop(subject: Subject, config: SamplerConfig, n: int, record: bool) -> float:
-    """Seconds for one full sampling run (every frame stored in a Trajectory if `record`)."""
+def run_loop(
+    subject: Subject, config: SamplerConfig, n: int, record: bool, guided: bool = False
+) -> float:
+    """Seconds for one full sampling run (every frame stored in a Trajectory if `record`;
+    `guided`: every class in turn with the default guidance scale)."""
     sampler = make_sampler(config, subject.schedule, subject.prediction_type)
     generator = torch.Generator().manual_seed(0)
     trajectory = Trajectory() if record else None
+    labels = sampling_labels(subject.model, n) if guided else None
     started = time.perf_counter()
     for frame in sample(
-        subject.model, subject.schedule, sampler, n, subject.sample_shape, generator
+        subject.model,
+        subject.schedule,
+        sampler,
+        n,
+        subject.sample_shape,
+        generator,
+        labels=labels,
+        guidance_scale=DEFAULT_GUIDANCE_SCALE,
     ):
         if trajectory is not None:
             trajectory.append(frame)
@@ -162,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [
         ("DDIM", SamplerConfig("ddim", args.ddim_steps, "trailing"), args.ddim_samples),
         ("DDPM", SamplerConfig("ddpm", args.ddpm_steps, "trailing"), args.ddpm_samples),
+        ("DDIM guided", SamplerConfig("ddim", args.ddim_steps, "trailing"), args.ddim_samples),
     ]
     subjects = [our_model(), reference_model()]
     for s in subjects:
@@ -171,18 +186,24 @@ def main(argv: list[str] | None = None) -> int:
     rows, results, targets = [], [], []
     for subject in subjects:
         for label, config, n in runs:
+            if label == "DDIM guided" and not num_classes(subject.model):
+                continue
             steps = config.num_inference_steps
             run_loop(subject, SamplerConfig(config.kind, 2, "trailing"), n, record=True)  # warm-up
             # with and without frames, alternating: --repeats times for ours with DDIM, once
             # for ours with DDPM (the long run); the reference runs once, without frames
             repeats = args.repeats if (subject.name, label) == ("ours", "DDIM") else 1
+            guided = label == "DDIM guided"
             plain, recorded = [], []
             for _ in range(repeats):
-                plain.append(run_loop(subject, config, n, record=False))
-                if subject.name == "ours":
+                plain.append(run_loop(subject, config, n, record=False, guided=guided))
+                if subject.name == "ours" and not guided:
                     recorded.append(run_loop(subject, config, n, record=True))
             seconds = float(np.median(plain))
-            net_ms = time_network(subject, n, calls=5 if subject.name == "diffusers" else 20)
+            # the network alone on the batch it sees: doubled when guided
+            net_ms = time_network(
+                subject, 2 * n if guided else n, calls=5 if subject.name == "diffusers" else 20
+            )
             per_eval = 1000.0 * seconds / steps
             result = {
                 "model": subject.name,

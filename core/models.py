@@ -497,7 +497,11 @@ class UNet(nn.Module):
         # added to the timestep embedding, as in the guided diffusion UNets.
         self.class_embed: nn.Embedding | None = None
         if config.num_classes:
-            self.class_embed = nn.Embedding(config.num_classes + 1, temb_dim)  # N(0, 1) init
+            # N(0, 1) as nn.Embedding's own init, drawn on the CPU even when the net is built
+            # on the meta device (core.checkpoint checks shapes there), where random fills go
+            # through torch._refs and import sympy and torch._dynamo (1-2 s at start-up)
+            weight = torch.randn(config.num_classes + 1, temb_dim, device="cpu")
+            self.class_embed = nn.Embedding(config.num_classes + 1, temb_dim, _weight=weight)
         self.conv_in = nn.Conv2d(config.in_channels * p2, chans[0], 3, padding=1)
 
         def attn(width: int) -> _Attention:

@@ -3,6 +3,9 @@ the trainer's label dropout, sampling one class)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -183,3 +186,20 @@ def test_a_conditional_model_learns_to_draw_the_class_it_is_asked_for(tmp_path):
     both = sample_checkpoint(ckpt, 8, sampler, guidance_scale=DEFAULT_GUIDANCE_SCALE)
     means = both.reshape(8, -1).mean(axis=1)
     assert (means[0::2] < 0).all() and (means[1::2] > 0).all()  # every class in turn
+
+
+def test_loading_a_conditional_checkpoint_imports_nothing_heavy(tmp_path):
+    """Loading checks shapes on a net built on the meta device; a random fill there would go
+    through torch._refs and import sympy and torch._dynamo (1-2 s of the app's start-up,
+    which loads the shipped class-conditional digits model)."""
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, Trainer(preset_config("digits", max_steps=1)).checkpoint())
+    code = (
+        "import sys\n"
+        "from core.checkpoint import load_checkpoint\n"
+        f"ckpt = load_checkpoint({str(path)!r})\n"
+        "print(ckpt.model_config.num_classes, 'sympy' in sys.modules, "
+        "'torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["10", "False", "False"]
