@@ -181,9 +181,10 @@ class PlaybackPanel(Panel):
         self.clip_x0.setChecked(start.clip_sample)
         self.num_samples = spin_box(1, 20000, 16, "How many samples to draw at once")
         self.class_label = combo_box(
-            [(EVERY_CLASS, None)],
+            [(UNCONDITIONAL, None)],
             "For a class-conditional model (such as the digits): which class to draw",
         )
+        self.class_label.setEnabled(False)  # until a class-conditional model is chosen
         self.guidance = double_box(
             0.0,
             MAX_GUIDANCE_SCALE,
@@ -194,6 +195,7 @@ class PlaybackPanel(Panel):
             1,
             0.5,
         )
+        self.guidance.setEnabled(False)
         self.seed = spin_box(0, 2**31 - 1, 0, "Seed of the initial noise (and of DDPM's noise)")
         self.from_image = check_box(
             "Start from an image",
