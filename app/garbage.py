@@ -15,7 +15,7 @@ Two problems, both from collections that run while a worker thread trains or sam
    first optimizer imports torch._dynamo (with sympy): 80-120 ms, a visible stall about
    every 20 s of training (benchmarks/README.md, "GUI under load: what limits it"). The app
    moves the start-up objects out of the collector's view once (`gc.freeze`), imports
-   torch._dynamo in the background right after start-up and freezes its objects too
+   torch._dynamo in the background just after start-up and freezes its objects too
    (`after_startup`), so a full collection only walks what was made since.
 
 Freezing is for the app's start-up only: a frozen object is never collected, so an object
@@ -117,10 +117,11 @@ def freeze_startup_objects() -> bool:
 
 def after_startup(parent: QObject) -> None:
     """The app's start-up hygiene, once the window is shown: freeze the start-up objects,
-    import torch._dynamo in a background thread a quarter of a second later (torch's first optimizer
-    imports it: ~1.2 s and 130,000 objects) and freeze what it made as soon as the import is done, provided no
-    job has started meanwhile (else the live objects may include the user's work, and nothing
-    more is frozen). The import thread counts as a job for `job_garbage`."""
+    import torch._dynamo in a background thread a quarter of a second later (torch's first
+    optimizer imports it: ~1.2 s and 130,000 objects) and freeze what it made as soon as the
+    import is done, provided no job has started meanwhile (else the live objects may include
+    the user's work, and nothing more is frozen). The import counts as a job for
+    `job_garbage`."""
     freeze_startup_objects()
     if "torch._dynamo" in sys.modules:
         return

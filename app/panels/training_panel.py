@@ -531,15 +531,10 @@ class TrainingPanel(Panel):
     def _update_model_info(self) -> None:
         kind, size, channels = self._data_shape()
         try:
-            if self.source.currentData() == "digits":
-                config = self.preset().model  # class-conditional on the digit labels
-            else:
-                config = default_model_config(
-                    kind,
-                    size if kind == "images" else 28,
-                    channels or 1,
-                    self.model_size.currentData(),
-                )
+            if self.source.currentData() == FOLDER:  # at the size and channels typed here
+                config = default_model_config(kind, size, channels, self.model_size.currentData())
+            else:  # the preset's own model (the digits': class-conditional)
+                config = self.preset().model
             params = count_parameters(build_model(config))
         except DiffusionStudioError as exc:
             self.model_info.setText(f"<span style='color:#b00020'>{exc}</span>")

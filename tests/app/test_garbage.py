@@ -91,28 +91,39 @@ def test_a_jobs_cyclic_garbage_is_collected_in_the_gui_thread_while_it_runs(qtbo
     assert max(collected_during_job) > 0  # garbage was collected while the job ran
 
 
-def test_the_app_freezes_its_start_up_objects_and_torchs_late_imports():
-    """After start-up the collector no longer walks the objects made by importing torch, Qt
-    and pyqtgraph, nor the ~130,000 that torch's first optimizer would add (torch._dynamo,
-    imported in the background and frozen when done)."""
+def after_startup_in_a_fresh_app(before: str, wait_while: str, after: str) -> list[str]:
+    """Run, in a new process: make_application, `before`, after_startup, then process events
+    for up to 60 s while the `wait_while` loop header holds, then `after`; returns what it
+    printed, split. `startup` is the freeze count right after after_startup."""
     code = (
         "import gc, os, sys, time\n"
         "os.environ['QT_QPA_PLATFORM'] = 'offscreen'\n"
         "from app.main_window import make_application\n"
         "from app.garbage import after_startup, job_garbage\n"
         "app = make_application()\n"
-        "assert 'torch._dynamo' not in sys.modules\n"
+        f"{before}"
         "after_startup(app)\n"
         "startup = gc.get_freeze_count()\n"
         "deadline = time.monotonic() + 60\n"
-        "while job_garbage.holds and time.monotonic() < deadline:\n"
+        f"{wait_while}"
         "    app.processEvents()\n"
         "    time.sleep(0.02)\n"
-        "print(startup, gc.get_freeze_count() - startup, len(gc.get_objects()), "
-        "'torch._dynamo' in sys.modules, gc.isenabled())\n"
+        f"{after}"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    startup, later, tracked, imported, enabled = out.stdout.split()
+    return out.stdout.split()
+
+
+def test_the_app_freezes_its_start_up_objects_and_torchs_late_imports():
+    """After start-up the collector no longer walks the objects made by importing torch, Qt
+    and pyqtgraph, nor the ~130,000 that torch's first optimizer would add (torch._dynamo,
+    imported in the background and frozen when done)."""
+    startup, later, tracked, imported, enabled = after_startup_in_a_fresh_app(
+        "assert 'torch._dynamo' not in sys.modules\n",
+        "while job_garbage.holds and time.monotonic() < deadline:\n",
+        "print(startup, gc.get_freeze_count() - startup, len(gc.get_objects()), "
+        "'torch._dynamo' in sys.modules, gc.isenabled())\n",
+    )
     assert int(startup) > 100_000  # torch + Qt + pyqtgraph
     assert imported == "True" and enabled == "True"
     assert int(later) > 50_000  # torch._dynamo and sympy
@@ -122,23 +133,12 @@ def test_the_app_freezes_its_start_up_objects_and_torchs_late_imports():
 def test_nothing_more_is_frozen_once_a_job_has_started():
     """A job that starts before torch._dynamo's import is done may have made the user's
     objects: then only the start-up objects stay frozen."""
-    code = (
-        "import gc, os, sys, time\n"
-        "os.environ['QT_QPA_PLATFORM'] = 'offscreen'\n"
-        "from app.main_window import make_application\n"
-        "from app.garbage import after_startup, job_garbage\n"
-        "app = make_application()\n"
-        "after_startup(app)\n"
-        "startup = gc.get_freeze_count()\n"
+    newly_frozen, imported, enabled = after_startup_in_a_fresh_app(
+        "",
         "job_garbage.hold()  # what app.worker does when a job starts\n"
-        "deadline = time.monotonic() + 60\n"
-        "while job_garbage.holds > 1 and time.monotonic() < deadline:\n"
-        "    app.processEvents()\n"
-        "    time.sleep(0.02)\n"
+        "while job_garbage.holds > 1 and time.monotonic() < deadline:\n",
         "job_garbage.release()\n"
-        "print(gc.get_freeze_count() - startup, 'torch._dynamo' in sys.modules, gc.isenabled())\n"
+        "print(gc.get_freeze_count() - startup, 'torch._dynamo' in sys.modules, gc.isenabled())\n",
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    newly_frozen, imported, enabled = out.stdout.split()
     assert int(newly_frozen) <= 0  # (frozen objects freed by reference counting: below 0)
     assert imported == "True" and enabled == "True"
