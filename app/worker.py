@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import shiboken6
+import torch
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
 import app.qt_compat  # noqa: F401  (must come before any signal is emitted)
@@ -147,13 +148,37 @@ def wait_for_all_threads(timeout_s: float, owner: object | None = None) -> bool:
         QCoreApplication.processEvents()
 
 
-def configure_torch_threads() -> int:
-    """torch gets one thread per core (idle ones sleep: see app.gui_env.prepare_gui_threading)."""
-    import torch
+# torch threads of each job's thread; None until configure_torch_threads (tests leave it so).
+_job_threads: int | None = None
 
-    count = max(1, os.cpu_count() or 1)
-    torch.set_num_threads(count)
-    return count
+
+def configure_torch_threads() -> int:
+    """The GUI thread computes with one torch thread, each job's thread with one per core.
+
+    Call in the GUI thread before it runs any torch operation. A thread that starts an OpenMP
+    team keeps its pool of threads while it lives; with the GUI thread's pool beside a job's,
+    OpenMP manages more threads than there are cores and its idle threads stop spinning
+    between operations (libgomp's throttled spin count): about 5 % of a training's speed
+    (benchmarks/README.md, "GUI under load"). The GUI thread's own tensors are small anyway.
+    torch reads its thread setting once per thread, so the GUI thread's is fixed here
+    (`get_num_threads`) before a job's thread changes the setting. Returns the jobs' count.
+    """
+    global _job_threads
+    torch.set_num_threads(1)
+    torch.get_num_threads()  # torch's per-thread initialisation: this thread keeps 1
+    _job_threads = max(1, os.cpu_count() or 1)
+    return _job_threads
+
+
+def job_threads() -> int | None:
+    """The torch thread count each job's thread sets, or None (torch's setting is left as is)."""
+    return _job_threads
+
+
+def set_job_threads(count: int) -> None:
+    """Give later jobs `count` torch threads (benchmarks try other counts)."""
+    global _job_threads
+    _job_threads = max(1, int(count))
 
 
 class Worker(QObject):
@@ -174,6 +199,8 @@ class Worker(QObject):
 
     @Slot()
     def run(self) -> None:
+        if _job_threads is not None:
+            torch.set_num_threads(_job_threads)  # this thread's own setting (see above)
         job, control = self.job, self.job.control
         iterator: Any = None
         pending: list[Any] = []

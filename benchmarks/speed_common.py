@@ -175,8 +175,9 @@ def qt_application():
     """The app's real QApplication (`app.main_window.make_application`), headless unless a
     platform is chosen, with settings and autosaves in a fresh temporary folder.
 
-    Note: make_application also sets torch's thread count as the app does (one per core);
-    the app also sets OMP_WAIT_POLICY=PASSIVE before torch loads (app.gui_env).
+    Note: make_application also sets torch's thread counts as the app does (one in the GUI
+    thread, one per core in each job's thread); the app's OpenMP wait policy is set before
+    torch loads (app.gui_env.prepare_gui_threading).
     """
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     folder = Path(tempfile.mkdtemp(prefix="ds-bench-"))

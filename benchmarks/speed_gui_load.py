@@ -1,7 +1,6 @@
 """GUI under load: event-loop stalls while the Training panel trains, and its throughput.
 
     python -m benchmarks.speed_gui_load [--seconds 60] [--idle-seconds 3] [--headless-seconds S]
-                                        [--also-app-threads]
                                         [--app-threads N] [--json PATH]
 
 Issue 5, item 3 (targets: stall max < 50 ms; in-app throughput >= 90 % of headless).
@@ -10,22 +9,23 @@ One after the other:
      and OpenMP wait policy, what `diffusion-studio train` gets): `core.training.Trainer` on
      exactly the config the Training panel will run (`TrainingPanel.build_config()`: the
      default digits preset with the panel's preview settings), for --headless-seconds
-     (default: half of --seconds) in two halves, one before and one after step 3, whose
-     mean is the baseline (the machine's speed drifts by up to 10 % over minutes);
-  2. optionally (--also-app-threads) the same with the app's thread count (cores - 1), to
-     separate the cost of fewer threads from the cost of the GUI;
-  3. in the app: the real MainWindow (offscreen) on the Training tab; a QTimer probe in the
+     (default: half of --seconds) in two halves, one before and one after step 2, whose
+     mean is the baseline (the machine's speed drifts by up to 10 % over minutes; halves
+     more than 5 % apart are reported as a warning);
+  2. in the app: the real MainWindow (offscreen) on the Training tab; a QTimer probe in the
      GUI thread fires every 5 ms for --idle-seconds (baseline), then the Start button is
      clicked and the probe runs for --seconds while the panel trains and redraws.
      This process starts as the app does (`app.gui_env.prepare_gui_threading` before torch
-     is imported: OMP_WAIT_POLICY=PASSIVE unless set). --app-threads N tries another thread
-     count for the app (set after make_application, so the worker uses it).
+     is imported; `make_application`: one torch thread in the GUI thread, one per core in
+     each job's thread, which runs at a lower priority). --app-threads N gives the job's
+     thread another count.
 A stall is a probe tick's lateness: the gap since the previous tick minus 5 ms. The GUI
 thread's CPU time per gap tells GUI work from waiting (for the GIL or a core), and the
 Training panel's and status bar's slots are timed (wrapped at run time, app/ unchanged) to
 name the slow ones.
 Throughput compares the median images/s of the TrainProgress records (per optimizer step,
-after a warm-up) and the wall-clock rate (steps x batch over the time the records span).
+after a warm-up) and the wall-clock rate (steps x batch over the time the records span, less
+the time spent making previews, which the short headless halves may not reach).
 """
 
 from __future__ import annotations
@@ -60,36 +60,55 @@ from benchmarks.speed_common import (  # noqa: E402
     summary_row,
     write_json,
 )
-from core.training import TrainConfig, Trainer, TrainProgress  # noqa: E402
+from core.training import TrainConfig, Trainer, TrainPreview, TrainProgress  # noqa: E402
 
 PROBE_MS = 5
+DRIFT_WARNING_PCT = 5.0  # headless halves further apart than this: the ratio is not reliable
 
 
-def throughput(records: list[tuple[float, int, float]], batch: int, warmup_s: float) -> dict:
-    """records: (arrival time, step, samples_per_s). Drops the first `warmup_s` seconds.
-    Rates are NaN when there are too few records (a run too short for the machine)."""
+def throughput(
+    records: list[tuple[float, int, float]],
+    batch: int,
+    warmup_s: float,
+    previews: list[tuple[float, int]] = (),
+) -> dict:
+    """records: (arrival time, step, samples_per_s) of each TrainProgress; previews: (arrival
+    time, step) of each TrainPreview. Drops the first `warmup_s` seconds. The wall rate leaves
+    out the time spent making previews (from the step's record to its preview's), so that a
+    run that happened to make one more preview than another is not slower for it; rates are
+    NaN when there are too few records (a run too short for the machine)."""
     if not records:
         return {"steps": 0, "median_images_per_s": math.nan, "wall_images_per_s": math.nan}
     start = records[0][0]
     kept = [r for r in records if r[0] - start >= warmup_s] or records
-    wall = kept[-1][0] - kept[0][0]
+    arrived = {step: at for at, step, _ in records}
+    preview_s = sum(
+        at - arrived[step]
+        for at, step in previews
+        if step in arrived and kept[0][0] <= arrived[step] and at <= kept[-1][0]
+    )
+    wall = kept[-1][0] - kept[0][0] - preview_s
     return {
         "steps": records[-1][1] - records[0][1] + 1,
         "measured_steps": len(kept),
         "median_images_per_s": float(np.median([r[2] for r in kept])),
         "wall_images_per_s": (kept[-1][1] - kept[0][1]) * batch / wall if wall > 0 else math.nan,
+        "preview_s": preview_s,
     }
 
 
 def mean_of_runs(first: dict, second: dict) -> dict:
-    """Two headless runs' results as one: steps added, rates averaged."""
+    """Two headless runs' results as one: steps added, rates averaged; `drift_pct` is how far
+    apart their median rates are (the machine's own change of speed across the app's run)."""
     mean = {
         key: (first[key] + second[key]) / 2 for key in ("median_images_per_s", "wall_images_per_s")
     }
+    apart = abs(first["median_images_per_s"] - second["median_images_per_s"])
     return {
         "steps": first["steps"] + second["steps"],
         "measured_steps": first.get("measured_steps", 0) + second.get("measured_steps", 0),
         **mean,
+        "drift_pct": 100 * apart / mean["median_images_per_s"],
         "threads": first["threads"],
         "runs": [first, second],
     }
@@ -124,16 +143,19 @@ def run_headless(config: TrainConfig, seconds: float, threads: int, warmup_s: fl
     try:
         trainer = Trainer(config)
         records: list[tuple[float, int, float]] = []
+        previews: list[tuple[float, int]] = []
         started = time.perf_counter()
         for record in trainer.run():
             now = time.perf_counter()
             if isinstance(record, TrainProgress):
                 records.append((now, record.step, record.samples_per_s))
+            elif isinstance(record, TrainPreview):
+                previews.append((now, record.step))
             if now - started >= seconds:
                 break
     finally:
         torch.set_num_threads(previous)
-    return throughput(records, config.batch_size, warmup_s) | {"threads": threads}
+    return throughput(records, config.batch_size, warmup_s, previews) | {"threads": threads}
 
 
 class Probe:
@@ -245,11 +267,6 @@ def main(argv: list[str] | None = None) -> int:
         "settles within seconds)",
     )
     parser.add_argument(
-        "--also-app-threads",
-        action="store_true",
-        help="also train headless with the app's torch thread count",
-    )
-    parser.add_argument(
         "--app-threads",
         type=int,
         default=None,
@@ -259,10 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warmup_s = min(5.0, args.seconds / 5)
 
-    app = qt_application()  # sets the app's thread count, as run_app does
+    app = qt_application()  # sets the app's thread counts, as run_app does
+    from app.worker import job_threads, set_job_threads
+
     if args.app_threads:
-        torch.set_num_threads(args.app_threads)
-    app_threads = torch.get_num_threads()
+        set_job_threads(args.app_threads)
+    app_threads = job_threads()
     from app.garbage import after_startup, job_garbage
     from app.main_window import MainWindow
 
@@ -295,18 +314,17 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"headless before ({cli_threads} threads, CLI environment): {headless_before}", flush=True
     )
-    headless_app_threads = None
-    if args.also_app_threads:
-        headless_app_threads = run_headless(config, args.seconds, app_threads, warmup_s)
-        print(f"headless ({app_threads} threads): {headless_app_threads}", flush=True)
 
     probe = Probe()
     idle, _ = probe.run(args.idle_seconds)
     records: list[tuple[float, int, float]] = []
+    previews: list[tuple[float, int]] = []
 
     def on_progress(record: object) -> None:
         if isinstance(record, TrainProgress):
             records.append((time.perf_counter(), record.step, record.samples_per_s))
+        elif isinstance(record, TrainPreview):
+            previews.append((time.perf_counter(), record.step))
 
     panel.runner.progressed.connect(on_progress)
     clicked_at = time.perf_counter()
@@ -318,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     if not panel.runner.wait(60.0):
         raise SystemExit("training did not stop within 60 s")
     window.close()
-    in_app = throughput(records, config.batch_size, warmup_s) | {"threads": app_threads}
+    in_app = throughput(records, config.batch_size, warmup_s, previews) | {"threads": app_threads}
     print(f"in the app ({app_threads} threads): {in_app}", flush=True)
     headless_after = run_headless_subprocess(config, headless_s, headless_warmup_s)
     print(f"headless after: {headless_after}", flush=True)
@@ -334,8 +352,6 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     rows = [["headless", str(cli_threads), headless]]
-    if headless_app_threads is not None:
-        rows.append(["headless", str(app_threads), headless_app_threads])
     rows.append(["in the app", str(app_threads), in_app])
     print_table(
         ["run", "threads", "steps", "median images/s", "wall images/s"],
@@ -350,6 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         f"thread busy, {stalls['waiting']} waiting); worst {stalls['worst_ms']} ms with GUI CPU "
         f"{stalls['worst_gui_cpu_ms']} ms"
     )
+    if headless["drift_pct"] > DRIFT_WARNING_PCT:
+        print(
+            f"warning: the headless halves differ by {headless['drift_pct']:.0f} % (the machine's "
+            "speed changed during the run): the in-app ratio is uncertain by about as much; "
+            "run it again on a quiet machine"
+        )
     slowest = slots.slowest(clicked_at)
     print("slowest GUI slots while training (name, ms, s after Start): " + str(slowest))
     ratio = in_app["median_images_per_s"] / headless["median_images_per_s"]
@@ -377,7 +399,6 @@ def main(argv: list[str] | None = None) -> int:
             "stalls_over_50ms": stalls,
             "slowest_gui_slots": slowest,
             "headless": headless,
-            "headless_app_threads": headless_app_threads,
             "in_app": in_app,
         },
         targets,

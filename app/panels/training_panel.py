@@ -194,6 +194,7 @@ class TrainingPanel(Panel):
         self._preview_dirty = False
         self._drawn_at = 0.0  # time.monotonic() of the last curve redraw
         self._curve_redraws = 0
+        self._scatter_due = False  # the loss-against-t scatter waits for the next timer tick
         self._save_requests: queue.Queue[Path] = queue.Queue()
         self._save_results: queue.Queue[tuple[Path, str | None]] = queue.Queue()
         self._autosave_failed = False  # this run's autosave failed (reported once in a dialog)
@@ -783,20 +784,26 @@ class TrainingPanel(Panel):
         self._poll_save_results()
         running = self.runner.is_running
         now = time.monotonic()
+        # One plot redrawn per tick: a plot's paint holds the GUI thread 10-17 ms, and redraws
+        # made in one tick are painted together in the next event-loop pass (one longer stall).
         if self._dirty and (not running or now - self._drawn_at >= LIVE_REDRAW_S):
             # While training, at most LIVE_REDRAW_S between redraws: every paint takes CPU
             # and the GIL from the training thread (benchmarks/README.md, "GUI under load").
             self._dirty = False
             self._drawn_at = now
             self._redraw_curves()
+            self._update_stats()
             self._curve_redraws += 1
             if self._curve_redraws % SCATTER_EVERY == 0 or not running:
-                self._redraw_scatter()
-            self._update_stats()
-        if self._preview_dirty:
+                self._scatter_due = True  # on the next tick
+        elif self._scatter_due:
+            self._scatter_due = False
+            self._redraw_scatter()
+        elif self._preview_dirty:
             self._preview_dirty = False
             self._redraw_preview()
-        if not self.runner.is_running and not self._dirty and self._save_results.empty():
+        idle = not (self._dirty or self._scatter_due or self._preview_dirty)
+        if not running and idle and self._save_results.empty():
             self.timer.stop()
 
     def redraw_now(self) -> None:

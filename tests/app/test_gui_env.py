@@ -9,21 +9,36 @@ import sys
 from app import gui_env
 
 
-def test_prepare_gui_threading_sets_passive_waits_unless_chosen(monkeypatch):
+def test_the_wait_policy_is_passive_except_on_linux():
+    """Linux keeps OpenMP's own policy (a job's threads run at a lower priority instead)."""
+    assert gui_env.gui_wait_policy("linux") is None
+    assert gui_env.gui_wait_policy("win32") == "PASSIVE"
+    assert gui_env.gui_wait_policy("darwin") == "PASSIVE"
+
+
+def test_prepare_gui_threading_sets_the_platforms_policy_unless_chosen(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(gui_env.sys, "platform", "win32")
     gui_env.prepare_gui_threading()
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     gui_env.prepare_gui_threading()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice wins
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setattr(gui_env.sys, "platform", "linux")
+    gui_env.prepare_gui_threading()
+    assert "OMP_WAIT_POLICY" not in os.environ
 
 
 def test_the_gui_entry_sets_the_wait_policy_before_torch_is_imported():
     """`diffusion-studio` with no subcommand: when the GUI module is reached, the policy is
     set and nothing on the way has imported torch (OpenMP reads the policy when torch loads).
-    The GUI module is replaced by a stub that records the state it is entered in."""
+    The policy is forced to PASSIVE here so that the test means the same on every platform;
+    the GUI module is replaced by a stub that records the state it is entered in."""
     code = (
         "import os, sys, types\n"
+        "import app.gui_env\n"
+        "app.gui_env.gui_wait_policy = lambda platform: 'PASSIVE'\n"
         "stub = types.ModuleType('app.main_window')\n"
         "def run_app(paths):\n"
         "    print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n"

@@ -198,3 +198,21 @@ def test_a_batch_too_big_for_memory_is_refused_with_the_largest_that_fits(
     assert title == "Training stopped"
     assert "batch 60000" in message and "use a batch of at most" in message
     assert panel.start_button.isEnabled()
+
+
+def test_the_timer_redraws_one_plot_per_tick(panel, monkeypatch):
+    """Curves, then the loss-against-t scatter, then the preview, each on its own tick (their
+    paints then fall in separate event-loop passes: shorter stalls); the timer stops once
+    everything is drawn."""
+    drawn: list[str] = []
+    for name in ("_redraw_curves", "_redraw_scatter", "_redraw_preview"):
+        monkeypatch.setattr(panel, name, lambda name=name: drawn.append(name))
+    panel._dirty = panel._preview_dirty = True
+    panel.timer.start()
+    ticks = []
+    for _ in range(4):
+        panel._on_timer()
+        ticks.append(list(drawn))
+        drawn.clear()
+    assert ticks == [["_redraw_curves"], ["_redraw_scatter"], ["_redraw_preview"], []]
+    assert not panel.timer.isActive()

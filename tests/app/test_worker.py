@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
+import torch
 
+from app import worker
 from app.worker import Job, JobControl, JobRunner, live_threads
 from core.errors import ConfigError
 
@@ -97,3 +101,41 @@ def test_shutdown_waits_for_the_thread(qtbot):
     qtbot.waitUntil(lambda: runner.status is not None, timeout=5000)
     assert runner.shutdown(10)
     assert live_threads() == []
+
+
+def test_a_jobs_thread_gets_the_jobs_torch_threads(qtbot, monkeypatch):
+    """The count `configure_torch_threads` chose reaches the job's thread, and the starting
+    (GUI) thread keeps its own."""
+    seen = {}
+
+    def probe():
+        seen["threads"] = torch.get_num_threads()
+        yield 0
+
+    gui_threads = torch.get_num_threads()
+    monkeypatch.setattr(worker, "_job_threads", gui_threads + 2)
+    runner = JobRunner("test")
+    try:
+        with qtbot.waitSignal(runner.finished, timeout=5000):
+            runner.start(Job("probe", probe))
+        assert runner.wait(5)
+        assert torch.get_num_threads() == gui_threads
+    finally:
+        torch.set_num_threads(gui_threads)  # torch's setting is also what later threads start with
+    assert seen["threads"] == gui_threads + 2
+
+
+def test_configure_torch_threads_keeps_the_gui_thread_at_one_thread():
+    """In a fresh process: after `configure_torch_threads`, a job's thread setting torch to
+    one thread per core leaves the GUI (main) thread at one (torch reads its setting once
+    per thread; the GUI thread must never start an OpenMP team beside a job's)."""
+    code = (
+        "import threading, torch\n"
+        "from app.worker import configure_torch_threads, job_threads\n"
+        "count = configure_torch_threads()\n"
+        "other = threading.Thread(target=lambda: torch.set_num_threads(count + 1))\n"
+        "other.start(); other.join()\n"
+        "print(count == job_threads(), torch.get_num_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "1"]
