@@ -216,3 +216,26 @@ def test_the_timer_redraws_one_plot_per_tick(panel, monkeypatch):
         drawn.clear()
     assert ticks == [["_redraw_curves"], ["_redraw_scatter"], ["_redraw_preview"], []]
     assert not panel.timer.isActive()
+
+
+def test_while_training_the_curves_redraw_at_most_every_live_redraw_s(panel, monkeypatch):
+    """Records arriving faster than LIVE_REDRAW_S redraw the curves once per LIVE_REDRAW_S
+    while a job runs (each paint takes the training thread's CPU and GIL); when no job runs
+    they are drawn on the next tick."""
+    from app.panels import training_panel
+
+    clock = [100.0]
+    monkeypatch.setattr(training_panel.time, "monotonic", lambda: clock[0])
+    drawn: list[float] = []
+    monkeypatch.setattr(panel, "_redraw_curves", lambda: drawn.append(clock[0]))
+    monkeypatch.setattr(type(panel.runner), "is_running", property(lambda runner: True))
+    for _ in range(20):  # a record every 1/8 s (exact in binary), the timer ticking after each
+        panel._dirty = True
+        panel._on_timer()
+        clock[0] += 0.125
+    assert training_panel.LIVE_REDRAW_S == 0.5
+    assert drawn == [100.0, 100.5, 101.0, 101.5, 102.0]
+    monkeypatch.setattr(type(panel.runner), "is_running", property(lambda runner: False))
+    panel._dirty = True
+    panel._on_timer()
+    assert drawn[-1] == clock[0]  # not running: drawn at once
