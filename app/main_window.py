@@ -478,7 +478,8 @@ class MainWindow(QMainWindow):
 
 def make_application() -> QApplication:
     """The QApplication, named (settings and data folders), styled, with the icon; torch gets
-    one thread in the GUI thread and one per core in each job's (app.worker.configure_torch_threads)."""
+    one thread in the GUI thread and its default count (the CLI's) in each job's
+    (app.worker.configure_torch_threads)."""
     app = QApplication.instance() or QApplication(sys.argv[:1])
     configure_application(app)
     app.setWindowIcon(app_icon())

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -153,20 +152,21 @@ _job_threads: int | None = None
 
 
 def configure_torch_threads() -> int:
-    """The GUI thread computes with one torch thread, each job's thread with one per core.
+    """The GUI thread computes with one torch thread, each job's thread with torch's default
+    count (the CLI's: one per physical core, or OMP_NUM_THREADS). Returns the jobs' count.
 
     Call in the GUI thread before it runs any torch operation. A thread that starts an OpenMP
     team keeps its pool of threads while it lives; with the GUI thread's pool beside a job's,
     OpenMP manages more threads than there are cores and its idle threads stop spinning
     between operations (libgomp's throttled spin count): about 5 % of a training's speed
-    (benchmarks/README.md, "GUI under load"). The GUI thread's own tensors are small anyway.
-    torch reads its thread setting once per thread, so the GUI thread's is fixed here
-    (`get_num_threads`) before a job's thread changes the setting. Returns the jobs' count.
+    (benchmarks/README.md, "Threads"). The GUI thread's own tensors are small anyway.
     """
     global _job_threads
-    torch.set_num_threads(1)
-    torch.get_num_threads()  # torch's per-thread initialisation: this thread keeps 1
-    _job_threads = max(1, os.cpu_count() or 1)
+    if _job_threads is None:
+        # torch's default; the call also runs torch's once-per-thread initialisation, so this
+        # thread keeps the count set next even when a job's thread changes the setting later
+        _job_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
     return _job_threads
 
 

@@ -176,7 +176,7 @@ def qt_application():
     platform is chosen, with settings and autosaves in a fresh temporary folder.
 
     Note: make_application also sets torch's thread counts as the app does (one in the GUI
-    thread, one per core in each job's thread); the app's OpenMP wait policy is set before
+    thread, torch's default count in each job's thread); the app's OpenMP wait policy is set before
     torch loads (app.gui_env.prepare_gui_threading).
     """
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

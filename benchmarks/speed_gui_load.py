@@ -16,7 +16,7 @@ One after the other:
      GUI thread fires every 5 ms for --idle-seconds (baseline), then the Start button is
      clicked and the probe runs for --seconds while the panel trains and redraws.
      This process starts as the app does (`app.gui_env.prepare_gui_threading` before torch
-     is imported; `make_application`: one torch thread in the GUI thread, one per core in
+     is imported; `make_application`: one torch thread in the GUI thread, torch's default count in
      each job's thread, which runs at a lower priority). --app-threads N gives the job's
      thread another count.
 A stall is a probe tick's lateness: the gap since the previous tick minus 5 ms. The GUI

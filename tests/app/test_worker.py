@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -126,16 +127,21 @@ def test_a_jobs_thread_gets_the_jobs_torch_threads(qtbot, monkeypatch):
 
 
 def test_configure_torch_threads_keeps_the_gui_thread_at_one_thread():
-    """In a fresh process: after `configure_torch_threads`, a job's thread setting torch to
-    one thread per core leaves the GUI (main) thread at one (torch reads its setting once
-    per thread; the GUI thread must never start an OpenMP team beside a job's)."""
+    """In a fresh process: `configure_torch_threads` gives jobs torch's own default count (as
+    the CLI gets: here OMP_NUM_THREADS=1, not the machine's core count), and after another
+    thread has set torch to more the GUI (main) thread still computes with one (torch reads
+    its setting once per thread; the GUI thread must never start an OpenMP team beside a
+    job's)."""
     code = (
         "import threading, torch\n"
         "from app.worker import configure_torch_threads, job_threads\n"
         "count = configure_torch_threads()\n"
         "other = threading.Thread(target=lambda: torch.set_num_threads(count + 1))\n"
         "other.start(); other.join()\n"
-        "print(count == job_threads(), torch.get_num_threads())\n"
+        "print(count, job_threads(), torch.get_num_threads())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["True", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.split() == ["1", "1", "1"]
