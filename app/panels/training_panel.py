@@ -71,6 +71,7 @@ FOLDER = "folder"
 FOLDER_IMAGE_SIZE = 32  # the image size first offered for a folder of images
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 SCATTER_POINTS = 4096
+LABELLED_SOURCES = ("digits",)  # data with class labels: the panel offers class-conditional training
 LIVE_REDRAW_S = 0.5  # while training: curves and numbers at most twice a second
 SCATTER_EVERY = 4  # ... and the loss-against-t scatter every 2 s
 SMOOTHING_WINDOW = (3.0, 100.0)  # the smoothed curve averages over ~5% of the steps so far
@@ -232,6 +233,14 @@ class TrainingPanel(Panel):
         self.model_info = QLabel()
         self.model_info.setTextFormat(Qt.TextFormat.RichText)
         self.model_info.setToolTip("The network the preset builds")
+        self.class_labels = check_box(
+            "Learn the digits' labels (guided sampling)",
+            "On: the model learns which digit is which and Playback draws the digit asked for\n"
+            "(classifier-free guidance). Off: an unconditional model, which draws digits at\n"
+            "random (as: diffusion-studio train --unconditional).",
+            True,
+        )
+        self.class_labels.toggled.connect(self._update_model_info)
         self.kind = combo_box(
             [(k, k) for k in SCHEDULE_KINDS], "Noise schedule kind (see the Schedules tab)"
         )
@@ -303,11 +312,12 @@ class TrainingPanel(Panel):
                 ("Channels", self.channels),
             ],
         )
-        model_box = form_group(
+        self.model_box = form_group(
             "Model and diffusion",
             [
                 ("Model size", self.model_size),
                 self.model_info,
+                self.class_labels,
                 ("Schedule", self.kind),
                 ("Steps T", self.steps_T),
                 ("Predicts", self.prediction),
@@ -327,7 +337,7 @@ class TrainingPanel(Panel):
                 ("Autosave every", self.autosave_minutes),
             ],
         )
-        self.settings_boxes = (self.data_box, model_box, self.opt_box)
+        self.settings_boxes = (self.data_box, self.model_box, self.opt_box)
 
         self.stats = QLabel("Not started.")
         self.stats.setTextFormat(Qt.TextFormat.RichText)
@@ -452,7 +462,13 @@ class TrainingPanel(Panel):
             return preset_config(
                 self.source_name() or FOLDER, size, image_size=image_size, channels=channels
             )
-        return preset_config(data, size)
+        return preset_config(data, size, **self._label_choice())
+
+    def _label_choice(self) -> dict[str, bool]:
+        """The class-labels box's choice as a preset override (only labelled data has one)."""
+        if self.source.currentData() in LABELLED_SOURCES:
+            return {"class_conditional": self.class_labels.isChecked()}
+        return {}
 
     def apply_preset(self) -> None:
         """Fill the data, diffusion and optimisation fields from `preset()`.
@@ -496,6 +512,7 @@ class TrainingPanel(Panel):
         form.setRowVisible(self.folder_button, folder)
         form.setRowVisible(self.image_size, not points)
         form.setRowVisible(self.channels, not points)
+        self.model_box.layout().setRowVisible(self.class_labels, data in LABELLED_SOURCES)
         for w in (self.folder_button, self.folder_label, self.image_size, self.channels):
             w.setEnabled(folder)
         if points:
@@ -615,6 +632,7 @@ class TrainingPanel(Panel):
         )
         if kind == "images":
             overrides.update(image_size=size, channels=channels)
+        overrides.update(self._label_choice())
         return preset_config(source, self.model_size.currentData(), **overrides)
 
     # ------------------------------------------------------------------ run control
@@ -1027,6 +1045,7 @@ class TrainingPanel(Panel):
             self.seed,
             self.image_size,
             self.channels,
+            self.class_labels,
         ):
             w.setEnabled(not locked)
         if not locked:
@@ -1034,6 +1053,8 @@ class TrainingPanel(Panel):
 
     def _show_config(self, config: TrainConfig) -> None:
         """Show the run a checkpoint resumes: its data and its settings."""
+        if config.data in LABELLED_SOURCES:
+            self.class_labels.setChecked(bool(getattr(config.model, "num_classes", 0)))
         if config.data in TOY_DATASETS or config.data == "digits":
             set_combo_data(self.source, config.data)
         else:
@@ -1049,7 +1070,7 @@ class TrainingPanel(Panel):
     def persistent_widgets(self) -> dict[str, Persistent]:
         names = (
             "source model_size image_size channels kind steps_T prediction batch lr budget "
-            "max_steps max_minutes seed device preview_every autosave_minutes log_y"
+            "max_steps max_minutes seed device preview_every autosave_minutes log_y class_labels"
         )
         return {name: getattr(self, name) for name in names.split()}
 

@@ -239,3 +239,34 @@ def test_while_training_the_curves_redraw_at_most_every_live_redraw_s(panel, mon
     panel._dirty = True
     panel._on_timer()
     assert drawn[-1] == clock[0]  # not running: drawn at once
+
+
+def test_the_digits_can_be_trained_without_their_labels(panel):
+    """The class-labels box: on (the preset) a class-conditional digits model, off the
+    unconditional one the CLI's --unconditional trains; the model line says which; the box is
+    offered only for data with labels."""
+    assert panel.source.currentData() == "digits" and panel.class_labels.isChecked()
+    config = panel.build_config()
+    assert config.class_conditional and config.model.num_classes == 10
+    assert "class-conditional: 10 classes" in panel.model_info.text()
+    panel.class_labels.setChecked(False)
+    config = panel.build_config()
+    assert not config.class_conditional and config.model.num_classes == 0
+    assert config.model == preset_config("digits", class_conditional=False).model
+    assert "class-conditional" not in panel.model_info.text()
+    form = panel.model_box.layout()
+    assert form.isRowVisible(panel.class_labels)
+    set_combo_data(panel.source, "moons")
+    assert not form.isRowVisible(panel.class_labels)
+    set_combo_data(panel.source, "digits")
+    assert form.isRowVisible(panel.class_labels) and not panel.build_config().class_conditional
+
+
+def test_resuming_shows_whether_the_checkpoint_learned_the_labels(panel, checkpoints):
+    """Resuming takes the model from the checkpoint: the class-labels box shows its choice and
+    is locked like the other model settings."""
+    assert panel.class_labels.isChecked()
+    assert panel.set_resume_checkpoint(checkpoints.images)  # digits, no label vectors
+    assert not panel.class_labels.isChecked() and not panel.class_labels.isEnabled()
+    assert panel.set_resume_checkpoint(checkpoints.conditional)
+    assert panel.class_labels.isChecked() and not panel.class_labels.isEnabled()
