@@ -561,7 +561,7 @@ class TrainingPanel(Panel):
             return
         name = "MLP" if kind == "points" else f"UNet {list(config.channels)}"
         classes = getattr(config, "num_classes", 0)
-        conditional = f"<br>class-conditional: {classes} classes" if classes else ""
+        conditional = f", {classes} classes" if classes else ""  # one line: the box says more
         self.model_info.setText(f"{name}, {params / 1e6:.2f} M parameters{conditional}")
 
     def choose_folder(self) -> None:
