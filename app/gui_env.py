@@ -25,9 +25,9 @@ def gui_wait_policy(platform: str) -> str | None:
 def prepare_gui_threading() -> None:
     """Call before torch is imported, in a process that will show the GUI.
 
-    Sets OMP_WAIT_POLICY to `gui_wait_policy(sys.platform)` where that is not None. An OMP_WAIT_POLICY
-    already in the environment wins. No effect once torch is loaded (OpenMP reads it then).
-    See benchmarks/README.md, Speed: "Threads" and "GUI under load".
+    Sets OMP_WAIT_POLICY to `gui_wait_policy(sys.platform)` where that is not None. An
+    OMP_WAIT_POLICY already in the environment wins. No effect once torch is loaded (OpenMP
+    reads it then). See benchmarks/README.md, Speed: "Threads" and "GUI under load".
     """
     policy = gui_wait_policy(sys.platform)
     if policy is not None:

@@ -15,6 +15,9 @@ current job's signals in the past tense:
 Pause and cancel are cooperative: the worker checks its `Control` between records
 (and `core.training.Trainer` checks its `TrainControl` between steps).
 
+Each job's thread computes with torch's default thread count, the GUI thread with one
+(`configure_torch_threads`: one OpenMP team at a time keeps the training as fast as the CLI's).
+
 While any worker thread runs, Python's cyclic garbage collector runs only in the GUI thread
 (app.garbage.job_garbage: held when a thread starts, released when it has ended), so a worker
 never finalises a GUI-thread Qt object.

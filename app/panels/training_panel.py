@@ -71,9 +71,8 @@ FOLDER = "folder"
 FOLDER_IMAGE_SIZE = 32  # the image size first offered for a folder of images
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 SCATTER_POINTS = 4096
-LABELLED_SOURCES = (
-    "digits",
-)  # data with class labels: the panel offers class-conditional training
+# Data with class labels: for these the panel offers class-conditional training.
+LABELLED_SOURCES = ("digits",)
 LIVE_REDRAW_S = 0.5  # while training: curves and numbers at most twice a second
 SCATTER_EVERY = 4  # ... and the loss-against-t scatter every 2 s
 SMOOTHING_WINDOW = (3.0, 100.0)  # the smoothed curve averages over ~5% of the steps so far
