@@ -69,8 +69,6 @@ def sampling_labels(model: nn.Module, n: int, label: int | None = None) -> torch
     """What `core.sampling.sample` takes as `labels` for n samples of `model`: None for an
     unconditional net (which then refuses a label), else `class_labels`."""
     count = num_classes(model)
-    if count == 0:
-        if label is not None:
-            raise ConfigError("this model is not class-conditional: it takes no class label")
+    if count == 0 and label is None:
         return None
-    return class_labels(count, n, label)
+    return class_labels(count, n, label)  # refuses a label for an unconditional net
