@@ -11,6 +11,11 @@ Objective (DDPM eq. 14, generalised to the three prediction targets):
 with optional min-SNR-gamma weights w(t) (Hang et al. 2023), which make all three targets
 weigh timesteps like min(SNR_t, gamma) does for x_0.
 
+Previews (`TrainPreview`, samples from the EMA model) come every `preview_every` steps, after
+every `preview_interval_s` seconds of training time as well (so a slow machine still sees
+them), and after the last step (`final=True`); a `TrainProgress` whose `preview_follows` is set
+announces the preview that comes next, so a front end can say "Sampling a preview…" meanwhile.
+
 A checkpoint taken between steps (`checkpoint()`) holds the raw and EMA weights, the
 optimizer, the RNG and the elapsed time, so a resumed run continues the exact same run.
 """
@@ -21,7 +26,7 @@ import copy
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
@@ -52,6 +57,10 @@ MAX_BATCH_SIZE = 65_536
 DIGIT_CLASSES = 10
 MAX_STEPS = 100_000_000
 LOSS_HISTORY_LIMIT = 4096
+# A time-based preview waits at least this many times the last preview's duration, so that
+# previews take at most 1 / (1 + PREVIEW_COST_FACTOR) = 20 % of the wall time on a slow machine
+# (where sampling one preview can take a minute).
+PREVIEW_COST_FACTOR = 4.0
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,9 @@ class TrainConfig:
     model for the data (see `default_model_config`). The run ends at `max_steps` optimizer
     steps or after `max_minutes` of training time (not counting pauses and previews),
     whichever comes first; the learning rate warms up over `warmup_steps` and then follows
-    `lr_decay` to zero at that end. class_conditional: train on the data's class labels when
+    `lr_decay` to zero at that end. Previews (when preview_every > 0) come every `preview_every`
+    steps, after every `preview_interval_s` seconds of training time (None: by steps only) and
+    after the last step. class_conditional: train on the data's class labels when
     it has them (the built-in digits), for sampling one class with classifier-free guidance
     (core.guidance); `label_dropout` of the labels are replaced by "no label" for that.
     """
@@ -90,6 +101,7 @@ class TrainConfig:
     preview_every: int = 0
     preview_count: int = 16
     preview_steps: int = 50
+    preview_interval_s: float | None = 30.0
     class_conditional: bool = True
     label_dropout: float = 0.1
 
@@ -174,6 +186,15 @@ def _validate_train_config(c: TrainConfig) -> None:
             raise ConfigError(
                 f"{name.replace('_', ' ')} must be a whole number >= 0, got {value!r}"
             )
+    if c.preview_interval_s is not None and (
+        isinstance(c.preview_interval_s, bool)
+        or not isinstance(c.preview_interval_s, (int, float))
+        or not math.isfinite(c.preview_interval_s)
+        or c.preview_interval_s <= 0
+    ):
+        raise ConfigError(
+            f"preview interval must be a number of seconds > 0 (or none), got {c.preview_interval_s!r}"
+        )
     if not isinstance(c.class_conditional, bool):
         raise ConfigError(f"class conditional must be true or false, got {c.class_conditional!r}")
     if (
@@ -262,7 +283,12 @@ def preset_config(
 
 @dataclass(frozen=True)
 class TrainProgress:
-    """One optimizer step. timesteps / losses: (B,) per-sample timestep and unweighted MSE."""
+    """One optimizer step.
+
+    loss: the training objective of the step, mean_b w(t_b) * MSE_b (min-SNR weights w, or 1).
+    timesteps / losses: (B,) each sample's timestep and its unweighted MSE against the target
+    (eps, v or x_0). preview_follows: the next record is a TrainPreview, sampled now.
+    """
 
     step: int
     total_steps: int | None
@@ -274,14 +300,18 @@ class TrainProgress:
     elapsed_s: float
     eta_s: float | None
     fraction_done: float
+    preview_follows: bool = False
 
 
 @dataclass(frozen=True)
 class TrainPreview:
-    """Samples from the EMA model at `step`: (n, C, H, W) in [-1, 1] or (n, 2)."""
+    """Samples from the EMA model at `step`: (n, C, H, W) in [-1, 1] or (n, 2).
+
+    final: sampled after the run's last step (from the weights the checkpoint holds)."""
 
     step: int
     samples: np.ndarray
+    final: bool = False
 
 
 class TrainControl:
@@ -367,8 +397,11 @@ class Trainer:
         control: TrainControl | None = None,
         resume: Checkpoint | None = None,
         dataset: Dataset | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """clock: seconds (monotonic) for step times and the preview interval (tests fake it)."""
         self.control = control if control is not None else TrainControl()
+        self.clock = clock
         self.device = resolve_device(config.device)
         self.dataset = (
             dataset
@@ -405,6 +438,8 @@ class Trainer:
         self._snr = self.schedule.snr.to(torch.float32)
         if resume is not None:
             self._restore(resume)
+        self._previewed_at_s = self.elapsed_s  # training time of the last preview
+        self._preview_cost_s = 0.0  # how long the last preview took
         check_training_memory(self.config, self.model, self.device)  # refuse before an OOM kill
 
     # ------------------------------------------------------------------ set-up and state
@@ -613,8 +648,10 @@ class Trainer:
         for ema_buffer, raw_buffer in zip(self.ema_model.buffers(), self.model.buffers()):
             ema_buffer.copy_(raw_buffer)
 
-    def preview(self) -> TrainPreview:
-        """Samples from the EMA model with DDIM and a fixed seed (does not touch the training RNG)."""
+    def preview(self, cancellable: bool = False) -> TrainPreview | None:
+        """Samples from the EMA model with DDIM and a fixed seed (does not touch the training RNG).
+        After the last step it is the final preview (`final`). cancellable: give up (None) when
+        the run is cancelled while sampling (a preview can take a minute on a slow machine)."""
         config = self.config
         clip = default_sampler_config(self.dataset.kind == "points").clip_sample
         sampler = make_sampler(
@@ -636,8 +673,32 @@ class Trainer:
             guidance_scale=DEFAULT_GUIDANCE_SCALE,
         ):
             final = frame.x_t
+            if cancellable and self.control.is_cancelled:
+                return None
         assert final is not None
-        return TrainPreview(self.step, final.numpy().copy())
+        return TrainPreview(self.step, final.numpy().copy(), final=self.is_done)
+
+    def preview_due(self) -> bool:
+        """Whether a preview follows the step just taken: previews on (preview_every > 0) and
+        the run done, or a multiple of preview_every steps, or preview_interval_s of training
+        time since the last preview, stretched to PREVIEW_COST_FACTOR times that preview's
+        duration (previews at most ~20 % of the wall time)."""
+        config = self.config
+        if not config.preview_every:
+            return False
+        if self.is_done or self.step % config.preview_every == 0:
+            return True
+        if config.preview_interval_s is None:
+            return False
+        interval = max(config.preview_interval_s, PREVIEW_COST_FACTOR * self._preview_cost_s)
+        return self.elapsed_s - self._previewed_at_s >= interval
+
+    def _timed_preview(self) -> TrainPreview | None:
+        started = self.clock()
+        preview = self.preview(cancellable=True)
+        self._preview_cost_s = max(self.clock() - started, 0.0)
+        self._previewed_at_s = self.elapsed_s
+        return preview
 
     def run(self) -> Iterator[TrainProgress | TrainPreview]:
         """Train until the step or time budget is spent or the run is cancelled."""
@@ -646,7 +707,7 @@ class Trainer:
             self.control.wait_while_paused()
             if self.control.is_cancelled:
                 return
-            started = time.perf_counter()
+            started = self.clock()
             try:
                 loss, t, mse = self._train_step()
             except torch.OutOfMemoryError as exc:
@@ -659,7 +720,7 @@ class Trainer:
                         f"out of memory at batch size {config.batch_size}: use a smaller batch or model"
                     ) from exc
                 raise
-            seconds = time.perf_counter() - started
+            seconds = self.clock() - started
             self.step += 1
             self.elapsed_s += seconds
             self._record_loss(loss)
@@ -668,6 +729,7 @@ class Trainer:
             eta = self.elapsed_s * (1 - fraction) / fraction if fraction > 0 else None
             # steps at the end of the run: exact for a step budget, an estimate for a time budget
             total = round(self.step / fraction) if fraction > 0 else config.max_steps
+            preview_due = self.preview_due()
             yield TrainProgress(
                 step=self.step,
                 total_steps=total,
@@ -679,9 +741,12 @@ class Trainer:
                 elapsed_s=self.elapsed_s,
                 eta_s=eta,
                 fraction_done=fraction,
+                preview_follows=preview_due,
             )
-            if config.preview_every and (self.step % config.preview_every == 0 or self.is_done):
-                yield self.preview()
+            if preview_due:
+                preview = self._timed_preview()
+                if preview is not None:
+                    yield preview
 
 
 def train(
