@@ -14,10 +14,11 @@ from typing import Union
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QObject, Qt, Signal
-from PySide6.QtGui import QIcon, QImage, QPixmap
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
+from PySide6.QtGui import QIcon, QImage, QPixmap, QValidator
 from PySide6.QtWidgets import (
     QAbstractSlider,
+    QAbstractSpinBox,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -73,8 +74,106 @@ def format_duration(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def spin_box(lo: int, hi: int, value: int, tip: str, step: int = 1, suffix: str = "") -> QSpinBox:
-    box = QSpinBox()
+class WheelGuard(QObject):
+    """An event filter: a wheel turned over a field that has no keyboard focus scrolls the
+    panel (the event goes on to the parent, e.g. the scroll area) instead of changing the
+    field's value. Click (or Tab into) a field first to change it with the wheel."""
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt override)
+        if event.type() == QEvent.Type.Wheel and isinstance(obj, QWidget) and not obj.hasFocus():
+            event.ignore()  # not accepted: Qt offers the wheel to the parent widgets
+            return True  # ... and the field itself never sees it
+        return False
+
+
+_WHEEL_GUARD: WheelGuard | None = None
+GUARDED_FIELDS = (QAbstractSpinBox, QComboBox, QAbstractSlider)
+
+
+def guard_wheel(*widgets: QWidget) -> None:
+    """Make the wheel scroll the panel over these fields unless they have focus: strong focus
+    (a wheel turn does not focus them) and the WheelGuard filter."""
+    global _WHEEL_GUARD
+    if _WHEEL_GUARD is None:
+        _WHEEL_GUARD = WheelGuard()
+    for widget in widgets:
+        widget.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        widget.installEventFilter(_WHEEL_GUARD)
+
+
+def guard_wheel_in(root: QWidget) -> None:
+    """guard_wheel for every spin box, combo box and slider inside `root` (a panel calls it
+    once at the end of its set-up)."""
+    guard_wheel(*[w for w in root.findChildren(QWidget) if isinstance(w, GUARDED_FIELDS)])
+
+
+class _TypedText:
+    """Mixin for spin boxes: text a user types that is not a value of the box (letters, too
+    many digits or decimals, out of the typing range) is kept while typing instead of the key
+    being swallowed; when the edit ends Qt puts the last value back and `refused_text` holds
+    what was typed (emitted as `text_refused`), so a FieldCheck can say why at the field.
+    A value set from code or an accepted edit clears it."""
+
+    refused_text = ""
+
+    def _init_typed_text(self) -> None:
+        self._pending_refusal = ""
+        self.editingFinished.connect(self._on_editing_finished)
+        self.valueChanged.connect(self._on_value_changed)
+
+    def validate(self, text: str, pos: int):  # Qt override
+        result = super().validate(text, pos)
+        state = result[0] if isinstance(result, tuple) else result
+        if state == QValidator.State.Invalid:
+            return (QValidator.State.Intermediate, text, pos)
+        return result
+
+    def fixup(self, text: str):  # Qt override: called with the text Qt is about to replace
+        self._pending_refusal = self._strip(text)
+        return super().fixup(text)
+
+    def _strip(self, text: str) -> str:
+        prefix, suffix = self.prefix(), self.suffix()
+        if prefix and text.startswith(prefix):
+            text = text[len(prefix) :]
+        if suffix and text.endswith(suffix):
+            text = text[: -len(suffix)]
+        return text.strip()
+
+    def _on_editing_finished(self) -> None:
+        refused, self._pending_refusal = self._pending_refusal, ""
+        if refused != self.refused_text:
+            self.refused_text = refused
+            self.text_refused.emit(refused)
+
+    def _on_value_changed(self, _value: object) -> None:
+        if self.refused_text:
+            self.refused_text = ""
+            self.text_refused.emit("")
+
+
+class SpinBox(_TypedText, QSpinBox):
+    """A QSpinBox that reports refused typing (see _TypedText)."""
+
+    text_refused = Signal(str)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._init_typed_text()
+
+
+class DoubleSpinBox(_TypedText, QDoubleSpinBox):
+    """A QDoubleSpinBox that reports refused typing (see _TypedText)."""
+
+    text_refused = Signal(str)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._init_typed_text()
+
+
+def spin_box(lo: int, hi: int, value: int, tip: str, step: int = 1, suffix: str = "") -> SpinBox:
+    box = SpinBox()
     box.setRange(lo, hi)
     box.setValue(value)
     box.setSingleStep(step)
@@ -82,28 +181,31 @@ def spin_box(lo: int, hi: int, value: int, tip: str, step: int = 1, suffix: str 
     box.setKeyboardTracking(False)
     if suffix:
         box.setSuffix(suffix)
+    guard_wheel(box)
     return box
 
 
 def double_box(
     lo: float, hi: float, value: float, tip: str, decimals: int = 4, step: float = 0.001
-) -> QDoubleSpinBox:
-    box = QDoubleSpinBox()
+) -> DoubleSpinBox:
+    box = DoubleSpinBox()
     box.setDecimals(decimals)
     box.setRange(lo, hi)
     box.setSingleStep(step)
     box.setValue(value)
     box.setToolTip(tip)
     box.setKeyboardTracking(False)
+    guard_wheel(box)
     return box
 
 
 def combo_box(items: list[tuple[str, object]], tip: str) -> QComboBox:
-    """A combo box of (label, data) items."""
+    """A combo box of (label, data) items (the wheel changes it only when it has focus)."""
     box = QComboBox()
     for label, data in items:
         box.addItem(label, data)
     box.setToolTip(tip)
+    guard_wheel(box)
     return box
 
 
@@ -261,6 +363,22 @@ def control_column(widgets: Iterable[QWidget], min_width: int = 330) -> QScrollA
     return scroll
 
 
+def pinned_below(settings: QWidget, *rows: QWidget | QLayout) -> QWidget:
+    """The settings column (a control_column) with rows under it that never scroll away: the
+    panel's primary actions stay on screen however short the window is."""
+    column = QWidget()
+    layout = QVBoxLayout(column)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(settings, 1)
+    for row in rows:
+        if isinstance(row, QLayout):
+            layout.addLayout(row)
+        else:
+            layout.addWidget(row)
+    column.setMinimumWidth(settings.minimumWidth())
+    return column
+
+
 def controls_beside_views(owner: QWidget, controls: QWidget, views: QWidget) -> QSplitter:
     """Fill `owner` with a splitter: the controls on the left, the views (which get all the
     extra width) on the right."""
@@ -339,7 +457,8 @@ class FieldCheck(QObject):
     frame rate): a value core accepts but outside that range gets "... is out of range: use
     lo..hi".
 
-    A refused field shows the reason in a red line under it (in its QFormLayout) and in its
+    A refused field shows the reason in a red line under it (in its QFormLayout; a field in
+    another layout uses `shared_label`, which the panel places near those fields) and in its
     tooltip, and gets the dynamic property invalid=true (a red border); `valid` is False until
     every field is fixed, and `changed` is emitted after every check (the panel enables its
     Start / Sample button from `valid`). Errors no field is to blame for (no folder chosen, no
@@ -362,6 +481,8 @@ class FieldCheck(QObject):
         self._limits: dict[NumberBox, tuple[float, float]] = {}
         self._tips: dict[NumberBox, str] = {}
         self._labels: dict[NumberBox, ErrorLabel] = {}
+        self.shared_label = ErrorLabel()  # the reasons of fields outside a QFormLayout
+        self.shared_label.setObjectName("field_error")
 
     # ------------------------------------------------------------ set-up
 
@@ -378,14 +499,26 @@ class FieldCheck(QObject):
                 lo, hi = INT_TYPING_RANGE
             if field.specialValueText():
                 lo = field.minimum()
+            # the typing range would make the box as wide as "-2147483648": it may stay as
+            # narrow as its own range needs
+            field.setMinimumWidth(field.minimumSizeHint().width())
             field.setRange(lo, hi)
             field.setProperty("invalid", False)
             field.setStyleSheet(INVALID_STYLE)
             self._tips[field] = field.toolTip()
             self._good[field] = field.value()
-            self._labels[field] = self._place_label(field)
+            self._labels[field] = self._place_label(field) or self.shared_label
             self.fields.append(field)
             field.valueChanged.connect(lambda _value, f=field: self.recheck(f))
+            refused = getattr(field, "text_refused", None)
+            if refused is not None:  # SpinBox / DoubleSpinBox: typed text that is no value
+                refused.connect(lambda _text, f=field: self.recheck(f))
+
+    def set_range(self, field: NumberBox, lo: float, hi: float) -> None:
+        """Change the limit of a field added with keep_range (e.g. the stored frames) and
+        check again."""
+        self._limits[field] = (lo, hi)
+        self.recheck()
 
     def watch(self, *signals) -> None:
         """Check again when one of these signals fires (inputs that are not number fields,
@@ -394,17 +527,19 @@ class FieldCheck(QObject):
             signal.connect(lambda *_args: self.recheck())
 
     @staticmethod
-    def _place_label(field: NumberBox) -> ErrorLabel:
-        label = ErrorLabel()
-        label.setObjectName("field_error")
+    def _place_label(field: NumberBox) -> ErrorLabel | None:
+        """A red line in the row under `field` when it sits in a QFormLayout, else None."""
         parent = field.parentWidget()
         form = parent.layout() if parent is not None else None
         if isinstance(form, QFormLayout):
             row, _role = form.getWidgetPosition(field)
             if row >= 0:
+                label = ErrorLabel()
+                label.setObjectName("field_error")
                 form.insertRow(row + 1, label)
                 form.setRowVisible(label, False)
-        return label
+                return label
+        return None
 
     # ------------------------------------------------------------ state
 
@@ -449,12 +584,18 @@ class FieldCheck(QObject):
                 limit = self._limit_message(field)
                 if limit:
                     problems[field] = limit
+        for field in self.fields:  # typed text that never became the value: said first
+            typed = self._typing_message(field)
+            if typed:
+                problems[field] = typed
         for field in self.fields:
             if field not in problems:
                 self._good[field] = field.value()
         self.problems = problems
         for field in self.fields:
             self._show(field, problems.get(field, ""))
+        shared = [problems.get(f, "") for f in self.fields if self._labels[f] is self.shared_label]
+        self.shared_label.show_message("\n".join(m for m in shared if m))
         self.changed.emit()
 
     def _error(self) -> str | None:
@@ -481,6 +622,29 @@ class FieldCheck(QObject):
             f"{field.textFromValue(lo)}..{field.textFromValue(hi)}{suffix}"
         )
 
+    def _typing_message(self, field: NumberBox) -> str:
+        """Why the text last typed into `field` was not taken ("" when it was)."""
+        text = getattr(field, "refused_text", "")
+        if not text or not field.isEnabled():
+            return ""
+        suffix = field.suffix()
+        is_int = isinstance(field, QSpinBox)
+        lo, hi = self._limits.get(field, (field.minimum(), field.maximum()))
+        use = f"use {field.textFromValue(lo)}..{field.textFromValue(hi)}{suffix}"
+        try:
+            value = int(text) if is_int else float(text)
+        except ValueError:
+            kind = "a whole number" if is_int else "a number"
+            hint = use if field in self._limits else f"type {kind}"
+            return f"'{text}' is not {kind}: {hint}; the field kept {field.text()}"
+        if not (field.minimum() <= value <= field.maximum()) or not (lo <= value <= hi):
+            return f"{text}{suffix} is out of range: {use}; the field kept {field.text()}"
+        decimals = field.decimals() if isinstance(field, QDoubleSpinBox) else 0
+        return (
+            f"{text} has more than {decimals} decimal{'s' if decimals != 1 else ''}; "
+            f"the field kept {field.text()}"
+        )
+
     @contextmanager
     def _values(self, values: Mapping[NumberBox, float]) -> Iterator[None]:
         """Hold `values` in the fields (signals blocked) for the duration, then put back."""
@@ -505,6 +669,8 @@ class FieldCheck(QObject):
         tip = self._tips[field]
         field.setToolTip(f"{tip}\n\nRefused: {message}" if invalid else tip)
         label = self._labels[field]
+        if label is self.shared_label:
+            return  # recheck fills it with every such field's reason
         label.show_message(message)
         form = label.parentWidget().layout() if label.parentWidget() is not None else None
         if isinstance(form, QFormLayout) and form.indexOf(label) >= 0:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PIL import Image
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QSettings, QSize, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QGridLayout,
@@ -44,6 +44,8 @@ from app.widgets import (
     control_column,
     controls_beside_views,
     form_group,
+    guard_wheel_in,
+    pinned_below,
     pixmap_from_uint8,
     spin_box,
 )
@@ -128,11 +130,23 @@ class ForwardPanel(Panel):
 
         self.numbers = QLabel()
         self.numbers.setTextFormat(Qt.TextFormat.RichText)
-        self.numbers.setFixedSize(260, 90)
         self.numbers.setToolTip(
             "The coefficients at t: x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps, "
             "alphabar_t = prod alpha_s, SNR_t = alphabar_t / (1 - alphabar_t)"
         )
+        widest = numbers_table(
+            (
+                ("beta_t", "0.00050601"),
+                ("alphabar_t = prod alpha_s", "0.00040358"),
+                ("sqrt(alphabar_t)", "0.020089"),
+                ("sqrt(1 - alphabar_t)", "0.99979"),
+                ("SNR_t", "4.038e-05"),
+                ("log SNR_t", "-10.12"),
+            )
+        )
+        self.numbers.setText(widest)
+        # fixed: a new text needs no relayout while playing; sized for the widest readout
+        self.numbers.setFixedSize(self.numbers.sizeHint() + QSize(24, 4))
         self.schedule_label = QLabel()
         self.schedule_label.setWordWrap(True)
         self.schedule_label.setToolTip("The noise schedule is chosen on the Schedules tab")
@@ -140,7 +154,9 @@ class ForwardPanel(Panel):
         self.gif_frames = spin_box(2, 500, 40, "Number of frames in the GIF (evenly spaced in t)")
         self.gif_fps = spin_box(1, 50, 10, "GIF frames per second", suffix=" fps")
         self.gif_size = spin_box(16, 1024, 256, "Longest side of the GIF in pixels", 16, " px")
-        self.gif_button = button("Export GIF…", "Save the forward trajectory x_0 -> x_T as a GIF")
+        self.gif_button = button(
+            "Export GIF…", "Save the forward trajectory x_0 -> x_T as a GIF (t on every frame)"
+        )
         self.gif_button.clicked.connect(self.export_gif)
         self.error = ErrorLabel()
 
@@ -158,25 +174,25 @@ class ForwardPanel(Panel):
         t_layout.addWidget(self.schedule_label, 3, 0, 1, 3)
         gif_box = form_group(
             "Export",
-            [
-                ("Frames", self.gif_frames),
-                ("Speed", self.gif_fps),
-                ("Size", self.gif_size),
-                self.gif_button,
-            ],
+            [("Frames", self.gif_frames), ("Speed", self.gif_fps), ("Size", self.gif_size)],
         )
 
         self.view = ImageView("x_t")
         self.view.setToolTip("x_t, shown with fixed levels [-1, 1] (values outside are clipped)")
         self.hist = pg.PlotWidget(title="Pixel histogram of x_t vs N(0, 1)")
-        self.hist.setToolTip("Histogram of all pixel values of x_t; the red curve is N(0, 1)")
+        self.hist.setToolTip(
+            "Histogram of the pixel values of x_t, scaled to a probability density (its area "
+            "is 1) so that it compares with the red curve, the density of N(0, 1)"
+        )
         self.hist.setMenuEnabled(False)
         self.hist.setMouseEnabled(False, False)
         self.hist.setXRange(*HIST_RANGE, padding=0)
         self.hist.setYRange(0, HIST_TOP, padding=0)
         self.hist.setLabel("bottom", "pixel value")
-        self.hist.setLabel("left", "density")
-        self.hist.getAxis("left").enableAutoSIPrefix(False)  # densities, not "x0.001" units
+        # A probability density (area 1, numpy's density=True), the unit of the N(0, 1) curve
+        # drawn over it. No SI scaling: pyqtgraph would otherwise label 0.4 as "400" (milli,
+        # with no unit to show the prefix).
+        self.hist.setLabel("left", "probability density", siPrefixEnableRanges=())
         self.hist_curve = self.hist.plot(
             HIST_BINS,
             np.zeros(len(HIST_BINS) - 1),
@@ -227,14 +243,20 @@ class ForwardPanel(Panel):
         right_layout.addWidget(top, 1)
         right_layout.addWidget(self.filmstrip)
 
-        controls = control_column((image_box, noise_box, t_box, gif_box, self.error), 300)
+        settings = control_column((image_box, noise_box, t_box, gif_box), 300)
+        # Export GIF and the error line stay on screen under the settings (small screens)
+        controls = pinned_below(settings, self.gif_button, self.error)
         self.splitter = controls_beside_views(self, controls, right)
 
-        # The GIF settings keep their ranges (core has no GIF settings object): a value typed
-        # outside one is refused at the field and Export GIF waits until it is fixed.
+        # The GIF settings and the seed keep their ranges (core has no GIF settings object; the
+        # seed's is what the noise generator takes here): a value typed outside one is refused
+        # at the field; Export GIF waits until the GIF settings are fixed.
         self.gif_fields = FieldCheck(self)
         self.gif_fields.add(self.gif_frames, self.gif_fps, self.gif_size, keep_range=True)
         self.gif_fields.changed.connect(lambda: self.gif_button.setEnabled(self.gif_fields.valid))
+        self.seed_field = FieldCheck(self)
+        self.seed_field.add(self.seed, keep_range=True)
+        guard_wheel_in(self)
 
     # ------------------------------------------------------------------ inputs
 
@@ -268,7 +290,8 @@ class ForwardPanel(Panel):
         return True
 
     def _on_seed_changed(self) -> None:
-        self._prepare_image()
+        if self.seed_field.valid:  # a seed out of range is refused at the field, eps stays
+            self._prepare_image()
 
     def set_schedule(self, config: ScheduleConfig) -> None:
         """Use this schedule (from the Schedules tab); the slider keeps its relative place."""
@@ -277,6 +300,7 @@ class ForwardPanel(Panel):
         old_max = max(1, self.slider.maximum())
         fraction = self.slider.value() / old_max
         self.schedule = NoiseSchedule(config)
+        self.clear_problem()  # a message about the old schedule's view no longer applies
         self._show_schedule()
         self.slider.blockSignals(True)
         self.slider.setRange(0, self.schedule.num_timesteps)
@@ -295,7 +319,8 @@ class ForwardPanel(Panel):
         if self.x0 is None:
             self.render()
             return
-        self.process = ForwardProcess(self.schedule, self.x0, seed=self.seed.value())
+        seed = self.seed.value() if self.seed_field.valid else self.process.seed
+        self.process = ForwardProcess(self.schedule, self.x0, seed=seed)
         self._update_filmstrip()
         self.render()
 
@@ -340,23 +365,22 @@ class ForwardPanel(Panel):
         beta_text = "–" if k == 0 else f"{float(self.schedule.betas[k - 1]):.5g}"
         snr = numbers.snr
         if math.isinf(snr):
-            snr_text = "∞"
+            snr_text, log_text = "∞", "∞"
+        elif snr > 0:
+            snr_text, log_text = f"{snr:.4g}", f"{math.log(snr):.2f}"
         else:
-            snr_text = f"{snr:.4g} (log {math.log(snr):.2f})" if snr > 0 else "0"
-        rows = (
-            ("beta_t", beta_text),
-            ("alphabar_t = prod alpha_s", f"{numbers.alpha_bar:.5g}"),
-            ("sqrt(alphabar_t)", f"{numbers.sqrt_alpha_bar:.5g}"),
-            ("sqrt(1 - alphabar_t)", f"{numbers.sqrt_one_minus_alpha_bar:.5g}"),
-            ("SNR_t", snr_text),
-        )
+            snr_text, log_text = "0", "-∞"
         self.numbers.setText(
-            "<table cellspacing='0' cellpadding='1'>"
-            + "".join(
-                f"<tr><td style='padding-right: 12px'>{name}</td><td>{value}</td></tr>"
-                for name, value in rows
+            numbers_table(
+                (
+                    ("beta_t", beta_text),
+                    ("alphabar_t = prod alpha_s", f"{numbers.alpha_bar:.5g}"),
+                    ("sqrt(alphabar_t)", f"{numbers.sqrt_alpha_bar:.5g}"),
+                    ("sqrt(1 - alphabar_t)", f"{numbers.sqrt_one_minus_alpha_bar:.5g}"),
+                    ("SNR_t", snr_text),
+                    ("log SNR_t", log_text),
+                )
             )
-            + "</table>"
         )
 
     def _update_filmstrip(self) -> None:
@@ -467,6 +491,18 @@ class ForwardPanel(Panel):
         self.load_image(default_photo_path())
         if self.slider.value() == 0:
             self.slider.setValue(self.slider.maximum() // 4)
+
+
+def numbers_table(rows: tuple[tuple[str, str], ...]) -> str:
+    """The readout's rich text: one row per (name, value)."""
+    return (
+        "<table cellspacing='0' cellpadding='1'>"
+        + "".join(
+            f"<tr><td style='padding-right: 12px'>{name}</td><td>{value}</td></tr>"
+            for name, value in rows
+        )
+        + "</table>"
+    )
 
 
 def _set_int(widget, value) -> None:

@@ -17,13 +17,13 @@ import pyqtgraph as pg
 import torch
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
-    QFormLayout,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QSlider,
     QStackedWidget,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -45,6 +45,8 @@ from app.widgets import (
     controls_beside_views,
     double_box,
     form_group,
+    guard_wheel_in,
+    pinned_below,
     points_plot,
     scatter_item,
     set_combo_data,
@@ -64,7 +66,12 @@ from core.export import (
     select_frame_indices,
     upscale_nearest,
 )
-from core.guidance import DEFAULT_GUIDANCE_SCALE, MAX_GUIDANCE_SCALE, sampling_labels
+from core.guidance import (
+    DEFAULT_GUIDANCE_SCALE,
+    MAX_GUIDANCE_SCALE,
+    check_guidance_scale,
+    sampling_labels,
+)
 from core.models import count_parameters
 from core.samplers import SamplerConfig, default_sampler_config, make_sampler
 from core.sampling import MAX_FRAMES, Frame, Trajectory, sample, sampling_timesteps
@@ -79,6 +86,10 @@ MODEL_NAMES = {"unet": "UNet", "mlp": "MLP", "diffusers_unet": "diffusers UNet2D
 EVERY_DIGIT = "Every digit in turn"
 EVERY_CLASS = "Every class in turn"
 UNCONDITIONAL = "– (unconditional model)"
+
+NO_FRAMES = "No frames yet: press Sample."
+FROM_IMAGE_TIP = "Noise an image to the start t and run the reverse process from there"
+POINTS_START = "2-D models start from noise"
 
 VIEW_GRID_XT = "grid_xt"
 VIEW_GRID_X0 = "grid_x0"
@@ -122,6 +133,10 @@ class PlaybackPanel(Panel):
         self.start_image: Path | None = None
         self.frame_index = 0
         self._dirty = False
+        # what the stored frames were made with: the request and the model (its choice key)
+        self.made_with: SampleRequest | None = None
+        self._made_for: str | None = None
+        self._made_name = ""
         self._build()
         self.redraw_timer = QTimer(self)
         self.redraw_timer.setInterval(REDRAW_INTERVAL_MS)
@@ -130,6 +145,7 @@ class PlaybackPanel(Panel):
         self.play_timer.timeout.connect(self._on_play_tick)
         self._on_speed_changed()
         self._add_pretrained_models()
+        guard_wheel_in(self)
         self._update_buttons()
 
     # ------------------------------------------------------------------ layout
@@ -197,10 +213,7 @@ class PlaybackPanel(Panel):
         )
         self.guidance.setEnabled(False)
         self.seed = spin_box(0, 2**31 - 1, 0, "Seed of the initial noise (and of DDPM's noise)")
-        self.from_image = check_box(
-            "Start from an image",
-            "Noise an image to the start t and run the reverse process from there",
-        )
+        self.from_image = check_box("Start from an image", FROM_IMAGE_TIP)
         self.from_image.toggled.connect(self._update_buttons)
         self.image_button = button(
             "Choose image…", "The image to start from (default: the Forward tab's)"
@@ -240,7 +253,15 @@ class PlaybackPanel(Panel):
             [("x_t", "x_t"), ("x_0 predictions", "pred_x0")], "What the grid of all samples shows"
         )
         self.grid_of.currentIndexChanged.connect(lambda _i: self._draw())
-        self.frame_label = QLabel("no frames")
+        self.frame_label = QLabel(NO_FRAMES)
+        self.frame_label.setToolTip("Which stored frame is shown")
+        self.stale_label = QLabel()
+        self.stale_label.setWordWrap(True)
+        self.stale_label.setStyleSheet("color: #8a5a00;")
+        self.stale_label.setToolTip(
+            "The frames were sampled with other settings than the ones now in the form"
+        )
+        self.stale_label.hide()
 
         # export
         self.export_view = combo_box(
@@ -286,35 +307,47 @@ class PlaybackPanel(Panel):
                 self.from_image,
                 (self.image_button, self.image_label),
                 ("Start t", self.start_t),
-                button_row(self.sample_button, self.cancel_button),
             ],
         )
+        # Under the views, always on screen: playback (a media player's bar) and export.
         play_box = QGroupBox("Playback")
         play_grid = QGridLayout(play_box)
         play_grid.addWidget(self.back_button, 0, 0)
         play_grid.addWidget(self.play_button, 0, 1)
         play_grid.addWidget(self.forward_button, 0, 2)
-        play_grid.addWidget(self.scrub, 1, 0, 1, 3)
-        play_grid.addWidget(self.frame_label, 2, 0, 1, 3)
-        play_form = QFormLayout()
-        play_form.addRow("Speed", self.speed)
-        play_form.addRow(self.loop)
-        play_form.addRow("Sample #", self.sample_index)
-        play_form.addRow("Grid shows", self.grid_of)
-        play_grid.addLayout(play_form, 3, 0, 1, 3)
-        export_box = form_group(
-            "Export",
-            [
-                ("View", self.export_view),
-                ("From frame", self.export_from),
-                ("To frame", self.export_to),
-                ("Frames", self.export_frames),
-                ("Speed", self.export_fps),
-                ("Scale", self.export_scale),
-                self.export_loop,
-                button_row(self.gif_button, self.png_button),
-            ],
+        play_grid.addWidget(self.scrub, 0, 3, 1, 5)
+        play_grid.addWidget(self.frame_label, 1, 0, 1, 4)
+        play_grid.addWidget(QLabel("Speed"), 1, 4)
+        play_grid.addWidget(self.speed, 1, 5)
+        play_grid.addWidget(self.loop, 1, 6)
+        play_grid.addWidget(self.stale_label, 2, 0, 1, 8)
+        play_grid.setColumnStretch(3, 1)
+        show_row = QHBoxLayout()
+        show_row.addWidget(QLabel("Sample #"))
+        show_row.addWidget(self.sample_index)
+        show_row.addWidget(QLabel("Grid shows"))
+        show_row.addWidget(self.grid_of)
+        show_row.addStretch(1)
+        play_grid.addLayout(show_row, 3, 0, 1, 8)
+        export_box = QGroupBox("Export")
+        export_grid = QGridLayout(export_box)
+        pairs = (
+            ("View", self.export_view),
+            ("From frame", self.export_from),
+            ("To frame", self.export_to),
+            ("Frames", self.export_frames),
+            ("Speed", self.export_fps),
+            ("Scale", self.export_scale),
         )
+        for i, (text, field) in enumerate(pairs):
+            row, col = divmod(i, 3)
+            export_grid.addWidget(QLabel(text), 2 * row, 2 * col)
+            export_grid.addWidget(field, 2 * row, 2 * col + 1)
+        export_grid.addWidget(self.export_loop, 0, 6)
+        export_grid.addLayout(button_row(self.gif_button, self.png_button), 2, 6)
+        self.export_error_row = (export_grid, 3)  # FieldCheck's line for these fields
+        for col in (1, 3, 5):
+            export_grid.setColumnStretch(col, 1)
 
         # views: images
         self.xt_view = ImageView("x_t")
@@ -354,17 +387,29 @@ class PlaybackPanel(Panel):
         self.views.addWidget(image_views)
         self.views.addWidget(point_views)
         self.image_views, self.point_views = image_views, point_views
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(0, 0, 0, 0)
+        right_layout.addWidget(self.views, 1)
+        right_layout.addWidget(play_box)
+        right_layout.addWidget(export_box)
 
-        controls = control_column((model_box, sampler_box, self.error, play_box, export_box))
-        self.splitter = controls_beside_views(self, controls, self.views)
+        settings = control_column((model_box, sampler_box))
+        controls = pinned_below(
+            settings, button_row(self.sample_button, self.cancel_button), self.error
+        )
+        self.splitter = controls_beside_views(self, controls, right)
 
         # Steps (at most the model's T), eta and start t are refused at the field with core's
         # reason (SamplerConfig, make_sampler, the schedule); the number of samples and the
         # export settings keep their ranges (memory; core has no export settings object).
         self._checked_schedule: NoiseSchedule | None = None
+        # Guidance is core's check_guidance_scale's to judge; the seed keeps its range (what
+        # torch's generator takes here). The view's and export's frame numbers keep the range
+        # of the stored frames (set_range when frames arrive).
         self.fields = FieldCheck(self, self._check_sampler)
-        self.fields.add(self.num_steps, self.eta, self.start_t)
-        self.fields.add(self.num_samples, keep_range=True)
+        self.fields.add(self.num_steps, self.eta, self.guidance, self.start_t)
+        self.fields.add(self.num_samples, self.seed, keep_range=True)
         self.fields.watch(
             self.sampler_kind.currentIndexChanged,
             self.spacing.currentIndexChanged,
@@ -372,10 +417,21 @@ class PlaybackPanel(Panel):
         )
         self.export_fields = FieldCheck(self)
         self.export_fields.add(
-            self.export_frames, self.export_fps, self.export_scale, keep_range=True
+            self.sample_index,
+            self.export_from,
+            self.export_to,
+            self.export_frames,
+            self.export_fps,
+            self.export_scale,
+            keep_range=True,
         )
+        grid, row = self.export_error_row
+        grid.addWidget(self.export_fields.shared_label, row, 0, 1, 7)
         for check in (self.fields, self.export_fields):
             check.changed.connect(self._update_buttons)
+        # a setting that is not a number field: the frames may no longer match the form
+        self.clip_x0.toggled.connect(self._update_buttons)
+        self.class_label.currentIndexChanged.connect(self._update_buttons)
 
     # ------------------------------------------------------------------ models
 
@@ -414,7 +470,7 @@ class PlaybackPanel(Panel):
             self.load_checkpoint(path)
 
     def choose_model_folder(self) -> None:
-        folder = dialogs.ask_folder(self, "Open a diffusers model folder")
+        folder = dialogs.ask_folder(self, "Open a diffusers model folder", dialogs.MODEL_FOLDERS)
         if folder is not None:
             self.load_checkpoint(folder)
 
@@ -448,15 +504,20 @@ class PlaybackPanel(Panel):
                 model = load_checkpoint(model)
             except DiffusionStudioError as exc:
                 self.checkpoint = None
+                self.clear_results()
                 self.show_problem("Cannot open pretrained model", str(exc))
                 self._update_buttons()
                 return
             self.models[key] = model
         was_points = self.checkpoint.is_points if self.checkpoint is not None else None
+        if model is not self.checkpoint:
+            self.clear_results()  # nothing of the old model's run stays on screen
         self.checkpoint = model
         if model is None:
             self._update_buttons()
             return
+        if model.is_points:
+            self.from_image.setChecked(False)  # 2-D models start from noise (see the label)
         T = model.schedule_config.num_timesteps
         # A new model: steps and start t follow its T (what the user types is checked).
         self.num_steps.setValue(min(self.num_steps.value(), T))
@@ -487,6 +548,37 @@ class PlaybackPanel(Panel):
             + (f"<br>trained for {step:,} steps" if isinstance(step, int) else "")
             + "".join(f"<br><i>{html.escape(n)}</i>" for n in notes)
         )
+        self._update_buttons()
+
+    def clear_results(self) -> None:
+        """Forget the stored frames and everything drawn from them (a new model: they were made
+        for the old one): views, grid, Play, scrub, the frame caption, export and the error
+        line. A sampling run of the old model is cancelled and its late frames dropped."""
+        if self.runner.is_running:
+            self.runner.cancel()
+        self.play_button.setChecked(False)
+        self.trajectory = None
+        self.made_with, self._made_for, self._made_name = None, None, ""
+        self.frame_index = 0
+        self._dirty = False
+        self.scrub.blockSignals(True)
+        self.scrub.setRange(0, 0)
+        self.scrub.blockSignals(False)
+        for box in (self.sample_index, self.export_from, self.export_to):
+            box.blockSignals(True)
+            box.setValue(0)
+            box.blockSignals(False)
+            self.export_fields.set_range(box, 0, 0)
+        self.frame_label.setText(NO_FRAMES)
+        for view in (self.xt_view, self.x0_view, self.grid_view):
+            view.clear_image()
+        self.xt_view.set_title("x_t")
+        self.x0_view.set_title("x_0 prediction")
+        self.grid_view.set_title("All samples")
+        for scatter in (self.points_scatter, self.pred_scatter):
+            scatter.setData([], [])
+        self.trail_curve.setData([], [])
+        self.clear_problem()
         self._update_buttons()
 
     def _fill_class_choice(self, model: Checkpoint) -> None:
@@ -536,8 +628,8 @@ class PlaybackPanel(Panel):
     def set_start_image(self, path: str) -> None:
         """The image "start from an image" uses (the Forward tab's image by default)."""
         self.start_image = Path(path)
-        self.image_label.setText(self.start_image.name)
         self.image_label.setToolTip(str(self.start_image))
+        self._update_buttons()
 
     def choose_start_image(self) -> None:
         path = dialogs.ask_open_path(self, "Image to start from", dialogs.IMAGE_FILTER)
@@ -574,11 +666,14 @@ class PlaybackPanel(Panel):
 
     def _check_sampler(self) -> None:
         """Build what Sample would (ConfigError with core's reason when the fields are refused):
-        the SamplerConfig; with a model, its sampler (steps at most T) and the start t."""
+        the SamplerConfig; with a model, its sampler (steps at most T), the guidance scale of a
+        class-conditional model and the start t."""
         request = self.request()
         ckpt = self.checkpoint
         if ckpt is None:
             return
+        if self.guidance.isEnabled():
+            check_guidance_scale(request.guidance_scale)
         schedule = self._checked_schedule
         if schedule is None or schedule.config != ckpt.schedule_config:
             schedule = self._checked_schedule = NoiseSchedule(ckpt.schedule_config)
@@ -616,6 +711,8 @@ class PlaybackPanel(Panel):
         # every frame of a run of up to 1000 steps (1001 frames) is kept; longer runs are
         # thinned evenly so memory stays bounded
         self.trajectory = Trajectory(max_frames=MAX_FRAMES)
+        self.made_with, self._made_for = request, self.model_choice.currentData()
+        self._made_name = run_name(ckpt, request)
 
         def run() -> Iterator[Frame]:  # worker thread
             model = build_model_from_checkpoint(ckpt)
@@ -672,10 +769,12 @@ class PlaybackPanel(Panel):
     def _on_sampling_ended(self, *_args: object) -> None:
         self._dirty = False  # drawn here: a later timer tick must not jump to the end again
         self.redraw_timer.stop()
-        self._sync_slider(follow=True)
         self._update_buttons()
-        n = len(self.trajectory) if self.trajectory is not None else 0
-        self.status_message.emit(f"Sampling done: {n} frames stored.")
+        if self.trajectory is None:  # the model changed while sampling: its run was dropped
+            self.status_message.emit("Sampling stopped: another model was chosen.")
+            return
+        self._sync_slider(follow=True)
+        self.status_message.emit(f"Sampling done: {len(self.trajectory)} frames stored.")
 
     def _on_sampling_failed(self, message: str) -> None:
         self._update_buttons()
@@ -686,8 +785,18 @@ class PlaybackPanel(Panel):
         has_model = self.checkpoint is not None
         self.sample_button.setEnabled(has_model and not running and self.fields.valid)
         self.cancel_button.setEnabled(running)
-        image_model = has_model and not self.checkpoint.is_points
+        points_model = has_model and self.checkpoint.is_points
+        image_model = has_model and not points_model
+        # A 2-D model cannot start from an image: the box is unticked (on model change) and
+        # says why, so Sample always works.
         self.from_image.setEnabled(image_model)
+        self.from_image.setToolTip(
+            f"{FROM_IMAGE_TIP}\n\nOff: {POINTS_START}." if points_model else FROM_IMAGE_TIP
+        )
+        if points_model:
+            self.image_label.setText(POINTS_START)
+        else:
+            self.image_label.setText(self.start_image.name if self.start_image else "–")
         use_image = image_model and self.from_image.isChecked()
         self.image_button.setEnabled(use_image)
         self.start_t.setEnabled(use_image)
@@ -698,6 +807,19 @@ class PlaybackPanel(Panel):
         self.gif_button.setEnabled(exportable)
         self.png_button.setEnabled(exportable)
         self._on_sampler_changed()
+        self._show_staleness()
+
+    def _show_staleness(self) -> None:
+        """Mark frames made with other sampler settings than the form's (they stay playable
+        and exportable: they are what they say they are)."""
+        made = self.made_with
+        stale = made is not None and self.has_frames() and made != self.request()
+        if stale:
+            self.stale_label.setText(
+                f"These frames were made with {describe_request(made)}; the settings have "
+                "changed since: press Sample to see the new ones."
+            )
+        self.stale_label.setVisible(stale)
 
     # ------------------------------------------------------------------ playback
 
@@ -715,9 +837,9 @@ class PlaybackPanel(Panel):
             self.scrub.setValue(last)
         self.scrub.blockSignals(False)
         for box in (self.export_from, self.export_to):
-            box.setMaximum(last)
+            self.export_fields.set_range(box, 0, last)
         self.export_to.setValue(last)
-        self.sample_index.setMaximum(self.trajectory.x_t(0).shape[0] - 1)
+        self.export_fields.set_range(self.sample_index, 0, self.trajectory.x_t(0).shape[0] - 1)
         self.show_frame(self.scrub.value())
         self._update_buttons()
 
@@ -812,7 +934,7 @@ class PlaybackPanel(Panel):
     def export_pictures(self) -> list[np.ndarray] | None:
         """The uint8 pictures the export settings describe (None and a message when impossible)."""
         if not self.has_frames():
-            self.report_error("Export", "Nothing to export yet: sample first.")
+            self.report_error("Export", "Nothing to export for this model yet: press Sample first.")
             return None
         if not self.export_fields.valid:
             self.report_error("Export", self.export_fields.first_problem())
@@ -852,7 +974,10 @@ class PlaybackPanel(Panel):
         if frames is None:
             return
         path = dialogs.ask_save_path(
-            self, "Export playback as GIF", dialogs.GIF_FILTER, self.suggest("reverse.gif")
+            self,
+            "Export playback as GIF",
+            dialogs.GIF_FILTER,
+            f"{self._made_name or 'reverse'}.gif",
         )
         if path is None:
             return
@@ -868,7 +993,7 @@ class PlaybackPanel(Panel):
         frames = self.export_pictures()
         if frames is None:
             return
-        folder = dialogs.ask_folder(self, "Folder for the PNG frames")
+        folder = dialogs.ask_folder(self, "Folder for the PNG frames", dialogs.EXPORTS)
         if folder is None:
             return
 
@@ -887,6 +1012,27 @@ class PlaybackPanel(Panel):
             "export_frames export_fps export_scale export_loop"
         )
         return {name: getattr(self, name) for name in names.split()}
+
+
+def describe_request(request: SampleRequest) -> str:
+    """'DDIM, 50 steps, seed 0' (and eta, class, guidance, start t when they apply)."""
+    sampler = request.sampler
+    parts = [sampler.kind.upper(), f"{sampler.num_inference_steps} steps"]
+    if sampler.kind == "ddim":
+        parts.append(f"eta {sampler.eta:g}")
+    parts.append(f"seed {request.seed}")
+    if request.start_t is not None:
+        parts.append(f"from an image at t = {request.start_t}")
+    return ", ".join(parts)
+
+
+def run_name(ckpt: Checkpoint, request: SampleRequest) -> str:
+    """A file name stem for a run's exports: 'digits_ddim_50steps'."""
+    name = str((ckpt.data or {}).get("name") or ckpt.model_config.kind)
+    stem = f"{name}_{request.sampler.kind}_{request.sampler.num_inference_steps}steps"
+    if request.label is not None:
+        stem += f"_class{request.label}"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in stem)
 
 
 def _squeeze(image: np.ndarray) -> np.ndarray:
