@@ -14,7 +14,25 @@ in [-1, 1]:
     python -m benchmarks.score --reference      # real digits (ceiling) and pure noise (floor)
 
 The Fréchet distance depends on the number of samples (it is biased upward for small N):
-compare numbers made with the same N; the reference rows use N = 256.
+compare numbers made with the same N; the reference rows use N = 256. Its reference (the
+classifier's validation digits) is part of the 5,000 digits the shipped generator trained on,
+so a generator that copies training digits scores well on it: `digit_quality` adds the
+checks that such output fails.
+
+`digit_quality(samples, requested_labels)` (what tests/core/test_pretrained.py asserts, via
+`DigitQuality.failures()`) adds to those numbers:
+  label_accuracy   share of samples the classifier calls the digit that was asked for, and
+                   the worst digit's share (every one of the ten digits is checked)
+  diversity        within-class spread: the median distance (classifier features) from a
+                   sample to its nearest other sample of the same requested digit, divided by
+                   the same for real digits with the same label counts (repeats give 0)
+  memorisation     the median pixel distance from a sample to its nearest training digit,
+                   divided by that of held-out digits (copies give 0), and `copy_share`, the
+                   share of samples nearer to a training digit than 99 % of held-out digits
+                   are. The shipped generator trained on all 5,000 built-in digits, so no
+                   held-out MNIST digit ships: the held-out distance is the leave-one-out one
+                   (a training digit's distance to the other 4,999), which is distributed as a
+                   fresh digit's distance to the training set.
 """
 
 from __future__ import annotations
@@ -31,7 +49,9 @@ import numpy as np
 import torch
 
 from benchmarks.digit_classifier import DigitClassifier, digits_split, load_classifier
+from core.data import load_digits
 from core.errors import DataError
+from core.quality import median_ratio, nearest_distances, within_class_nearest
 
 CONFIDENT_PROB = 0.9
 REFERENCE_N = 256
@@ -168,6 +188,136 @@ def score_samples(
         frechet=frechet_distance(mu, sigma, mu_ref, sigma_ref),
         class_counts=tuple(int(c) for c in counts),
     )
+
+
+# What a good generator of digits must reach (`DigitQuality.failures`). Real held-out digits:
+# label accuracy 0.99, diversity ~1, memorisation ~1, copy share ~0.01. The shipped model
+# (200 samples, DDPM 50 trailing, guidance 2): 1.00, 0.75, 0.97, 0.
+MIN_LABEL_ACCURACY = 0.95
+MIN_DIGIT_ACCURACY = 0.8
+MIN_DIVERSITY = 0.5
+MIN_MEMORISATION_RATIO = 0.7
+MAX_COPY_SHARE = 0.05
+MIN_CONFIDENT = 0.9
+COPY_PERCENTILE = 1.0
+
+
+@dataclass(frozen=True)
+class DigitQuality:
+    """Per-sample and set measures of generated digits (see the module docstring)."""
+
+    scores: Scores
+    label_accuracy: float
+    digit_accuracy: tuple[float, ...]  # per requested digit 0..9 (nan: not requested)
+    diversity: float
+    memorisation_ratio: float
+    copy_share: float
+
+    def failures(self, max_frechet: float | None = None) -> list[str]:
+        """Each failed measure with its number and limit (empty when the samples pass)."""
+        out = []
+        if self.label_accuracy < MIN_LABEL_ACCURACY:
+            out.append(f"requested-label accuracy {self.label_accuracy:.3f} < {MIN_LABEL_ACCURACY}")
+        worst = [(a, d) for d, a in enumerate(self.digit_accuracy) if not math.isnan(a)]
+        low = [f"{d}: {a:.2f}" for a, d in sorted(worst) if a < MIN_DIGIT_ACCURACY]
+        if low:
+            out.append(f"per-digit accuracy below {MIN_DIGIT_ACCURACY} for " + ", ".join(low))
+        if not self.diversity >= MIN_DIVERSITY:
+            out.append(
+                f"within-class diversity {self.diversity:.3f} < {MIN_DIVERSITY} of real digits'"
+            )
+        if not self.memorisation_ratio >= MIN_MEMORISATION_RATIO:
+            out.append(
+                f"memorisation: distance to the nearest training digit {self.memorisation_ratio:.3f}"
+                f" < {MIN_MEMORISATION_RATIO} of held-out digits'"
+            )
+        if self.copy_share > MAX_COPY_SHARE:
+            out.append(
+                f"memorisation: {self.copy_share:.1%} of samples are near-copies of training "
+                f"digits (> {MAX_COPY_SHARE:.0%})"
+            )
+        if self.scores.confident < MIN_CONFIDENT:
+            out.append(f"confidently classified {self.scores.confident:.3f} < {MIN_CONFIDENT}")
+        if max_frechet is not None and not self.scores.frechet <= max_frechet:
+            out.append(f"Fréchet distance {self.scores.frechet:.2f} > {max_frechet}")
+        return out
+
+
+_LOO_CACHE: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
+
+
+def training_digits() -> torch.Tensor:
+    """The 5,000 built-in digits every shipped digits model trained on, (N, 1, 28, 28) in [-1, 1]."""
+    images, _ = load_digits()
+    return torch.from_numpy(images.astype(np.float32)).unsqueeze(1) / 127.5 - 1.0
+
+
+def held_out_distances(training: torch.Tensor) -> np.ndarray:
+    """Leave-one-out nearest distances within `training` (N,): how far a held-out digit lies
+    from the training set (cached per tensor)."""
+    cached = _LOO_CACHE.get(id(training))
+    if cached is None or cached[0] is not training:  # the tensor is kept so its id stays unique
+        cached = (training, nearest_distances(training, training, exclude_self=True))
+        _LOO_CACHE[id(training)] = cached
+    return cached[1]
+
+
+def real_digits_like(labels: np.ndarray, seed: int = REFERENCE_SEED) -> torch.Tensor:
+    """Real validation digits with exactly the label counts of `labels`, (N, 1, 28, 28),
+    in the order of `np.sort(labels)`."""
+    split = digits_split()
+    rng = np.random.default_rng(seed)
+    val_labels = split.val_labels.numpy()
+    picks = [
+        rng.choice(np.flatnonzero(val_labels == digit), int((labels == digit).sum()), replace=False)
+        for digit in range(10)
+    ]
+    return split.val_images[np.concatenate(picks)]
+
+
+def digit_quality(
+    samples: np.ndarray | torch.Tensor,
+    requested_labels: np.ndarray | torch.Tensor | list[int],
+    training: torch.Tensor | None = None,
+    classifier: DigitClassifier | None = None,
+) -> DigitQuality:
+    """Measure samples (N, 1, 28, 28) (or 32x32) in [-1, 1] that were asked to be the digits
+    `requested_labels` (N,), against the generator's `training` digits (default: the 5,000
+    built-in ones). See the module docstring."""
+    model = classifier if classifier is not None else _default_classifier()
+    labels = np.asarray(requested_labels, dtype=np.int64)
+    x = prepare_samples(samples)
+    if labels.shape != (x.shape[0],):
+        raise DataError(f"need one requested label per sample, got {labels.shape} for {x.shape[0]}")
+    scores = score_samples(x, model)
+    probs, feats = classify(model, x)
+    correct = probs.argmax(dim=1).numpy() == labels
+    digit_accuracy = tuple(
+        float(correct[labels == d].mean()) if (labels == d).any() else float("nan")
+        for d in range(10)
+    )
+    real = real_digits_like(labels)
+    _, real_feats = classify(model, real)
+    diversity = median_ratio(
+        within_class_nearest(feats, labels), within_class_nearest(real_feats, np.sort(labels))
+    )
+    training = training if training is not None else _default_training()
+    held_out = held_out_distances(training)
+    to_training = nearest_distances(x, training)
+    copy_limit = np.percentile(held_out, COPY_PERCENTILE)
+    return DigitQuality(
+        scores=scores,
+        label_accuracy=float(correct.mean()),
+        digit_accuracy=digit_accuracy,
+        diversity=diversity,
+        memorisation_ratio=median_ratio(to_training, held_out),
+        copy_share=float((to_training < copy_limit).mean()),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _default_training() -> torch.Tensor:
+    return training_digits()
 
 
 def real_digits(n: int = REFERENCE_N, seed: int = REFERENCE_SEED) -> torch.Tensor:

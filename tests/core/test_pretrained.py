@@ -11,6 +11,7 @@ from core.checkpoint import (
     pretrained_checkpoint_paths,
 )
 from core.data import TOY_DATASETS
+from core.guidance import class_labels
 from core.samplers import SamplerConfig
 from core.sampling import sample_checkpoint
 
@@ -32,46 +33,42 @@ def test_every_model_is_shipped_small_and_for_sampling():
         assert ckpt.meta.get("trained_steps")
 
 
-# Share of samples within 0.1 of a data point (real data: 0.997-1.0). Measured for the shipped
-# models (v + cosine, 10,000 steps): moons 1.000, swissroll 1.000, gaussians 0.998, rings 0.955,
-# spiral 0.978 (benchmarks/toy_quality.py; resources/README.md).
-ON_DATA_SHARE = {"moons": 0.97, "swissroll": 0.97, "gaussians": 0.97, "rings": 0.92, "spiral": 0.94}
-
-
 @pytest.mark.parametrize("name", TOY_DATASETS)
 def test_point_models_match_their_data(name):
+    """Precision and recall (core.quality), both >= 0.95 at radius 0.1. Measured for the
+    shipped models (1000 samples, DDPM 100 trailing, seed 0): precision 0.955-1.000, recall
+    0.986-0.999; N(0, 1) noise, one moon or five of eight gaussians fail
+    (tests/core/test_quality.py)."""
     samples = _samples(name, 1000, steps=100)
     assert samples.shape == (1000, 2) and np.isfinite(samples).all()
-    scores = score_points(samples, name)
-    # samples lie on the data (precision) and the data are covered by samples (recall)
-    assert scores.on_data >= ON_DATA_SHARE[name]
-    assert scores.cover_median < 0.06
+    quality = score_points(samples, name)
+    failures = quality.failures()
+    assert not failures, f"shipped model '{name}' fails: " + "; ".join(failures)
+
+
+DIGITS_N = 200
+DIGITS_STEPS = 50
+# Fréchet distance for N = 200 (biased upward at small N): the shipped model 1.73, held-out
+# real digits 1.15, copies of training digits 1.50, noise 115.
+DIGITS_MAX_FRECHET = 2.5
 
 
 @pytest.mark.slow
-def test_digits_model_makes_recognizable_evenly_spread_digits():
-    from benchmarks.score import score_samples
+def test_digits_model_draws_every_requested_digit_varied_and_not_copied():
+    """Per-sample requested-label accuracy over all ten digits, within-class diversity against
+    real digits, memorisation against held-out distances, confidence and Fréchet distance
+    (benchmarks.score.digit_quality; its failing cases are in tests/core/test_quality.py).
+    Measured: accuracy 1.00 (every digit), diversity 0.69, memorisation 0.97, no near-copies,
+    100 % confident, Fréchet 1.73."""
+    from benchmarks.score import digit_quality
 
-    samples = _samples("digits", 256, steps=100)
-    assert samples.shape == (256, 1, 28, 28)
-    scores = score_samples(samples)
-    # Measured for the shipped class-conditional model (4,989 steps, every digit in turn,
-    # guidance scale 2): 99.6 % confident, entropy 2.302, Frechet 1.17 (ceiling: real digits
-    # 98 %, 2.29, 0.99). The issue's goal: >= 95 %, >= 2.25, close to the ceiling.
-    assert scores.confident >= 0.95, scores
-    assert scores.class_entropy >= 2.25, scores
-    assert scores.frechet <= 2.0, scores
-
-
-@pytest.mark.slow
-def test_digits_model_draws_the_digit_it_is_asked_for():
-    from benchmarks.digit_classifier import load_classifier, predict
-    from benchmarks.score import prepare_samples
-
-    classifier = load_classifier()
     ckpt = load_checkpoint(pretrained_checkpoint_paths()["digits"])
     assert ckpt.model_config.num_classes == 10
-    for digit in (3, 8):
-        samples = sample_checkpoint(ckpt, 20, SamplerConfig("ddpm", 50, "trailing"), 1, label=digit)
-        predicted = predict(classifier, prepare_samples(samples)).argmax(1)
-        assert (predicted == digit).float().mean() >= 0.9, (digit, predicted)
+    samples = _samples("digits", DIGITS_N, steps=DIGITS_STEPS)
+    assert samples.shape == (DIGITS_N, 1, 28, 28)
+    # sample_checkpoint asks for every class in turn; each sample is checked against its own
+    # request, so the class histogram cannot pass by repeating the request
+    requested = class_labels(10, DIGITS_N).numpy()
+    quality = digit_quality(samples, requested)
+    failures = quality.failures(max_frechet=DIGITS_MAX_FRECHET)
+    assert not failures, "shipped model 'digits' fails: " + "; ".join(failures)
