@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from core.errors import ExportError
 from core.files import atomic_write
@@ -170,6 +170,77 @@ def save_png_frames(
     return [save_png(out / f"{prefix}_{i:0{digits}d}.png", array) for i, array in enumerate(arrays)]
 
 
+# ----------------------------------------------------------------------------- captions
+
+CAPTION_MIN_PX = 11  # the smallest font size (pixels): still legible on a 28x28 digit GIF
+CAPTION_MAX_PX = 24
+
+
+def forward_caption(step: int) -> str:
+    """The caption of a forward-process frame at display step `step` (core.forward's
+    convention: 0 is the clean image, k >= 1 is timestep index k - 1)."""
+    return "x_0 (clean)" if step == 0 else f"t = {step - 1}"
+
+
+def reverse_caption(t: int) -> str:
+    """The caption of a reverse-process frame at timestep t (t < 0: the final samples, as
+    core.sampling's Frame marks them)."""
+    return "x_0 (final)" if t < 0 else f"t = {t}"
+
+
+def _caption_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at `size` pixels (its fixed bitmap font without FreeType)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # no FreeType: the bitmap font, about 11 px
+        return ImageFont.load_default()
+
+
+def caption_frame(frame: Any, text: str) -> np.ndarray:
+    """A uint8 frame with `text` written in black on a white band above it.
+
+    frame: (H, W), (H, W, 1) or (H, W, 3|4) uint8, already at its final size (captions are
+    drawn after any upscaling, so the letters stay sharp). The font is Pillow's default at
+    W / 12 pixels, within CAPTION_MIN_PX..CAPTION_MAX_PX; a frame narrower than its text gets
+    white margins. Returns (H + band, W', ...) with the frame's channels.
+    """
+    array = _check_image(frame, "frame")
+    if not isinstance(text, str):
+        raise ExportError(f"a caption must be text, got {text!r}")
+    height, width = array.shape[:2]
+    size = int(min(CAPTION_MAX_PX, max(CAPTION_MIN_PX, width // 12)))
+    font = _caption_font(size)
+    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox(
+        (0, 0), text, font=font
+    )
+    pad = max(2, size // 4)
+    band_h = (bottom - min(top, 0)) + 2 * pad
+    out_w = max(width, right - left + 2 * pad)
+    band = Image.new("L", (out_w, band_h), 255)
+    ImageDraw.Draw(band).text((pad - left, pad - min(top, 0)), text, fill=0, font=font)
+    channels = () if array.ndim == 2 else (array.shape[2],)
+    out = np.full((band_h + height, out_w, *channels), 255, dtype=np.uint8)
+    text_pixels = np.asarray(band)
+    out[:band_h] = text_pixels if not channels else text_pixels[..., None]
+    if channels and channels[0] == 4:
+        out[:, :, 3] = 255  # opaque band and margins
+        out[band_h:, :width, 3] = array[..., 3]
+    x0 = (out_w - width) // 2
+    out[band_h:, x0 : x0 + width] = array
+    return out
+
+
+def caption_frames(frames: Sequence[Any], captions: Sequence[str], scale: int = 1) -> list:
+    """Upscale each frame `scale` times (nearest) and write its caption above it
+    (`caption_frame`). The GUI's and the CLI's GIFs are made with this (through save_gif)."""
+    if len(captions) != len(frames):
+        raise ExportError(f"{len(captions)} captions for {len(frames)} frames: give one each")
+    return [
+        caption_frame(upscale_nearest(_check_image(f, f"frame {i}"), scale), str(text))
+        for i, (f, text) in enumerate(zip(frames, captions))
+    ]
+
+
 # ----------------------------------------------------------------------------- GIF
 
 
@@ -202,6 +273,7 @@ def save_gif(
     loop: bool = True,
     scale: int = 1,
     hold_last_s: float = 1.0,
+    captions: Sequence[str] | None = None,
 ) -> int:
     """Save uint8 frames (H, W), (H, W, 1) or (H, W, 3) as an animated GIF.
 
@@ -211,6 +283,8 @@ def save_gif(
     loop: True repeats forever (GIF loop count 0); False plays once.
     scale: nearest-neighbour upscaling factor, for small images.
     hold_last_s: the last frame stays at least this long before the loop restarts.
+    captions: one text per frame (e.g. `forward_caption` / `reverse_caption`: "t = 437"),
+      written above the frame after upscaling (`caption_frames`), so it stays legible.
 
     Consecutive frames that are identical after colour quantisation are merged into
     one frame whose delay is the sum (Pillow would do the same silently); this keeps
@@ -232,6 +306,11 @@ def save_gif(
     if any(a.shape[:2] != arrays[0].shape[:2] for a in arrays):
         shapes = sorted({a.shape[:2] for a in arrays})
         raise ExportError(f"all GIF frames must have the same size, got {shapes}")
+    if captions is not None:
+        arrays = caption_frames(arrays, captions, scale)
+        scale = 1  # done: the captions are drawn at the final size
+        width = max(a.shape[1] for a in arrays)  # a wider caption widened its frame
+        arrays = [_pad_width(a, width) for a in arrays]
 
     frame_cs = max(2, round(100.0 / fps))
     durations_cs = [frame_cs] * len(arrays)
@@ -265,6 +344,15 @@ def save_gif(
         options["loop"] = 0
     _atomic_write(path, lambda f: pictures[0].save(f, **options))
     return len(pictures)
+
+
+def _pad_width(array: np.ndarray, width: int) -> np.ndarray:
+    """Centre a frame on white up to `width` columns (frames of one GIF share one size)."""
+    extra = width - array.shape[1]
+    if extra <= 0:
+        return array
+    pad = [(0, 0), (extra // 2, extra - extra // 2)] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(array, pad, constant_values=255)
 
 
 # ----------------------------------------------------------------------------- CSV

@@ -52,7 +52,7 @@ from app.widgets import (
 from app.worker import Job, JobRunner, JobStatus
 from core.data import default_photo_path, load_image, sample_photo_paths
 from core.errors import DiffusionStudioError
-from core.export import save_gif
+from core.export import forward_caption, save_gif
 from core.forward import ForwardProcess
 from core.schedule import NoiseSchedule, ScheduleConfig
 
@@ -94,6 +94,18 @@ class ForwardPanel(Panel):
         self.play_timer = QTimer(self)
         self.play_timer.setInterval(33)
         self.play_timer.timeout.connect(self._on_play_tick)
+
+    # ------------------------------------------------------------------ messages
+
+    def report_error(self, title: str, message: str) -> None:
+        """One error, one message: the dialog (not repeated in the status bar)."""
+        dialogs.show_error(self, title, message)
+
+    def show_problem(self, title: str, message: str) -> None:
+        """One error, one message: the dialog (a refused image leaves the old one shown, so
+        no red line is needed to explain the panel's state)."""
+        self.clear_problem()
+        self.report_error(title, message)
 
     # ------------------------------------------------------------------ layout
 
@@ -436,12 +448,11 @@ class ForwardPanel(Panel):
         if not self.gif_fields.valid:
             self.report_error("Export GIF", self.gif_fields.first_problem())
             return
-        stem = self.image_path.stem if self.image_path else "image"
         path = dialogs.ask_save_path(
             self,
             "Export forward process as GIF",
             dialogs.GIF_FILTER,
-            self.suggest(f"{stem}_forward.gif"),
+            f"{forward_gif_name(self.image_path, self.schedule.config)}.gif",
         )
         if path is None:
             return
@@ -457,7 +468,8 @@ class ForwardPanel(Panel):
             for i, k in enumerate(request.positions):
                 frames.append(_fit(process.x_t_uint8(k), request.max_side))
                 yield i + 1
-            save_gif(request.path, frames, fps=request.fps)
+            captions = [forward_caption(k) for k in request.positions]
+            save_gif(request.path, frames, fps=request.fps, captions=captions)
             yield n + 1
 
         def describe(i: int) -> JobStatus:
@@ -491,6 +503,13 @@ class ForwardPanel(Panel):
         self.load_image(default_photo_path())
         if self.slider.value() == 0:
             self.slider.setValue(self.slider.maximum() // 4)
+
+
+def forward_gif_name(image: Path | None, config: ScheduleConfig) -> str:
+    """A file name stem for a forward GIF: 'astronaut_forward_cosine_T1000'."""
+    stem = image.stem if image is not None else "image"
+    name = f"{stem}_forward_{config.kind}_T{config.num_timesteps}"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
 def numbers_table(rows: tuple[tuple[str, str], ...]) -> str:

@@ -61,6 +61,7 @@ from core.errors import ConfigError, DiffusionStudioError
 from core.export import (
     make_grid,
     render_points,
+    reverse_caption,
     save_gif,
     save_png_frames,
     select_frame_indices,
@@ -147,6 +148,19 @@ class PlaybackPanel(Panel):
         self._add_pretrained_models()
         guard_wheel_in(self)
         self._update_buttons()
+
+    # ------------------------------------------------------------------ messages
+
+    def report_error(self, title: str, message: str) -> None:
+        """One error, one message: the dialog (not repeated in the status bar)."""
+        dialogs.show_error(self, title, message)
+
+    def show_problem(self, title: str, message: str) -> None:
+        """The dialog; the red line keeps the reason only while the panel has no model to
+        sample from (the one place that explains the empty Model box afterwards)."""
+        if self.error is not None:
+            self.error.show_message(message if self.checkpoint is None else "")
+        self.report_error(title, message)
 
     # ------------------------------------------------------------------ layout
 
@@ -931,8 +945,9 @@ class PlaybackPanel(Panel):
 
     # ------------------------------------------------------------------ export
 
-    def export_pictures(self) -> list[np.ndarray] | None:
-        """The uint8 pictures the export settings describe (None and a message when impossible)."""
+    def export_pictures(self) -> tuple[list[np.ndarray], list[str]] | None:
+        """The uint8 pictures the export settings describe and their captions ("t = 437",
+        core.export.reverse_caption); None and a message when impossible."""
         if not self.has_frames():
             self.report_error("Export", "Nothing to export for this model yet: press Sample first.")
             return None
@@ -948,6 +963,7 @@ class PlaybackPanel(Panel):
         scale = self.export_scale.value()
         k = min(self.sample_index.value(), traj.x_t(0).shape[0] - 1)
         frames = []
+        captions = [reverse_caption(int(traj.timesteps[int(i)])) for i in picks]
         for i in picks:
             i = int(i)
             if traj.is_points:
@@ -967,12 +983,14 @@ class PlaybackPanel(Panel):
             else:
                 picture = make_grid(traj.x_t(i), padding=1, pad_value=255)
             frames.append(upscale_nearest(picture, scale))
-        return frames
+        return frames, captions
 
     def export_gif(self) -> None:
-        frames = self.export_pictures()
-        if frames is None:
+        """Write the chosen frames as a GIF, t written on every frame (in the worker)."""
+        pictures = self.export_pictures()
+        if pictures is None:
             return
+        frames, captions = pictures
         path = dialogs.ask_save_path(
             self,
             "Export playback as GIF",
@@ -984,15 +1002,17 @@ class PlaybackPanel(Panel):
         fps, loop = float(self.export_fps.value()), self.export_loop.isChecked()
 
         def run() -> Iterator[int]:
-            yield save_gif(path, frames, fps=fps, loop=loop)
+            yield save_gif(path, frames, fps=fps, loop=loop, captions=captions)
 
         job = Job("Export GIF", run, describe=lambda _n: JobStatus("Writing GIF…"))
         self.start_export(self.export_runner, job, path)
 
     def export_png_frames(self) -> None:
-        frames = self.export_pictures()
-        if frames is None:
+        """Write the chosen frames as numbered PNG files (the pictures alone, no caption)."""
+        pictures = self.export_pictures()
+        if pictures is None:
             return
+        frames, _captions = pictures
         folder = dialogs.ask_folder(self, "Folder for the PNG frames", dialogs.EXPORTS)
         if folder is None:
             return

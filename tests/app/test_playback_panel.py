@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.panels.playback_panel import VIEW_PAIR, PlaybackPanel
+from app import dialogs
+from app.panels.playback_panel import NO_FRAMES, POINTS_START, VIEW_PAIR, PlaybackPanel
 from app.widgets import set_combo_data
 from core.checkpoint import load_checkpoint
 from core.data import default_photo_path
+from core.export import caption_frame, reverse_caption
 from core.sampling import sample_checkpoint
 
 
@@ -70,17 +72,31 @@ def test_start_from_an_image(panel, qtbot, checkpoints):
     assert len(panel.trajectory) < 11  # only the steps at or below t = 40
 
 
-def test_export_gif_and_png_frames(panel, qtbot, checkpoints, tmp_path, fake_dialogs, export):
+def test_export_gif_and_png_frames(
+    panel, qtbot, checkpoints, tmp_path, fake_dialogs, export, monkeypatch
+):
     panel.load_checkpoint(checkpoints.images)
     sample(panel, qtbot, steps=5, n=4)
     set_combo_data(panel.export_view, VIEW_PAIR)
     panel.export_frames.setValue(4)
     panel.export_scale.setValue(2)
+    suggested = []
+    answer = fake_dialogs.ask_save_path
+    monkeypatch.setattr(dialogs, "ask_save_path", lambda *a: suggested.append(a[3]) or answer(*a))
     gif = export(panel.gif_button, panel.export_runner, tmp_path / "reverse.gif")
+    assert suggested == ["digits_ddim_5steps.gif"]  # model, sampler and steps
+    frames, captions = panel.export_pictures()
+    assert captions == [reverse_caption(int(t)) for t in panel.trajectory.timesteps[[0, 2, 3, 5]]]
+    assert captions[0] == "t = 99" and captions[-1] == "x_0 (final)"
     with Image.open(gif) as picture:
-        # two 28x28 tiles side by side with 1-pixel padding, scaled 2x
-        assert picture.size == (2 * (2 * 28 + 3), 2 * (28 + 2))
+        # two 28x28 tiles side by side with 1-pixel padding, scaled 2x, under a caption band
+        first = caption_frame(frames[0], captions[0])
+        assert picture.size == (2 * (2 * 28 + 3), first.shape[0])
+        assert first.shape[0] > 2 * (28 + 2)
         assert 2 <= picture.n_frames <= 4
+        picture.seek(0)
+        shown = np.asarray(picture.convert("L"))
+    np.testing.assert_array_equal(shown, first)  # t written on the frame, as core draws it
     folder = export(panel.png_button, panel.export_runner, tmp_path / "frames")
     assert len(list(folder.glob("frame_*.png"))) == 4
     assert fake_dialogs.errors == []
@@ -183,3 +199,73 @@ def test_a_class_conditional_model_samples_the_chosen_digit_with_guidance(
     # back to the conditional model: the class list returns
     assert panel.load_checkpoint(checkpoints.conditional)
     assert panel.class_label.isEnabled() and panel.class_label.count() == 11
+
+
+# ---------------------------------------------------------------------- state that never lies
+
+
+def test_switching_model_leaves_nothing_of_the_old_run(panel, qtbot, checkpoints, fake_dialogs):
+    assert panel.load_checkpoint(checkpoints.images)
+    sample(panel, qtbot, steps=5, n=4)
+    panel.play_button.click()
+    assert panel.play_timer.isActive() and panel.gif_button.isEnabled()
+    assert panel.load_checkpoint(checkpoints.points)  # another model
+    assert panel.trajectory is None and not panel.has_frames()
+    assert not panel.play_button.isChecked() and not panel.play_timer.isActive()
+    for w in (panel.play_button, panel.scrub, panel.gif_button, panel.png_button):
+        assert not w.isEnabled()
+    assert panel.scrub.maximum() == 0 and panel.export_to.value() == 0
+    assert panel.frame_label.text() == NO_FRAMES
+    assert panel.xt_view.image is None and panel.grid_view.image is None
+    assert panel.points_scatter.getData()[0].size == 0
+    assert not panel.stale_label.isVisible() and panel.error.text() == ""
+    panel.export_gif()  # File > Export GIF from the menu: refused, nothing written
+    assert fake_dialogs.errors[-1] == (
+        "Export",
+        "Nothing to export for this model yet: press Sample first.",
+    )
+    sample(panel, qtbot, steps=4, n=20)  # the new model's run plays as usual
+    assert panel.trajectory.is_points and panel.gif_button.isEnabled()
+
+
+def test_switching_model_while_sampling_drops_the_run(panel, qtbot, checkpoints):
+    assert panel.load_checkpoint(checkpoints.images)
+    set_combo_data(panel.sampler_kind, "ddpm")
+    panel.num_steps.setValue(100)
+    with qtbot.waitSignal(panel.runner.ended, timeout=60000):
+        assert panel.start_sampling()
+        assert panel.load_checkpoint(checkpoints.points)
+    panel.runner.wait(10)
+    assert panel.trajectory is None and panel.frame_label.text() == NO_FRAMES
+    assert panel.sample_button.isEnabled()
+
+
+def test_start_from_an_image_is_unticked_and_explained_for_a_2d_model(panel, qtbot, checkpoints):
+    assert panel.load_checkpoint(checkpoints.images)
+    panel.set_start_image(str(default_photo_path()))
+    panel.from_image.setChecked(True)
+    assert panel.load_checkpoint(checkpoints.points)
+    assert not panel.from_image.isChecked() and not panel.from_image.isEnabled()
+    assert POINTS_START in panel.from_image.toolTip()
+    assert panel.image_label.text() == POINTS_START
+    assert panel.sample_button.isEnabled()
+    sample(panel, qtbot, steps=3, n=10)  # Sample works: from noise
+    assert panel.trajectory.timesteps[0] == panel.checkpoint.schedule_config.num_timesteps - 1
+    assert panel.load_checkpoint(checkpoints.images)  # an image model: the box is usable again
+    assert panel.from_image.isEnabled() and panel.image_label.text() == "astronaut.png"
+
+
+def test_frames_made_with_other_settings_are_marked(panel, qtbot, checkpoints):
+    assert panel.load_checkpoint(checkpoints.images)
+    sample(panel, qtbot, steps=5, n=4)
+    assert not panel.stale_label.isVisible()
+    panel.num_steps.setValue(8)
+    assert panel.stale_label.isVisible()
+    assert "DDIM, 5 steps, eta 0, seed 0" in panel.stale_label.text()
+    assert panel.has_frames() and panel.gif_button.isEnabled()  # still what they say they are
+    panel.num_steps.setValue(5)
+    assert not panel.stale_label.isVisible()
+    panel.seed.setValue(3)
+    assert panel.stale_label.isVisible()
+    sample(panel, qtbot, steps=5, n=4)
+    assert not panel.stale_label.isVisible()
