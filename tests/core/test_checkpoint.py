@@ -204,3 +204,97 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     with pytest.raises(CheckpointError):
         load_checkpoint(raw)
     assert not marker.exists()
+
+
+# ------------------------------------------------------------- issue 18: refusals, round trips
+
+
+def test_training_state_and_data_round_trip(tmp_path):
+    """Every training tensor (any dtype, any shape) and the data description come back."""
+    ckpt = make_ckpt()
+    ckpt.training = {"step": 7, "elapsed_s": 1.5, "optimizer": {"groups": [{"lr": 0.01}]}}
+    ckpt.training_state = {
+        "rng/train": torch.Generator().manual_seed(3).get_state(),
+        "raw/net.0.weight": torch.randn(4, 3),
+        "optim/0/exp_avg": torch.randn(2, 2, dtype=torch.float64),
+        "history/step": torch.arange(5, dtype=torch.int64),
+    }
+    ckpt.data = {"name": "digits", "kind": "images", "image_size": 28, "channels": 1}
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "t.safetensors", ckpt))
+    assert loaded.data == ckpt.data
+    assert loaded.training == ckpt.training
+    assert sorted(loaded.training_state) == sorted(ckpt.training_state)
+    for name, value in ckpt.training_state.items():
+        assert loaded.training_state[name].dtype == value.dtype, name
+        assert torch.equal(loaded.training_state[name], value), name
+
+
+def test_non_finite_weights_refused(tmp_path):
+    for bad in (float("nan"), float("inf")):
+        ckpt = make_ckpt()
+        name = next(k for k, v in ckpt.model_state.items() if v.is_floating_point())
+        ckpt.model_state = dict(ckpt.model_state)
+        ckpt.model_state[name] = ckpt.model_state[name].clone()
+        ckpt.model_state[name].view(-1)[0] = bad
+        path = write(tmp_path / "nan.safetensors", checkpoint_bytes(ckpt))
+        with pytest.raises(CheckpointError, match=f"non-finite values in weight '{name}'"):
+            load_checkpoint(path)
+
+
+def _with_metadata(tmp_path, **changes):
+    ckpt = make_ckpt()
+    metadata = {
+        "format": "diffusion-studio",
+        "format_version": str(FORMAT_VERSION),
+        "config": json.dumps(ckpt.config_json()),
+    } | changes
+    metadata = {k: v for k, v in metadata.items() if v is not None}
+    path = tmp_path / "meta.safetensors"
+    save_file({"model/" + k: v for k, v in ckpt.model_state.items()}, str(path), metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize(
+    "version,match",
+    [("0", "invalid format version 0"), ("-3", "invalid format version -3"), ("one", "unreadable")],
+)
+def test_format_versions_below_1_or_unreadable_refused(tmp_path, version, match):
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(_with_metadata(tmp_path, format_version=version))
+
+
+def test_missing_config_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="missing or damaged config"):
+        load_checkpoint(_with_metadata(tmp_path, config=None))
+
+
+@pytest.mark.parametrize("key", ["model", "schedule", "prediction_type"])
+def test_config_missing_a_key_refused(tmp_path, key):
+    path = _with_config(tmp_path, lambda c: c.pop(key))
+    with pytest.raises(CheckpointError, match=f"config lacks '{key}'"):
+        load_checkpoint(path)
+
+
+def test_legacy_file_with_non_tensor_values_refused(tmp_path):
+    ckpt = make_ckpt()
+    state = dict(ckpt.model_state)
+    state[next(iter(state))] = [1.0, 2.0]  # a list, allowed by weights_only, not a weight
+    path = tmp_path / "lists.pt"
+    torch.save({"config": json.dumps(ckpt.config_json()), "model": state}, path)
+    with pytest.raises(CheckpointError, match="non-tensor weights"):
+        load_checkpoint(path)
+
+
+def test_legacy_file_with_wrong_shapes_refused(tmp_path):
+    ckpt = make_ckpt()
+    state = dict(ckpt.model_state)
+    name = next(iter(state))
+    state[name] = torch.zeros(3, 3, 3)
+    path = tmp_path / "shapes.pt"
+    torch.save({"config": ckpt.config_json(), "model": state}, path)
+    with pytest.raises(CheckpointError, match=f"weight '{name}' has shape \\[3, 3, 3\\]"):
+        load_checkpoint(path)
+    del state[name]
+    torch.save({"config": ckpt.config_json(), "model": state}, path)
+    with pytest.raises(CheckpointError, match="1 weight\\(s\\) missing"):
+        load_checkpoint(path)
