@@ -1,4 +1,8 @@
-"""Schedules panel: beta_t and what follows from it, for one or several schedules."""
+"""Schedules panel: beta_t and what follows from it, for one or several schedules.
+
+The hover readout (every curve's value at the t under the mouse) sits in a scroll area of
+bounded height below the plots, so a long comparison never squeezes them; Export CSV writes
+the whole comparison (core.schedule_table)."""
 
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ from PySide6.QtCore import QRectF, QSettings, Qt, Signal
 from PySide6.QtGui import QPainter
 from PySide6.QtSvg import QSvgGenerator
 from PySide6.QtWidgets import (
+    QFrame,
     QGroupBox,
     QLabel,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -38,8 +44,8 @@ from app.widgets import (
     spin_box,
 )
 from core.errors import DiffusionStudioError
-from core.export import save_csv
 from core.schedule import MAX_TIMESTEPS, SCHEDULE_KINDS, NoiseSchedule, ScheduleConfig
+from core.schedule_table import save_schedule_csv
 
 KIND_TIPS = {
     "linear": "beta_t rises linearly from beta_start to beta_end (DDPM, Ho et al. 2020)",
@@ -67,6 +73,25 @@ CURVES: list[tuple[str, str, str]] = [
 
 
 AXIS_WIDTH = 56  # pixels for every plot's y axis
+# the readout's compact column heads
+READOUT_HEADERS = {
+    "beta": "beta_t",
+    "alpha_bar": "alphabar_t",
+    "sqrt_alpha_bar": "sqrt(alphabar_t)",
+    "sqrt_one_minus_alpha_bar": "sqrt(1 - alphabar_t)",
+    "log_snr": "log SNR_t",
+}
+MIN_PLOTS_HEIGHT = 360  # the five plots never get less (the readout scrolls instead)
+READOUT_MAX_HEIGHT = 120  # the hover readout: about five rows, then it scrolls
+CSV_TIP = (
+    "Save every schedule on the plots (the current one and the kept ones) as one CSV table:\n"
+    "a t column, then beta, alpha_bar, sqrt_alpha_bar, sqrt_one_minus_alpha_bar and log_snr\n"
+    "for each schedule (with the schedule's name in front when there are several, e.g.\n"
+    "linear_beta, ..., cosine_beta). A cell with no finite value is empty: log_snr where\n"
+    "SNR = 0 (-inf; the last t of a zero-terminal-SNR schedule) and the rows past a shorter\n"
+    "schedule's last t."
+)
+COSINE_NOTE = "cosine sets alphabar_t directly: no beta range"
 
 
 @dataclass(frozen=True)
@@ -129,21 +154,25 @@ class SchedulesPanel(Panel):
             "Rescale so that alphabar_{T-1} = 0: the last step is pure noise (Lin et al. 2024)",
         )
         self.log_beta = check_box("Log axis for beta", "Show beta_t on a logarithmic axis", True)
+        self.range_note = QLabel(COSINE_NOTE)
+        self.range_note.setWordWrap(True)
+        self.range_note.setToolTip(KIND_TIPS["cosine"])
         self.error = ErrorLabel()
         self.add_button = button(
             "Add to comparison", "Keep the current schedule on the plots to compare with others"
         )
         self.clear_button = button("Clear comparison", "Remove the kept schedules from the plots")
-        self.csv_button = button("Export CSV…", "Save the current schedule's curves as a CSV table")
+        self.csv_button = button("Export CSV…", CSV_TIP)
         self.plot_button = button("Export plot…", "Save the plots as a PNG or SVG picture")
 
-        box = form_group(
+        self.schedule_box = box = form_group(
             "Schedule",
             [
                 ("Kind", self.kind),
                 ("Steps T", self.steps),
                 ("beta_start", self.beta_start),
                 ("beta_end", self.beta_end),
+                self.range_note,
                 self.zero_snr,
                 self.log_beta,
             ],
@@ -187,19 +216,27 @@ class SchedulesPanel(Panel):
         # The legend fills the sixth cell of the 3 x 2 grid.
         legend_box = self.plots.addViewBox(row=2, col=1, enableMenu=False)
         legend_box.setMouseEnabled(False, False)
-        self.legend = pg.LegendItem(offset=(10, 30), labelTextSize="10pt")
+        self.legend = pg.LegendItem(offset=(10, 5), labelTextSize="9pt", verSpacing=-4)
         self.legend.setParentItem(legend_box)
         self.readout = QLabel()
         self.readout.setTextFormat(Qt.TextFormat.RichText)
         self.readout.setToolTip("Every curve's value at the t under the mouse")
-        self.readout.setMinimumHeight(60)
+        self.readout.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         self.plots.scene().sigMouseMoved.connect(self._on_mouse_moved)
+        self.plots.setMinimumHeight(MIN_PLOTS_HEIGHT)
+        # The readout grows a row per kept schedule: past READOUT_MAX_HEIGHT it scrolls, and
+        # the plots keep their room.
+        self.readout_area = QScrollArea()
+        self.readout_area.setWidget(self.readout)
+        self.readout_area.setWidgetResizable(True)
+        self.readout_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.readout_area.setFixedHeight(60)
 
         right = QWidget()
         right_layout = QVBoxLayout(right)
         right_layout.setContentsMargins(0, 0, 0, 0)
         right_layout.addWidget(self.plots, 1)
-        right_layout.addWidget(self.readout)
+        right_layout.addWidget(self.readout_area)
 
         self.splitter = controls_beside_views(self, controls, right)
 
@@ -256,9 +293,12 @@ class SchedulesPanel(Panel):
         self.add_button.setEnabled(self.fields.valid)
 
     def _apply(self) -> None:
+        # cosine has no beta range: its rows give way to a line that says so (not frozen)
         uses_range = self.kind.currentData() != "cosine"
-        self.beta_start.setEnabled(uses_range)
-        self.beta_end.setEnabled(uses_range)
+        form = self.schedule_box.layout()
+        form.setRowVisible(self.beta_start, uses_range)
+        form.setRowVisible(self.beta_end, uses_range)
+        form.setRowVisible(self.range_note, not uses_range)
         try:
             schedule = NoiseSchedule(self.config_from_fields())
         except DiffusionStudioError as exc:
@@ -346,7 +386,7 @@ class SchedulesPanel(Panel):
         self._show_readout(t)
 
     def _show_readout(self, t: int) -> None:
-        header = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in CURVES)
+        header = "".join(f"<th>{html.escape(READOUT_HEADERS[key])}</th>" for key, _, _ in CURVES)
         rows = [("current", self.schedule.table())] + [(s.label, s.table) for s in self.comparison]
         body = ""
         for i, (label, table) in enumerate(rows):
@@ -356,24 +396,37 @@ class SchedulesPanel(Panel):
             cells = "".join(f"<td>{table[key][t]:.5g}</td>" for key, _, _ in CURVES)
             body += f"<tr><td style='color: rgb({r},{g},{b})'>{label}</td>{cells}</tr>"
         self.readout.setText(
-            f"<b>t = {t}</b><table cellspacing='6'><tr><th></th>{header}</tr>{body}</table>"
+            f"<b>t = {t}</b><table cellspacing='4'><tr><th></th>{header}</tr>{body}</table>"
         )
+        # as tall as its rows, at most READOUT_MAX_HEIGHT (then it scrolls)
+        needed = self.readout.sizeHint().height() + 2
+        self.readout_area.setFixedHeight(min(max(needed, 60), READOUT_MAX_HEIGHT))
 
     # ------------------------------------------------------------------ export
 
+    def shown_schedules(self) -> list[NoiseSchedule]:
+        """Every schedule on the plots, once each: the current one, then the kept ones."""
+        configs = [self.schedule.config]
+        configs += [s.config for s in self.comparison if s.config != self.schedule.config]
+        return [self.schedule] + [NoiseSchedule(c) for c in configs[1:]]
+
     def export_csv(self) -> None:
+        """Write the whole comparison as one CSV table (core.schedule_table)."""
+        schedules = self.shown_schedules()
+        name = "schedule.csv" if len(schedules) == 1 else "schedules.csv"
         path = dialogs.ask_save_path(
-            self, "Export schedule as CSV", dialogs.CSV_FILTER, self.suggest("schedule.csv")
+            self, "Export schedules as CSV", dialogs.CSV_FILTER, self.suggest(name)
         )
         if path is None:
             return
         try:
-            save_csv(path, self.schedule.table())
+            save_schedule_csv(path, schedules)
         except DiffusionStudioError as exc:
             self.report_error("Export CSV", str(exc))
             return
         self.file_used.emit(str(path))
-        self.status_message.emit(f"Saved the schedule curves to {path}")
+        what = "schedule's curves" if len(schedules) == 1 else f"{len(schedules)} schedules' curves"
+        self.status_message.emit(f"Saved the {what} to {path}")
 
     def export_plot(self) -> None:
         path = dialogs.ask_save_path(

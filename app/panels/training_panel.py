@@ -5,7 +5,12 @@ arrive (cheap appends); the plots are redrawn from that state by a 30 Hz timer, 
 twice a second while training (LIVE_REDRAW_S). Checkpoints
 are written in the worker thread (the trainer's state may only be read between its steps):
 autosave every few minutes and at the end (Stop or done) to the app's data folder, and
-"Save Checkpoint As…" on request.
+"Save Checkpoint As…" on request; a run that fails keeps its last good step the same way.
+
+The panel never shows results made for other data: choosing another data source clears the
+curves, previews, numbers and messages of the last run (`clear_results`). The end of a run is
+said in the Run box's outcome line ("Done: … saved to PATH", "Stopped at step N: …",
+"Failed: …"), which stays, with "Open in Playback" (the `open_in_playback` signal).
 """
 
 from __future__ import annotations
@@ -22,9 +27,17 @@ import pyqtgraph as pg
 import torch
 from PIL import Image
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtWidgets import QGridLayout, QGroupBox, QLabel, QStackedWidget, QWidget
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app import dialogs
+from app.axes import use_integer_ticks
 from app.panels.base import Panel
 from app.settings import checkpoints_dir
 from app.widgets import (
@@ -50,9 +63,9 @@ from app.widgets import (
 from app.worker import Job, JobRunner, JobStatus
 from core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from core.data import TOY_DATASETS, list_image_files, toy_points
-from core.errors import ConfigError, DataError, DiffusionStudioError
+from core.errors import ConfigError, DataError, DiffusionStudioError, TrainingError
 from core.export import make_grid, to_uint8_images
-from core.models import build_model, count_parameters
+from core.models import MLPConfig, build_model, count_parameters
 from core.samplers import PREDICTION_TYPES
 from core.schedule import SCHEDULE_KINDS, ScheduleConfig
 from core.training import (
@@ -78,6 +91,11 @@ SCATTER_EVERY = 4  # ... and the loss-against-t scatter every 2 s
 SMOOTHING_WINDOW = (3.0, 100.0)  # the smoothed curve averages over ~5% of the steps so far
 PREVIEW_POINTS = 2000
 MAX_CURVE_POINTS = 20_000  # loss curve points kept (evenly thinned beyond): memory stays flat
+
+PREVIEW_IMAGE_TITLE = "Preview samples (EMA model)"
+PREVIEW_POINTS_TITLE = "Preview samples over the data"
+LOSS_TITLE = "Training loss"
+SCATTER_TITLE = "Per-sample loss against t"
 
 PREDICTION_TIPS = {
     "epsilon": "the noise eps (DDPM)",
@@ -109,11 +127,77 @@ def available_devices() -> list[str]:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a run that ended (finished or stopped) leaves: its checkpoint and where it was saved."""
+    """What a run that ended (finished or stopped) leaves: its checkpoint and where it was saved.
+
+    data: the data's short name ("digits", "moons", a folder's name); outcome: "finished" or
+    "cancelled"; error: why saving failed (None when saved or nothing to save)."""
 
     checkpoint: Checkpoint
     path: Path | None
     step: int
+    data: str = ""
+    outcome: str = "finished"
+    error: str | None = None
+
+
+def outcome_text(result: TrainResult) -> str:
+    """The line that says how a run ended: done or stopped, at which step, and where it is."""
+    if result.outcome == "finished":
+        head = f"Done ({result.data}, step {result.step})"
+    elif result.step == 0:
+        return "Stopped before the first step: nothing to save."
+    else:
+        head = f"Stopped at step {result.step}"
+    if result.path is not None:
+        return f"{head}: saved to {result.path}"
+    if result.error:
+        return f"{head}, not saved ({result.error}): use “Save checkpoint as…” to keep it."
+    return f"{head}."
+
+
+def checkpoint_file_name(data: str, model: object, step: int) -> str:
+    """The name Save Checkpoint As suggests: data, model kind and step, e.g.
+    'digits-unet-step1500.safetensors'."""
+    kind = "mlp" if isinstance(model, MLPConfig) else "unet"
+    return f"{data}-{kind}-step{step}.safetensors"
+
+
+def loss_texts(config: TrainConfig) -> tuple[str, str, str, str]:
+    """(title, tooltip) of the Loss plot and of the loss-against-t plot for a run's settings.
+
+    The Loss curve is the objective the optimizer minimises (core.training): the batch mean of
+    w(t) * MSE with min-SNR-gamma weights w (Hang et al. 2023), or w = 1 without them; the
+    scatter shows each sample's plain MSE against the target, without w."""
+    target = {"epsilon": "eps", "v": "v", "x0": "x_0"}[config.prediction_type]
+    gamma = config.min_snr_gamma
+    if gamma is None:
+        title = f"{LOSS_TITLE} (MSE of the {target} prediction)"
+        weights = "every sample weighs the same (no min-SNR weighting)"
+        relation = "The Loss curve is the batch mean of these values."
+    else:
+        title = f"{LOSS_TITLE} (min-SNR weighted, gamma = {gamma:g})"
+        formula = {
+            "epsilon": "min(SNR_t, gamma) / SNR_t",
+            "v": "min(SNR_t, gamma) / (SNR_t + 1)",
+            "x0": "min(SNR_t, gamma)",
+        }[config.prediction_type]
+        weights = f"each sample's MSE is weighted by w(t) = {formula} (Hang et al. 2023)"
+        relation = (
+            "The Loss curve weights them by w(t) <= 1, so these dots sit higher."
+            if config.prediction_type != "x0"
+            else "The Loss curve weights them by w(t) = min(SNR_t, gamma)."
+        )
+    loss_tip = (
+        f"What the optimizer minimises at each step: the batch mean of w(t) ||f(x_t, t) - "
+        f"{target}||^2, where {weights}.\nFaint: every step; bold: smoothed."
+    )
+    scatter_title = f"{SCATTER_TITLE} (unweighted MSE)"
+    scatter_tip = (
+        f"Each dot: one training sample of the recent steps, at its timestep t, with its plain "
+        f"mean squared error against the {target} target (no weight).\n{relation} "
+        "The dots show which t are hard to predict."
+    )
+    return title, loss_tip, scatter_title, scatter_tip
 
 
 class Series:
@@ -168,6 +252,7 @@ class TrainingPanel(Panel):
 
     title = "Training"
     model_trained = Signal(object)  # Checkpoint of a run that ended (done or stopped)
+    open_in_playback = Signal(object)  # Checkpoint the user asked to open on the Playback tab
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -200,6 +285,9 @@ class TrainingPanel(Panel):
         self._save_requests: queue.Queue[Path] = queue.Queue()
         self._save_results: queue.Queue[tuple[Path, str | None]] = queue.Queue()
         self._autosave_failed = False  # this run's autosave failed (reported once in a dialog)
+        self._run_state: dict[str, Any] = {}  # the running job's (trainer, last good save)
+        self._outcome_checkpoint: Checkpoint | None = None  # what "Open in Playback" opens
+        self._run_config: TrainConfig | None = None  # the settings of the run on the plots
         self._build()
         self._on_source_index_changed()
         self._on_budget_changed()
@@ -300,9 +388,18 @@ class TrainingPanel(Panel):
         self.resume_button.clicked.connect(self.choose_resume_checkpoint)
         self.clear_resume_button.clicked.connect(self.clear_resume)
         self.save_button.clicked.connect(self.save_checkpoint_as)
+        self.open_button = button(
+            "Open in Playback", "Sample from the model of the run that ended, on the Playback tab"
+        )
+        self.open_button.clicked.connect(self._on_open_clicked)
         self.resume_label = QLabel()
         self.resume_label.setWordWrap(True)
         self.error = ErrorLabel()
+        self.outcome = QLabel()
+        self.outcome.setWordWrap(True)
+        self.outcome.setTextFormat(Qt.TextFormat.PlainText)
+        self.outcome.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.outcome.setToolTip("How the last run ended and where its checkpoint is")
 
         self.data_box = form_group(
             "Data",
@@ -344,23 +441,32 @@ class TrainingPanel(Panel):
         self.stats.setTextFormat(Qt.TextFormat.RichText)
         self.stats.setToolTip("Step, loss, throughput, time and the autosave file of the run")
         self.stats.setWordWrap(True)
+        # The Run box stays below the settings' scroll area, never scrolled away (1280x720)
         run_box = QGroupBox("Run")
         run_layout = QGridLayout(run_box)
+        run_layout.setVerticalSpacing(4)
         run_layout.addWidget(self.start_button, 0, 0)
         run_layout.addWidget(self.pause_button, 0, 1)
         run_layout.addWidget(self.stop_button, 0, 2)
         run_layout.addWidget(self.resume_button, 1, 0, 1, 2)
         run_layout.addWidget(self.clear_resume_button, 1, 2)
-        run_layout.addWidget(self.save_button, 2, 0, 1, 3)
+        run_layout.addWidget(self.save_button, 2, 0, 1, 2)
+        run_layout.addWidget(self.open_button, 2, 2)
         run_layout.addWidget(self.resume_label, 3, 0, 1, 3)
-        run_layout.addWidget(self.stats, 4, 0, 1, 3)
+        run_layout.addWidget(self.outcome, 4, 0, 1, 3)
+        run_layout.addWidget(self.error, 5, 0, 1, 3)
         self.resume_label.hide()
+        self.outcome.hide()
+        self.open_button.hide()
 
         # plots
         self.log_y = check_box("Log loss axis", "Show the loss on a logarithmic axis", True)
         self.log_y.toggled.connect(self._on_log_y)
-        self.loss_plot = plot_widget("Loss", "Training loss per step (faint) and smoothed (bold)")
+        self.loss_plot = plot_widget(
+            LOSS_TITLE, "Training loss per step (faint) and smoothed (bold)"
+        )
         self.loss_plot.setLabel("bottom", "step")
+        use_integer_ticks(self.loss_plot)  # steps are whole numbers: no tick at 1.2
         self.loss_plot.addLegend(offset=(-10, 10))
         self.loss_curve = self.loss_plot.plot(
             pen=pg.mkPen((31, 119, 180, 90), width=1), name="loss"
@@ -374,10 +480,10 @@ class TrainingPanel(Panel):
             curve.setDownsampling(auto=True, method="peak")
             curve.setClipToView(True)
         self.scatter_plot = plot_widget(
-            "Loss against t (recent samples)",
-            "Per-sample loss (unweighted MSE) against its timestep t",
+            SCATTER_TITLE, "Per-sample loss (unweighted MSE) against its timestep t"
         )
         self.scatter_plot.setLabel("bottom", "t")
+        use_integer_ticks(self.scatter_plot)
         # Each point is drawn as a very short line segment with a 3 px round-capped pen
         # (connect="pairs"): one QPainterPath, ~0.3 ms for 4096 points, where symbols cost
         # 5-15 ms a redraw (per-point symbol-atlas lookups in ScatterPlotItem).
@@ -389,13 +495,13 @@ class TrainingPanel(Panel):
             plot.showGrid(x=False, y=False)  # live plots: grids cost repaint time
 
         self.preview_stack = QStackedWidget()
-        self.preview_image = ImageView("Preview samples (EMA model)")
+        self.preview_image = ImageView(PREVIEW_IMAGE_TITLE)
         self.preview_image.setToolTip(
-            "Samples from the model being trained, refreshed every few steps"
+            "Samples from the EMA weights of the model being trained, every few steps and at "
+            "least every 30 s of training; the last one after the final step"
         )
         self.preview_points = points_plot(
-            "Preview samples over the data",
-            "Blue: samples from the model; grey: the training data",
+            PREVIEW_POINTS_TITLE, "Blue: samples from the model; grey: the training data"
         )
         self.data_scatter = scatter_item(2.5, (90, 90, 90, 150))
         self.sample_scatter = scatter_item(4, (31, 119, 180, 110))
@@ -411,10 +517,21 @@ class TrainingPanel(Panel):
         grid.addWidget(self.scatter_plot, 1, 0)
         grid.addWidget(self.preview_stack, 0, 1, 2, 1)
         grid.addWidget(self.log_y, 2, 0)
+        grid.addWidget(self.stats, 2, 1)
         grid.setColumnStretch(0, 3)
         grid.setColumnStretch(1, 2)
+        grid.setRowStretch(0, 1)
+        grid.setRowStretch(1, 1)
+        for plot in (self.loss_plot, self.scatter_plot):
+            plot.setMinimumHeight(150)
 
-        controls = control_column((*self.settings_boxes, run_box, self.error))
+        settings = control_column(self.settings_boxes)
+        controls = QWidget()
+        column = QVBoxLayout(controls)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addWidget(settings, 1)
+        column.addWidget(run_box)
+        controls.setMinimumWidth(settings.minimumWidth())
         self.splitter = controls_beside_views(self, controls, plots)
         self._on_log_y(True)
 
@@ -435,6 +552,7 @@ class TrainingPanel(Panel):
             self.channels.currentIndexChanged,
         )
         self.fields.changed.connect(self._update_buttons)
+        self.fields.changed.connect(self._on_fields_changed)
 
         self.source.currentIndexChanged.connect(self._on_source_index_changed)
         self.budget.currentIndexChanged.connect(self._on_budget_changed)
@@ -501,18 +619,22 @@ class TrainingPanel(Panel):
             self._filling = False
 
     def _on_source_index_changed(self) -> None:
-        """A data source was chosen (by the user, a dropped folder or restored settings)."""
+        """A data source was chosen (by the user, a dropped folder or restored settings): the
+        last run's curves and previews were made for other data and go."""
         self._on_source_changed()
         self.apply_preset()
+        self.clear_results()
 
     def _on_source_changed(self) -> None:
         """Show the rows and previews that fit the data source."""
         data = self.source.currentData()
         folder, points = data == FOLDER, data in TOY_DATASETS
         form = self.data_box.layout()
+        # image size and channels are chosen for a folder only (the digits are 28x28 grey,
+        # as their name says): shown only where they apply, never frozen
         form.setRowVisible(self.folder_button, folder)
-        form.setRowVisible(self.image_size, not points)
-        form.setRowVisible(self.channels, not points)
+        form.setRowVisible(self.image_size, folder)
+        form.setRowVisible(self.channels, folder)
         self.model_box.layout().setRowVisible(self.class_labels, data in LABELLED_SOURCES)
         for w in (self.folder_button, self.folder_label, self.image_size, self.channels):
             w.setEnabled(folder)
@@ -580,14 +702,16 @@ class TrainingPanel(Panel):
         except DiffusionStudioError as exc:
             self.report_error("Cannot use folder", str(exc))
             return False
-        self.folder = folder
+        previous, self.folder = self.folder, folder
         self.folder_shape = (self.folder_shape[0], guess_channels(files))
         self.folder_label.setText(f"{folder.name} ({len(files)} images)")
         self.folder_label.setToolTip(str(folder))
         was_folder = self.source.currentData() == FOLDER
-        set_combo_data(self.source, FOLDER)  # a new source: fills the preset
+        set_combo_data(self.source, FOLDER)  # a new source: fills the preset, clears the plots
         if was_folder:
             self.apply_preset()
+            if previous != folder:
+                self.clear_results()  # another folder: other data
         self.file_used.emit(str(folder))
         self.status_message.emit(f"Training data: {folder} ({len(files)} images)")
         return True
@@ -657,24 +781,35 @@ class TrainingPanel(Panel):
         self._set_t_range(config.schedule.num_timesteps)
         resume = self.resume_from
         if resume is None:
-            self._reset_plots()
+            self._reset_plots("Starting…")
+        self._run_config = config
+        self._update_loss_texts(config)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        name = Path(config.data).name if self.source.currentData() == FOLDER else config.data
+        name = self._data_name(config)
+        self._show_outcome(f"Training on {name}…")
         self.autosave_path = checkpoints_dir() / f"{name}-{stamp}.safetensors"
         self._autosave_failed = False
         self.start_time = time.monotonic()
-        job = self._make_job(config, resume, self.autosave_path)
+        job = self._make_job(config, resume, self.autosave_path, name)
         self.runner.start(job)
         self.timer.start()
         self._update_buttons()
         self.status_message.emit(f"Training on {name}; autosaving to {self.autosave_path}")
         return True
 
-    def _make_job(self, config: TrainConfig, resume: Checkpoint | None, autosave: Path) -> Job:
+    def _data_name(self, config: TrainConfig) -> str:
+        """The data's short name: "digits", a toy set, or the folder's name."""
+        return Path(config.data).name if config.data not in TOY_DATASETS else config.data
+
+    def _make_job(
+        self, config: TrainConfig, resume: Checkpoint | None, autosave: Path, name: str
+    ) -> Job:
         control = TrainControl()
         interval_s = self.autosave_minutes.value() * 60.0
         requests, results = self._save_requests, self._save_results
-        state: dict[str, Any] = {"trainer": None, "saved_at": time.monotonic()}
+        # trainer; saved_at; last_good: (step, path, checkpoint) saved when the run failed
+        state: dict[str, Any] = {"trainer": None, "saved_at": time.monotonic(), "last_good": None}
+        self._run_state = state
         unit = "pts/s" if self.is_points() and resume is None else "img/s"
         if resume is not None and resume.is_points:
             unit = "pts/s"
@@ -682,7 +817,23 @@ class TrainingPanel(Panel):
         def run():  # worker thread
             trainer = Trainer(config, control, resume=resume)
             state["trainer"] = trainer
-            return trainer.run()
+            return keep_last_good_step(trainer)
+
+        def keep_last_good_step(trainer: Trainer):  # worker thread
+            """The trainer's records; when it fails with a TrainingError (the loss or the
+            gradients became non-finite, out of memory) the weights are still those of the last
+            good step: save them to the autosave file before the failure is reported."""
+            try:
+                yield from trainer.run()
+            except TrainingError:
+                if trainer.step > 0:
+                    ckpt = trainer.checkpoint()
+                    try:
+                        save_checkpoint(autosave, ckpt)
+                        state["last_good"] = (trainer.step, autosave, ckpt)
+                    except DiffusionStudioError:
+                        pass  # the failure is reported; nothing saved
+                raise
 
         def handle_requests(trainer: Trainer) -> None:
             while True:
@@ -706,27 +857,33 @@ class TrainingPanel(Panel):
                 except DiffusionStudioError as exc:
                     results.put((autosave, str(exc)))
 
-        def on_end(_outcome) -> TrainResult | None:  # worker thread, after the last step
+        def on_end(outcome) -> TrainResult | None:  # worker thread, after the last step
             trainer = state["trainer"]
             if trainer is None:
                 return None
             handle_requests(trainer)
             ckpt = trainer.checkpoint()
             path: Path | None = None
+            error: str | None = None
             if trainer.step > 0:
                 try:
                     save_checkpoint(autosave, ckpt)
                     path = autosave
                 except DiffusionStudioError as exc:  # disk full, read-only: keep the model
-                    results.put((autosave, str(exc)))
-            return TrainResult(ckpt, path, trainer.step)
+                    error = str(exc)
+                    results.put((autosave, error))
+            return TrainResult(ckpt, path, trainer.step, name, outcome, error)
 
         def describe(record) -> JobStatus | None:  # GUI thread
-            if not isinstance(record, TrainProgress):
-                return None
+            if isinstance(record, TrainPreview):
+                # after the final preview only the checkpoint is left to write
+                return JobStatus(text="Saving the checkpoint…") if record.final else None
+            if record.preview_follows and record.fraction_done >= 1.0:
+                return JobStatus(text="Sampling the final preview…")  # a busy bar, no ETA
             total = f"/{record.total_steps}" if record.total_steps else ""
+            previewing = ": sampling a preview…" if record.preview_follows else ""
             return JobStatus(
-                text=f"Training step {record.step}{total}",
+                text=f"Training step {record.step}{total}{previewing}",
                 fraction=record.fraction_done,
                 rate=f"{record.samples_per_s:,.0f} {unit}",
                 eta_s=record.eta_s,
@@ -782,9 +939,18 @@ class TrainingPanel(Panel):
             self.scatter_loss[index] = record.losses
             self.scatter_n += n
             self._dirty = True
+            if record.preview_follows:  # sampling takes a while (a minute on a slow machine)
+                final = record.fraction_done >= 1.0
+                self._show_outcome(
+                    "Sampling the final preview…"
+                    if final
+                    else f"Sampling a preview at step {record.step}…"
+                )
         elif isinstance(record, TrainPreview):
             self.preview = record
             self._preview_dirty = True
+            if not record.final and self._run_config is not None:
+                self._show_outcome(f"Training on {self._data_name(self._run_config)}…")
 
     def _append_loss(self, step: int, loss: float) -> None:
         """One point of the raw curve and of its exponential moving average, whose window
@@ -856,13 +1022,15 @@ class TrainingPanel(Panel):
         preview = self.preview
         if preview is None:
             return
+        which = "Final samples" if preview.final else "Preview samples"
+        title = f"{which} at step {preview.step} (EMA weights)"
         if preview.samples.ndim == 2:
             self.sample_scatter.setData(preview.samples[:, 0], preview.samples[:, 1])
-            self.preview_points.setTitle(f"Preview samples at step {preview.step}")
+            self.preview_points.setTitle(title)
         else:
             grid = make_grid(to_uint8_images(preview.samples), padding=1, pad_value=255)
             self.preview_image.set_image(grid)
-            self.preview_image.set_title(f"Preview samples at step {preview.step}")
+            self.preview_image.set_title(title)
 
     def _update_stats(self) -> None:
         r = self.latest
@@ -877,17 +1045,22 @@ class TrainingPanel(Panel):
             "Step, loss, throughput and time of the run"
             + (f"\nAutosave file: {self.autosave_path}" if self.autosave_path else "")
         )
+        if r.preview_follows and r.fraction_done >= 1.0 and self.runner.is_running:
+            eta = "sampling the final preview…"
+        else:
+            eta = f"ETA {format_duration(r.eta_s)}"
         self.stats.setText(
             f"Step <b>{r.step}</b>{total} &nbsp; loss {r.loss:.4g}<br>"
             f"{r.samples_per_s:,.0f} {unit} &nbsp; lr {r.lr:.2e}<br>"
-            f"elapsed {format_duration(r.elapsed_s)} &nbsp; ETA {format_duration(r.eta_s)}{where}"
+            f"elapsed {format_duration(r.elapsed_s)} &nbsp; {eta}{where}"
         )
 
     def _on_log_y(self, on: bool) -> None:
         for plot in (self.loss_plot, self.scatter_plot):
             plot.setLogMode(x=False, y=on)
 
-    def _reset_plots(self) -> None:
+    def _reset_plots(self, stats: str = "Not started.") -> None:
+        """Empty the curves, the scatter, the previews (and their captions) and the numbers."""
         self.loss.clear()
         self.smoothed.clear()
         self._smooth_state = 0.0
@@ -896,10 +1069,60 @@ class TrainingPanel(Panel):
         self.scatter_n = 0
         self.latest = None
         self.preview = None
+        self._dirty = self._preview_dirty = self._scatter_due = False
         self.sample_scatter.clear()
         self.preview_image.clear_image()
+        self.preview_image.set_title(PREVIEW_IMAGE_TITLE)
+        self.preview_points.setTitle(PREVIEW_POINTS_TITLE)
         self.redraw_now()
-        self.stats.setText("Starting…")
+        self.stats.setText(stats)
+        self.stats.setToolTip("Step, loss, throughput and time of the run")
+
+    def clear_results(self) -> None:
+        """Forget what the last run drew (curves, previews and their captions, numbers, the
+        error line): it was made for other data. The outcome line names the run's data and
+        stays, with its Open in Playback."""
+        if self.runner.is_running:
+            return
+        self._reset_plots()
+        self.clear_problem()
+        self._run_config = None
+        self.loss_plot.enableAutoRange()  # no axis range left from the other data
+        self.scatter_plot.enableAutoRange(axis="y")
+        self._set_t_range(self.steps_T.value())
+        self._update_loss_texts()
+
+    def _on_fields_changed(self) -> None:
+        if self._run_config is None:  # nothing drawn yet: the titles follow the fields
+            self._update_loss_texts()
+
+    def _update_loss_texts(self, config: TrainConfig | None = None) -> None:
+        """Say what the two loss plots show for `config` (default: the fields' settings)."""
+        if config is None:
+            try:
+                config = self.build_config(require_data=False)
+            except (DiffusionStudioError, TypeError):
+                return
+        title, tip, scatter_title, scatter_tip = loss_texts(config)
+        self.loss_plot.setTitle(title)
+        self.loss_plot.setToolTip(tip)
+        self.scatter_plot.setTitle(scatter_title)
+        self.scatter_plot.setToolTip(scatter_tip)
+
+    def _show_outcome(
+        self, text: str, checkpoint: Checkpoint | None = None, failed: bool = False
+    ) -> None:
+        """The Run box's state line (kept until the next run); with a checkpoint, the
+        Open in Playback button next to it."""
+        self.outcome.setText(text)
+        self.outcome.setStyleSheet("color: #b00020;" if failed else "")
+        self.outcome.setVisible(bool(text))
+        self._outcome_checkpoint = checkpoint
+        self.open_button.setVisible(checkpoint is not None)
+
+    def _on_open_clicked(self) -> None:
+        if self._outcome_checkpoint is not None:
+            self.open_in_playback.emit(self._outcome_checkpoint)
 
     # ------------------------------------------------------------------ end of a run
 
@@ -913,13 +1136,9 @@ class TrainingPanel(Panel):
             self.resume_path = None
             self._lock_for_resume(False)
             self._show_resume_text("")
-            if result.path is not None:
-                where = f" and saved to {result.path}"
-            elif result.step > 0:
-                where = ", but it was not saved: use “Save checkpoint as…” to keep it"
-            else:
-                where = ""
-            self.status_message.emit(f"Training ended at step {result.step}{where}.")
+            text = outcome_text(result)
+            self._show_outcome(text, result.checkpoint if result.step > 0 else None)
+            self.status_message.emit(text)
             if result.path is not None:
                 self.file_used.emit(str(result.path))
             self.model_trained.emit(result.checkpoint)
@@ -928,10 +1147,18 @@ class TrainingPanel(Panel):
     def _on_failed(self, message: str) -> None:
         self._update_buttons()
         self.redraw_now()
-        kept = ""
-        if self.autosave_path is not None and self.autosave_path.exists():
-            kept = f"\n\nThe last good checkpoint is kept at {self.autosave_path}."
-        self.show_problem("Training stopped", message + kept)
+        last_good = self._run_state.get("last_good")
+        checkpoint = None
+        if last_good is not None:  # saved by the job as it failed
+            step, path, checkpoint = last_good
+            kept = f"; last good step {step} saved to {path}"
+        elif self.autosave_path is not None and self.autosave_path.exists():
+            kept = f"; the last autosave is kept at {self.autosave_path}"
+        else:
+            kept = ""
+        text = f"Failed: {message.rstrip('.')}{kept}."
+        self._show_outcome(text, checkpoint, failed=True)  # the outcome line is the error line
+        self.report_error("Training stopped", text.removeprefix("Failed: "))
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -944,7 +1171,7 @@ class TrainingPanel(Panel):
             self,
             "Save checkpoint as",
             dialogs.CHECKPOINT_SAVE_FILTER,
-            self.suggest("model.safetensors"),
+            self.suggest(self.suggested_checkpoint_name()),  # in the last checkpoint folder
         )
         if path is None:
             return
@@ -959,6 +1186,17 @@ class TrainingPanel(Panel):
             return
         self.file_used.emit(str(path))
         self.status_message.emit(f"Saved the model to {path}")
+
+    def suggested_checkpoint_name(self) -> str:
+        """The run's own name for Save Checkpoint As: data, model and step
+        (e.g. 'digits-unet-step1500.safetensors')."""
+        if self.runner.is_running and self._run_config is not None:
+            config = self._run_config
+            step = self.latest.step if self.latest is not None else 0
+            return checkpoint_file_name(self._data_name(config), config.model, step)
+        assert self.last_result is not None
+        result = self.last_result
+        return checkpoint_file_name(result.data, result.checkpoint.model_config, result.step)
 
     def _poll_save_results(self) -> None:
         while True:
@@ -1005,6 +1243,8 @@ class TrainingPanel(Panel):
             return False
         self.resume_from, self.resume_path = ckpt, Path(path)
         self._show_config(config)
+        self._run_config = config
+        self._update_loss_texts(config)
         step = int((ckpt.training or {}).get("step", 0))
         self._show_resume_text(
             f"Resuming <b>{Path(path).name}</b> from step {step}: Start continues it for the "
