@@ -8,6 +8,7 @@ export in uint8 (images) or float16 (2-D points), with a bounded number of frame
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from core.guidance import (
 )
 from core.samplers import Sampler, SamplerConfig, default_sampler_config, make_sampler
 from core.schedule import NoiseSchedule
+from core.threads import AdaptiveThreads
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ def sample(
     autocast_bf16: bool = False,
     labels: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
+    threads: AdaptiveThreads | None = None,
 ) -> Iterator[Frame]:
     """Run the reverse process and yield a Frame per step, then the final sample.
 
@@ -79,6 +82,9 @@ def sample(
     labels: (B,) class labels for a class-conditional model (`core.guidance.sampling_labels`),
             with classifier-free guidance of strength `guidance_scale` (1 = none).
     Random draws (initial noise, forward noise, ancestral noise) all come from `generator`.
+    threads: the CPU thread chooser to time the steps with (a trainer passes its own for its
+             previews); None: a new one on the CPU, which gives the thread its count back at
+             the end (`core.threads`).
     """
     if num_samples < 1:
         raise ConfigError(f"number of samples must be at least 1, got {num_samples}")
@@ -106,8 +112,13 @@ def sample(
             labels = labels.to(device)
         was_training = model.training
         model.eval()
+        own_threads = threads is None and device.type == "cpu"
+        tuner = AdaptiveThreads() if own_threads else threads
         try:
             for step, t in enumerate(timesteps):
+                if tuner is not None:
+                    tuner.before_step()
+                started = time.perf_counter()
                 t_batch = torch.full((num_samples,), t, dtype=torch.long, device=device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
                     if labels is None:
@@ -116,12 +127,16 @@ def sample(
                         model_output = guided_output(model, x, t_batch, labels, guidance_scale)
                 model_output = model_output.float()
                 out = sampler.step(model_output, t, x, generator=generator)
+                if tuner is not None:
+                    tuner.after_step(time.perf_counter() - started)
                 yield Frame(step, t, x.cpu(), out.pred_x0.cpu())
                 x = out.prev_sample
             final = x.cpu()
             yield Frame(len(timesteps), -1, final, final)
         finally:
             model.train(was_training)
+            if own_threads and tuner is not None:
+                tuner.restore()
 
 
 def sample_checkpoint(

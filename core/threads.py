@@ -132,6 +132,7 @@ class AdaptiveThreads:
         self._idle_read_at: float | None = None
         self._last_probe_end = 0.0
         self._used: set[int] = set()  # counts this thread has computed with
+        self._initial: int | None = None  # the thread's count before the first step
         self.threads: int | None = None  # the count in use (None before the first step)
         self.chosen: int | None = None  # the count the last probe chose
         self.chosen_rate: float | None = None  # its steps/s in that probe
@@ -203,6 +204,12 @@ class AdaptiveThreads:
                 self._wait_s = self.min_wait_s
                 self._next_probe_at = self._clock()
 
+    def restore(self) -> None:
+        """Give the thread back the count it had before the first step."""
+        if self._initial is not None and self.threads != self._initial:
+            self._set_threads(self._initial)
+            self.threads = self._initial
+
     # ------------------------------------------------------------------ internals
 
     def _core_freed(self) -> bool:
@@ -228,12 +235,15 @@ class AdaptiveThreads:
 
     def _first_step(self) -> None:
         if self.fixed is not None:
+            self._initial = self._get_threads()
+            self.threads = self._initial
             self._use(self.fixed)
             self.available = self.fixed
             return
         if self.available is None:
             self.available = max(1, self._get_threads())
         self.threads = self._get_threads()
+        self._initial = self.threads
         self._used.add(self.threads)
         if self.threads != self.available:
             self._use(self.available)

@@ -225,3 +225,54 @@ def test_idle_cores_reads_proc_stat(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     stat.write_text("garbage\n")
     assert idle() is None
     assert IdleCores(str(tmp_path / "missing"))() is None
+
+
+class CountingTuner(AdaptiveThreads):
+    """A tuner that records its calls and changes the count on its first step."""
+
+    def __init__(self) -> None:
+        super().__init__(fixed=1)
+        self.calls: list[str] = []
+
+    def before_step(self) -> None:
+        self.calls.append("before")
+        super().before_step()
+
+    def after_step(self, seconds: float) -> None:
+        self.calls.append("after")
+        super().after_step(seconds)
+
+
+def _tiny_sampling_run(threads: AdaptiveThreads | None) -> int:
+    import torch
+
+    from core.models import MLPConfig, build_model
+    from core.samplers import SamplerConfig, make_sampler
+    from core.sampling import sample
+    from core.schedule import NoiseSchedule
+
+    schedule = NoiseSchedule.from_kind("linear", 50)
+    model = build_model(MLPConfig(hidden=16, layers=1))
+    sampler = make_sampler(SamplerConfig("ddim", 5), schedule, "epsilon")
+    frames = list(
+        sample(model, schedule, sampler, 4, (2,), torch.Generator().manual_seed(0), threads=threads)
+    )
+    return len(frames)
+
+
+def test_sampling_times_every_step_with_the_given_tuner() -> None:
+    tuner = CountingTuner()
+    frames = _tiny_sampling_run(tuner)
+    assert tuner.calls == ["before", "after"] * (frames - 1)  # the final frame is no step
+
+
+def test_sampling_gives_the_thread_its_count_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", str(before + 1))  # the run's own tuner changes it
+    try:
+        _tiny_sampling_run(None)
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
