@@ -594,8 +594,12 @@ class FieldCheck(QObject):
         self.problems = problems
         for field in self.fields:
             self._show(field, problems.get(field, ""))
-        shared = [problems.get(f, "") for f in self.fields if self._labels[f] is self.shared_label]
-        self.shared_label.show_message("\n".join(m for m in shared if m))
+        shared = [
+            f"{f.accessibleName()}: {problems[f]}" if f.accessibleName() else problems[f]
+            for f in self.fields
+            if self._labels[f] is self.shared_label and f in problems
+        ]
+        self.shared_label.show_message("\n".join(shared))
         self.changed.emit()
 
     def _error(self) -> str | None:

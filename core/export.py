@@ -172,8 +172,8 @@ def save_png_frames(
 
 # ----------------------------------------------------------------------------- captions
 
-CAPTION_MIN_PX = 11  # the smallest font size (pixels): still legible on a 28x28 digit GIF
-CAPTION_MAX_PX = 24
+CAPTION_MIN_PX = 13  # the smallest font size (pixels): legible on a 28x28 digit GIF
+CAPTION_MAX_PX = 28
 
 
 def forward_caption(step: int) -> str:
@@ -201,23 +201,26 @@ def caption_frame(frame: Any, text: str) -> np.ndarray:
 
     frame: (H, W), (H, W, 1) or (H, W, 3|4) uint8, already at its final size (captions are
     drawn after any upscaling, so the letters stay sharp). The font is Pillow's default at
-    W / 12 pixels, within CAPTION_MIN_PX..CAPTION_MAX_PX; a frame narrower than its text gets
-    white margins. Returns (H + band, W', ...) with the frame's channels.
+    W / 10 pixels, within CAPTION_MIN_PX..CAPTION_MAX_PX; a frame narrower than its text gets
+    white margins. The band's height depends on the font size only (the font's ascent and
+    descent), so frames of one size with different captions keep one size. Returns
+    (H + band, W', ...) with the frame's channels.
     """
     array = _check_image(frame, "frame")
     if not isinstance(text, str):
         raise ExportError(f"a caption must be text, got {text!r}")
     height, width = array.shape[:2]
-    size = int(min(CAPTION_MAX_PX, max(CAPTION_MIN_PX, width // 12)))
+    size = int(min(CAPTION_MAX_PX, max(CAPTION_MIN_PX, width // 10)))
     font = _caption_font(size)
-    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox(
+    left, _top, right, _bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox(
         (0, 0), text, font=font
     )
-    pad = max(2, size // 4)
-    band_h = (bottom - min(top, 0)) + 2 * pad
+    ascent, descent = font.getmetrics()
+    pad = max(2, size // 5)
+    band_h = ascent + descent + 2 * pad
     out_w = max(width, right - left + 2 * pad)
     band = Image.new("L", (out_w, band_h), 255)
-    ImageDraw.Draw(band).text((pad - left, pad - min(top, 0)), text, fill=0, font=font)
+    ImageDraw.Draw(band).text((pad - left, pad), text, fill=0, font=font)
     channels = () if array.ndim == 2 else (array.shape[2],)
     out = np.full((band_h + height, out_w, *channels), 255, dtype=np.uint8)
     text_pixels = np.asarray(band)

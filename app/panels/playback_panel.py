@@ -353,7 +353,9 @@ class PlaybackPanel(Panel):
             ("Speed", self.export_fps),
             ("Scale", self.export_scale),
         )
+        self.sample_index.setAccessibleName("Sample #")
         for i, (text, field) in enumerate(pairs):
+            field.setAccessibleName(text)  # also names the field in a refusal message
             row, col = divmod(i, 3)
             export_grid.addWidget(QLabel(text), 2 * row, 2 * col)
             export_grid.addWidget(field, 2 * row, 2 * col + 1)

@@ -8,6 +8,7 @@ disabled until a valid value is typed; the last valid settings stay in effect.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFormLayout, QGroupBox, QSpinBox
@@ -34,7 +35,10 @@ def assert_refused(checks: FieldCheck, field, needles: list[str]) -> str:
     for needle in needles:
         assert needle in reason, reason
     label = checks.label(field)
-    assert label.isVisible() and label.text() == reason
+    if label is checks.shared_label:  # a field outside a form: its line names it
+        assert label.isVisible() and f"{field.accessibleName()}: {reason}" in label.text()
+    else:
+        assert label.isVisible() and label.text() == reason
     assert reason in field.toolTip()
     assert field.property("invalid") is True
     assert not checks.valid
@@ -328,3 +332,77 @@ def test_forward_gif_settings_out_of_range_are_refused(
     type_into(qtbot, field, valid)
     assert_all_clear(forward.gif_fields)
     assert forward.gif_button.isEnabled()
+
+
+# ---------------------------------------------------------------------------- nothing clamped
+
+
+def test_playback_guidance_out_of_range_gets_cores_reason(show, checkpoints, qtbot, fake_dialogs):
+    """Guidance 99999 used to become 9.0 in silence: now core's check_guidance_scale refuses
+    it at the field and Sample waits."""
+    panel = show(PlaybackPanel())
+    assert panel.load_checkpoint(checkpoints.conditional)
+    type_into(qtbot, panel.guidance, "99999")
+    reason = assert_refused(panel.fields, panel.guidance, ["guidance scale", "between 0 and 20"])
+    assert not panel.sample_button.isEnabled()
+    assert not panel.start_sampling()
+    assert fake_dialogs.errors[-1] == ("Cannot sample", reason)
+    type_into(qtbot, panel.guidance, "3")
+    assert_all_clear(panel.fields)
+    assert panel.request().guidance_scale == 3.0
+
+
+@pytest.mark.parametrize(
+    "typed, needles",
+    [
+        ("99999999999", ["99999999999 is out of range", "0..2147483647", "kept 7"]),
+        ("abc", ["'abc' is not a whole number", "0..2147483647", "kept 7"]),
+    ],
+)
+def test_seed_typed_out_of_range_or_as_text_is_refused_not_changed(playback, qtbot, typed, needles):
+    """A Seed of text, or too many digits, used to become 999999999 (the keys Qt swallowed):
+    the typed text is refused at the field with a reason, and the seed stays what it was."""
+    type_into(qtbot, playback.seed, "7")
+    type_into(qtbot, playback.seed, typed)
+    assert_refused(playback.fields, playback.seed, needles)
+    assert playback.seed.value() == 7 and not playback.sample_button.isEnabled()
+    type_into(qtbot, playback.seed, "8")
+    assert_all_clear(playback.fields)
+    assert playback.request().seed == 8
+
+
+def test_playback_frame_numbers_are_checked_against_the_stored_frames(playback, qtbot):
+    with qtbot.waitSignal(playback.runner.finished, timeout=60000):
+        set_combo_data(playback.sampler_kind, "ddim")
+        playback.num_steps.setValue(4)
+        playback.num_samples.setValue(2)
+        assert playback.start_sampling()
+    playback.runner.wait(10)
+    type_into(qtbot, playback.export_to, "50")
+    type_into(qtbot, playback.sample_index, "9")
+    checks = playback.export_fields
+    assert checks.problem(playback.export_to) == "50 is out of range: use 0..4"
+    assert checks.problem(playback.sample_index) == "9 is out of range: use 0..1"
+    # these fields sit outside a form: one red line under the export settings names each
+    assert checks.label(playback.export_to) is checks.shared_label
+    assert checks.shared_label.isVisible()
+    assert checks.shared_label.text() == (
+        "Sample #: 9 is out of range: use 0..1\nTo frame: 50 is out of range: use 0..4"
+    )
+    assert not playback.gif_button.isEnabled()
+    type_into(qtbot, playback.export_to, "3")
+    type_into(qtbot, playback.sample_index, "1")
+    assert_all_clear(playback.export_fields)
+    assert not checks.shared_label.isVisible()
+    assert playback.gif_button.isEnabled()
+
+
+def test_forward_seed_text_is_refused_and_the_noise_stays(forward, qtbot):
+    forward.load_default_image()
+    before = forward.process.noise.copy()
+    type_into(qtbot, forward.seed, "12345678901")
+    assert_refused(forward.seed_field, forward.seed, ["out of range", "0..2147483647"])
+    np.testing.assert_array_equal(forward.process.noise, before)
+    type_into(qtbot, forward.seed, "3")
+    assert_all_clear(forward.seed_field)
+    assert forward.process.seed == 3

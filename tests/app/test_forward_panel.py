@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+from app import dialogs
 from app.panels.forward_panel import ForwardPanel
 from core.data import default_photo_path, load_image
-from core.export import to_uint8_images
+from core.export import caption_frame, forward_caption, to_uint8_images
 from core.schedule import NoiseSchedule, ScheduleConfig
 
 
@@ -104,13 +105,26 @@ def test_export_gif_through_the_dialog(panel, tmp_path, fake_dialogs, export):
     panel.load_image(small_image)
     panel.gif_frames.setValue(6)
     target = export(panel.gif_button, panel.export_runner, tmp_path / "forward.gif")
+    captions = [forward_caption(int(k)) for k in panel.process.frame_steps(6)]
+    assert captions[0] == "x_0 (clean)" and captions[-1] == "t = 999"
+    drawn = [caption_frame(gradient, text) for text in captions]  # t written above each
+    band = drawn[0].shape[0] - 40
+    width = max(d.shape[1] for d in drawn)  # a caption wider than the image widens the GIF
+    left = (width - 60) // 2
     with Image.open(target) as gif:
-        assert gif.size == (60, 40)
+        assert gif.size == (width, 40 + band)
         assert gif.n_frames == 6
-        gif.seek(0)
-        first = np.asarray(gif.convert("RGB")).astype(int)
-        gif.seek(5)
-        last = np.asarray(gif.convert("RGB")).astype(int)
+        frames = []
+        for i in (0, 5):
+            gif.seek(i)
+            frames.append(np.asarray(gif.convert("RGB")).astype(int))
+    first, last = (f[band:, left : left + 60] for f in frames)
+    for frame, text in zip(frames, (captions[0], captions[-1])):
+        words = caption_frame(gradient[..., 0], text)[:band]
+        pad = (width - words.shape[1]) // 2
+        shown = frame[:band, pad : pad + words.shape[1], 0]
+        assert np.abs(shown - words.astype(int)).mean() < 8  # (palette-quantised)
+        assert (shown < 128).sum() > 20  # dark letters on the white band
     clean = gradient.astype(int)
     assert np.abs(first - clean).mean() < 12  # frame 0 is the clean image (palette-quantised)
     assert np.abs(last - clean).mean() > 50  # the last is noise
@@ -124,3 +138,45 @@ def test_play_advances_the_slider(panel, small_image, qtbot):
     qtbot.waitUntil(lambda: panel.slider.value() > 20, timeout=5000)
     panel.play_button.click()
     assert not panel.play_timer.isActive()
+
+
+def test_histogram_axis_shows_the_density_it_plots(panel):
+    """The y axis is labelled a probability density and its ticks are the plotted values
+    (no hidden x1000 SI scaling), so N(0, 1)'s peak reads 0.4 on it."""
+    panel.load_image(default_photo_path())
+    panel.slider.setValue(panel.slider.maximum())
+    axis = panel.hist.getAxis("left")
+    assert "density" in axis.labelText and axis.autoSIPrefixScale == 1.0
+    _, density = panel.hist_curve.getData()
+    assert np.sum(density) * (8.0 / density.size) == pytest.approx(1.0, abs=0.02)  # area 1
+    assert axis.tickStrings([0.1, 0.4], axis.autoSIPrefixScale, 0.1) == ["0.1", "0.4"]
+
+
+@pytest.mark.parametrize(
+    "config", [ScheduleConfig(), ScheduleConfig("cosine", 1000, zero_terminal_snr=True)]
+)
+def test_numbers_readout_is_not_cut_off(panel, config):
+    """At every t (and at zero terminal SNR) the readout's text fits its fixed box."""
+    panel.load_image(default_photo_path())
+    panel.set_schedule(config)
+    for k in (0, 1, 2, 500, panel.slider.maximum() - 1, panel.slider.maximum()):
+        panel.slider.setValue(k)
+        assert panel.numbers.sizeHint().width() <= panel.numbers.width(), panel.numbers.text()
+        assert panel.numbers.sizeHint().height() <= panel.numbers.height()
+    assert "log SNR_t" in panel.numbers.text()
+
+
+def test_export_suggests_the_image_and_schedule_name(panel, tmp_path, monkeypatch):
+    panel.load_image(default_photo_path())
+    panel.set_schedule(ScheduleConfig("cosine", 500))
+    suggested = []
+    monkeypatch.setattr(dialogs, "ask_save_path", lambda *a: suggested.append(a[3]))
+    panel.export_gif()
+    assert suggested == ["astronaut_forward_cosine_T500.gif"]
+
+
+def test_a_new_schedule_clears_the_error_line(panel, small_image):
+    panel.load_image(small_image)
+    panel.error.show_message("an old message")
+    panel.set_schedule(ScheduleConfig("cosine", 100))
+    assert panel.error.text() == ""

@@ -314,3 +314,44 @@ def test_read_only_folder_raises_export_error(tmp_path: Path) -> None:
         assert str(folder / "a.png") in str(info.value)
     finally:
         folder.chmod(0o700)
+
+
+# ----------------------------------------------------------------------------- captions
+
+
+def test_captions_name_t_in_each_process() -> None:
+    assert export.forward_caption(0) == "x_0 (clean)"  # display step 0: the clean image
+    assert export.forward_caption(438) == "t = 437"  # display step k: timestep index k - 1
+    assert export.reverse_caption(437) == "t = 437"
+    assert export.reverse_caption(-1) == "x_0 (final)"
+
+
+def test_caption_frame_writes_legible_text_above_the_frame() -> None:
+    digit = np.full((28 * 4, 28 * 4), 0, dtype=np.uint8)  # a 28x28 digit upscaled 4x
+    out = export.caption_frame(digit, "t = 437")
+    band = out.shape[0] - digit.shape[0]
+    np.testing.assert_array_equal(out[band:], digit)  # the picture itself is untouched
+    text = out[:band] < 128
+    rows, cols = np.nonzero(text)
+    assert 9 <= rows.max() - rows.min() + 1 <= band  # digits at least 9 px tall
+    assert cols.max() - cols.min() > 30  # "t = 437", not a dot
+    other = export.caption_frame(digit, "x_0 (final)")
+    assert other.shape == out.shape  # one band height for every caption of a size
+    assert not np.array_equal(out[:band], other[:band])  # the text is drawn, not a fixed band
+    rgb = export.caption_frame(np.zeros((8, 8, 3), np.uint8), "x_0 (final)")
+    assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.shape[1] > 8  # widened for its text
+
+
+def test_save_gif_with_captions_scales_first_then_writes_t(tmp_path: Path) -> None:
+    frames = [np.full((28, 28), v, np.uint8) for v in (0, 128, 255)]
+    captions = ["t = 999", "t = 500", "x_0 (final)"]
+    path = tmp_path / "captioned.gif"
+    assert export.save_gif(path, frames, fps=10, scale=4, captions=captions) == 3
+    expected = export.caption_frames(frames, captions, scale=4)
+    with Image.open(path) as gif:
+        assert gif.size == (expected[0].shape[1], expected[0].shape[0])
+        for i, picture in enumerate(expected):
+            gif.seek(i)
+            np.testing.assert_array_equal(np.asarray(gif.convert("L")), picture)
+    with pytest.raises(ExportError, match="2 captions for 3 frames"):
+        export.save_gif(path, frames, captions=captions[:2])
