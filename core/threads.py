@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -133,6 +134,7 @@ class AdaptiveThreads:
         self._last_probe_end = 0.0
         self._used: set[int] = set()  # counts this thread has computed with
         self._initial: int | None = None  # the thread's count before the first step
+        self._thread: int | None = None  # the thread that computes (set at the first step)
         self.threads: int | None = None  # the count in use (None before the first step)
         self.chosen: int | None = None  # the count the last probe chose
         self.chosen_rate: float | None = None  # its steps/s in that probe
@@ -205,7 +207,10 @@ class AdaptiveThreads:
                 self._next_probe_at = self._clock()
 
     def restore(self) -> None:
-        """Give the thread back the count it had before the first step."""
+        """Give the thread back the count it had before the first step (only in that thread:
+        a generator closed by the garbage collector elsewhere must not change another's)."""
+        if threading.get_ident() != self._thread:
+            return
         if self._initial is not None and self.threads != self._initial:
             self._set_threads(self._initial)
             self.threads = self._initial
@@ -234,6 +239,7 @@ class AdaptiveThreads:
         )
 
     def _first_step(self) -> None:
+        self._thread = threading.get_ident()
         if self.fixed is not None:
             self._initial = self._get_threads()
             self.threads = self._initial

@@ -50,6 +50,7 @@ from core.samplers import (
 )
 from core.sampling import sample
 from core.schedule import NoiseSchedule, ScheduleConfig
+from core.threads import AdaptiveThreads, ThreadState
 
 ModelSize = Literal["small", "default", "large"]
 MODEL_SIZES: tuple[str, ...] = ("small", "default", "large")
@@ -288,6 +289,8 @@ class TrainProgress:
     loss: the training objective of the step, mean_b w(t_b) * MSE_b (min-SNR weights w, or 1).
     timesteps / losses: (B,) each sample's timestep and its unweighted MSE against the target
     (eps, v or x_0). preview_follows: the next record is a TrainPreview, sampled now.
+    threads: the CPU threads the step computed with, and whether another program keeps a core
+    busy (None on a GPU).
     """
 
     step: int
@@ -301,6 +304,7 @@ class TrainProgress:
     eta_s: float | None
     fraction_done: float
     preview_follows: bool = False
+    threads: ThreadState | None = None
 
 
 @dataclass(frozen=True)
@@ -403,6 +407,9 @@ class Trainer:
         self.control = control if control is not None else TrainControl()
         self.clock = clock
         self.device = resolve_device(config.device)
+        # CPU threads chosen step by step from measured speed (core.threads); created here,
+        # it reads the thread count at the first step, in the thread that trains
+        self.threads = AdaptiveThreads() if self.device.type == "cpu" else None
         self.dataset = (
             dataset
             if dataset is not None
@@ -671,6 +678,8 @@ class Trainer:
             self.device,
             labels=sampling_labels(self.ema_model, config.preview_count),  # every class in turn
             guidance_scale=DEFAULT_GUIDANCE_SCALE,
+            # with the training's current thread count: a preview's steps are no training steps
+            threads=AdaptiveThreads(fixed=torch.get_num_threads()),
         ):
             final = frame.x_t
             if cancellable and self.control.is_cancelled:
@@ -703,50 +712,59 @@ class Trainer:
     def run(self) -> Iterator[TrainProgress | TrainPreview]:
         """Train until the step or time budget is spent or the run is cancelled."""
         config = self.config
-        while not self.is_done:
-            self.control.wait_while_paused()
-            if self.control.is_cancelled:
-                return
-            started = self.clock()
-            try:
-                loss, t, mse = self._train_step()
-            except torch.OutOfMemoryError as exc:
-                raise TrainingError(
-                    f"out of memory at batch size {config.batch_size}: use a smaller batch or model"
-                ) from exc
-            except RuntimeError as exc:
-                if "memory" in str(exc).lower():
+        try:
+            while not self.is_done:
+                self.control.wait_while_paused()
+                if self.control.is_cancelled:
+                    return
+                if self.threads is not None:
+                    self.threads.before_step()
+                started = self.clock()
+                try:
+                    loss, t, mse = self._train_step()
+                except torch.OutOfMemoryError as exc:
                     raise TrainingError(
                         f"out of memory at batch size {config.batch_size}: use a smaller batch or model"
                     ) from exc
-                raise
-            seconds = self.clock() - started
-            self.step += 1
-            self.elapsed_s += seconds
-            self._record_loss(loss)
-            fraction = self.fraction_done()
-            rate = config.batch_size / seconds if seconds > 0 else float("inf")
-            eta = self.elapsed_s * (1 - fraction) / fraction if fraction > 0 else None
-            # steps at the end of the run: exact for a step budget, an estimate for a time budget
-            total = round(self.step / fraction) if fraction > 0 else config.max_steps
-            preview_due = self.preview_due()
-            yield TrainProgress(
-                step=self.step,
-                total_steps=total,
-                loss=loss,
-                timesteps=t.numpy(),
-                losses=mse.numpy(),
-                lr=self.optimizer.param_groups[0]["lr"],
-                samples_per_s=rate,
-                elapsed_s=self.elapsed_s,
-                eta_s=eta,
-                fraction_done=fraction,
-                preview_follows=preview_due,
-            )
-            if preview_due:
-                preview = self._timed_preview()
-                if preview is not None:
-                    yield preview
+                except RuntimeError as exc:
+                    if "memory" in str(exc).lower():
+                        raise TrainingError(
+                            f"out of memory at batch size {config.batch_size}: use a smaller batch or model"
+                        ) from exc
+                    raise
+                seconds = self.clock() - started
+                if self.threads is not None:
+                    self.threads.after_step(seconds)
+                self.step += 1
+                self.elapsed_s += seconds
+                self._record_loss(loss)
+                fraction = self.fraction_done()
+                rate = config.batch_size / seconds if seconds > 0 else float("inf")
+                eta = self.elapsed_s * (1 - fraction) / fraction if fraction > 0 else None
+                # steps at the end of the run: exact for a step budget, an estimate for a time budget
+                total = round(self.step / fraction) if fraction > 0 else config.max_steps
+                preview_due = self.preview_due()
+                yield TrainProgress(
+                    step=self.step,
+                    total_steps=total,
+                    loss=loss,
+                    timesteps=t.numpy(),
+                    losses=mse.numpy(),
+                    lr=self.optimizer.param_groups[0]["lr"],
+                    samples_per_s=rate,
+                    elapsed_s=self.elapsed_s,
+                    eta_s=eta,
+                    fraction_done=fraction,
+                    preview_follows=preview_due,
+                    threads=self.threads.state() if self.threads is not None else None,
+                )
+                if preview_due:
+                    preview = self._timed_preview()
+                    if preview is not None:
+                        yield preview
+        finally:
+            if self.threads is not None:
+                self.threads.restore()  # the thread that trained gets its count back
 
 
 def train(

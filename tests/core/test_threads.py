@@ -276,3 +276,38 @@ def test_sampling_gives_the_thread_its_count_back(monkeypatch: pytest.MonkeyPatc
         assert torch.get_num_threads() == before
     finally:
         torch.set_num_threads(before)
+
+
+def test_training_reports_its_threads_and_gives_the_count_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from core.training import Trainer, TrainProgress
+    from tests.core.test_training import points_config
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", str(before + 1))  # the trainer fixes another count
+    try:
+        records = list(Trainer(points_config(max_steps=5, preview_every=0)).run())
+        states = [r.threads for r in records if isinstance(r, TrainProgress)]
+        assert [s.threads for s in states] == [before + 1] * 5
+        assert not any(s.adaptive or s.contended for s in states)
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_restore_only_in_the_thread_that_computed() -> None:
+    import threading
+
+    machine = FakeMachine()
+    tuner = make_tuner(machine, fixed=1)
+    machine.step(tuner)
+    assert machine.threads == 1
+    other = threading.Thread(target=tuner.restore)
+    other.start()
+    other.join()
+    assert machine.threads == 1  # a collector in another thread changed nothing
+    tuner.restore()
+    assert machine.threads == 2
