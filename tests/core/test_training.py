@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
 import pytest
 import torch
 
-from core.checkpoint import load_checkpoint
+from core.checkpoint import for_sampling, load_checkpoint
 from core.errors import ConfigError, TrainingError
 from core.models import MLPConfig, UNetConfig
 from core.schedule import ScheduleConfig
@@ -163,8 +164,23 @@ def test_cancel_stops_between_steps():
     assert trainer.step == 5
 
 
+class _WatchedControl(TrainControl):
+    """A TrainControl that tells (an Event) when the trainer is waiting while paused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait_while_paused(self, poll_s: float = 0.1) -> None:
+        if self.is_paused:
+            self.waiting.set()
+        super().wait_while_paused(poll_s)
+
+
 def test_pause_blocks_until_resumed():
-    control = TrainControl()
+    """Paused after step 2, the trainer waits before step 3 and takes no step until resumed
+    (events and counts, no wall-clock window)."""
+    control = _WatchedControl()
     trainer = Trainer(points_config(max_steps=4), control=control)
     seen = []
 
@@ -176,10 +192,10 @@ def test_pause_blocks_until_resumed():
 
     worker = threading.Thread(target=consume)
     worker.start()
-    worker.join(timeout=1.0)
-    assert worker.is_alive() and seen == [1, 2] and control.is_paused
+    assert control.waiting.wait(timeout=60), "the trainer never waited while paused"
+    assert seen == [1, 2] and trainer.step == 2 and control.is_paused
     control.resume()
-    worker.join(timeout=10)
+    worker.join(timeout=60)
     assert not worker.is_alive() and seen == [1, 2, 3, 4]
 
 
@@ -205,11 +221,132 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_weights():
     assert all(torch.isfinite(v).all() for v in ckpt.model_state.values())
 
 
-def test_time_budget_ends_the_run():
-    config = points_config(max_steps=None, max_minutes=0.02)  # 1.2 s
+def fake_clock(step_s: float = 0.05):
+    """A clock that advances `step_s` per call: each training step (timed by two calls) lasts
+    `step_s` seconds of training time, whatever the machine's speed."""
+    ticks = itertools.count()
+    return lambda: next(ticks) * step_s
+
+
+def test_time_budget_ends_the_run_after_its_training_time():
+    """0.01 min = 0.6 s of training time at 0.05 s a step: exactly 12 steps."""
+    config = points_config(max_steps=None, max_minutes=0.01)
+    records = list(Trainer(config, clock=fake_clock()).run())
+    assert [r.step for r in records] == list(range(1, 13))
+    assert records[-1].fraction_done == 1.0 and records[5].fraction_done == pytest.approx(0.5)
+    assert records[-1].elapsed_s == pytest.approx(0.6)
+    assert records[-1].total_steps == 12
+
+
+def test_resume_of_a_time_budget_run_spends_only_the_time_left(tmp_path):
+    config = points_config(max_steps=None, max_minutes=0.01)
+    straight = [r.loss for r in Trainer(config, clock=fake_clock()).run()]
+    first = Trainer(config, clock=fake_clock())
+    losses = [r.loss for _, r in zip(range(5), first.run())]
+    first.save(tmp_path / "t.safetensors")
+    ckpt = load_checkpoint(tmp_path / "t.safetensors")
+    resumed = Trainer(resume_config(ckpt), resume=ckpt, clock=fake_clock())
+    assert resumed.elapsed_s == pytest.approx(0.25)
+    losses += [r.loss for r in resumed.run()]
+    assert resumed.step == 12
+    np.testing.assert_allclose(losses, straight, rtol=1e-6, atol=1e-7)
+
+
+def test_resume_of_a_class_conditional_run_matches(tmp_path):
+    """Labels and label dropout (drawn from the training generator) resume exactly, and
+    resume_config rebuilds the class-conditional model from the checkpoint alone."""
+    config = TrainConfig(
+        data="digits",
+        model=UNetConfig(
+            in_channels=1, image_size=28, channels=(8, 16), attention_heads=2, num_classes=10
+        ),
+        schedule=ScheduleConfig("cosine", 100),
+        batch_size=4,
+        max_steps=6,
+        max_minutes=None,
+        class_conditional=True,
+        label_dropout=0.5,
+        device="cpu",
+    )
+    straight = [r.loss for r in Trainer(config).run()]
+    first = Trainer(config)
+    losses = [r.loss for _, r in zip(range(3), first.run())]
+    first.save(tmp_path / "c.safetensors")
+    ckpt = load_checkpoint(tmp_path / "c.safetensors")
+    assert ckpt.model_config.num_classes == 10
+    resumed_config = resume_config(ckpt)
+    assert resumed_config.class_conditional and resumed_config.label_dropout == 0.5
+    resumed = Trainer(resumed_config, resume=ckpt)
+    losses += [r.loss for r in resumed.run()]
+    np.testing.assert_allclose(losses, straight, rtol=1e-5)
+
+
+def test_a_sampling_only_checkpoint_cannot_be_resumed(tmp_path):
+    trainer = Trainer(points_config(max_steps=2))
+    list(trainer.run())
+    slim = for_sampling(trainer.checkpoint())
+    assert not slim.can_resume
+    with pytest.raises(ConfigError, match="sampling only"):
+        Trainer(points_config(), resume=slim)
+    with pytest.raises(ConfigError, match="no training state"):
+        resume_config(slim)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (dict(model=MLPConfig(hidden=16, layers=2)), "model differ"),
+        (dict(schedule=ScheduleConfig("cosine", 100)), "schedule differ"),
+        (dict(schedule=ScheduleConfig("linear", 50)), "schedule differ"),
+    ],
+)
+def test_resume_with_another_model_or_schedule_is_refused(overrides, match):
+    trainer = Trainer(points_config(max_steps=2))
+    list(trainer.run())
+    with pytest.raises(ConfigError, match=match):
+        Trainer(points_config(**overrides), resume=trainer.checkpoint())
+
+
+def test_previews_do_not_touch_the_training_random_generator():
+    """The same run with and without previews takes the very same steps."""
+    plain = [r.loss for r in Trainer(points_config(max_steps=12)).run()]
+    config = points_config(
+        max_steps=12, preview_every=3, preview_count=4, preview_steps=5, preview_interval_s=None
+    )
     records = list(Trainer(config).run())
-    assert records and records[-1].fraction_done == 1.0
-    assert records[-1].elapsed_s >= 1.2
+    assert [r.step for r in records if isinstance(r, TrainPreview)] == [3, 6, 9, 12]
+    with_previews = [r.loss for r in records if isinstance(r, TrainProgress)]
+    assert with_previews == plain
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory"),
+    ],
+)
+def test_out_of_memory_in_a_step_says_so_with_the_batch_size(monkeypatch, error):
+    trainer = Trainer(points_config(max_steps=10, batch_size=48))
+
+    def step():
+        raise error
+
+    monkeypatch.setattr(trainer, "_train_step", step)
+    with pytest.raises(TrainingError, match="out of memory at batch size 48: use a smaller batch"):
+        list(trainer.run())
+    assert trainer.step == 0
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory(monkeypatch):
+    trainer = Trainer(points_config(max_steps=10))
+
+    def step():
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(trainer, "_train_step", step)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        list(trainer.run())
 
 
 @pytest.mark.parametrize(
