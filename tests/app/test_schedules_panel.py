@@ -84,3 +84,55 @@ def test_export_csv_and_plot(panel, tmp_path, fake_dialogs):
         panel.plot_button.click()
         assert path.stat().st_size > 1000
     assert fake_dialogs.errors == []
+
+
+def test_export_csv_holds_the_whole_comparison(panel, tmp_path, fake_dialogs):
+    """One column set per schedule on the plots; log-SNR -inf (zero terminal SNR) is an empty
+    cell, as the button's tooltip says."""
+    panel.add_to_comparison()  # linear
+    set_combo_data(panel.kind, "cosine")
+    panel.zero_snr.setChecked(True)  # the current schedule, not kept
+    path = tmp_path / "all.csv"
+    fake_dialogs.paths.append(path)
+    panel.csv_button.click()
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["t"] + [
+        f"{name}_{key}" for name in ("cosine_zsnr", "linear") for key, _, _ in CURVES
+    ]
+    linear = NoiseSchedule(ScheduleConfig("linear")).table()
+    assert float(rows[10]["linear_alpha_bar"]) == linear["alpha_bar"][10]
+    assert rows[-1]["cosine_zsnr_log_snr"] == "" and rows[-1]["cosine_zsnr_alpha_bar"] == "0.0"
+    assert all(row[key] != "" for row in rows[:-1] for key in row)
+    assert "empty" in panel.csv_button.toolTip()
+
+
+def test_cosine_says_it_has_no_beta_range_instead_of_freezing_it(panel):
+    form = panel.schedule_box.layout()
+    set_combo_data(panel.kind, "cosine")
+    assert not form.isRowVisible(panel.beta_start) and not form.isRowVisible(panel.beta_end)
+    assert form.isRowVisible(panel.range_note) and "no beta range" in panel.range_note.text()
+    set_combo_data(panel.kind, "sigmoid")
+    assert form.isRowVisible(panel.beta_start) and not form.isRowVisible(panel.range_note)
+
+
+@pytest.mark.parametrize("screen", [(1280, 720), (1366, 768)])
+def test_a_long_comparison_does_not_squeeze_the_plots(window, qtbot, screen):
+    """Eight kept schedules and the hover readout at 1280x720: the readout scrolls, each of
+    the five plots keeps a usable height."""
+    panel = window.schedules
+    window.resize(screen[0], screen[1] - 30)
+    window.tabs.setCurrentWidget(panel)
+    for steps in (1000, 500):
+        for kind in ("linear", "scaled_linear", "sigmoid", "cosine"):
+            set_combo_data(panel.kind, kind)
+            panel.steps.setValue(steps)
+            panel.add_to_comparison()
+    panel.set_hover_t(100)
+    qtbot.wait(50)
+    assert len(panel.comparison) == 8
+    assert panel.readout_area.height() <= 120
+    assert panel.plots.height() >= 360
+    for plot in panel.plot_items.values():
+        assert plot.height() >= 100
+    assert window.height() <= screen[1] - 30

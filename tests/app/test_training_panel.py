@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app.panels.training_panel import TrainingPanel
@@ -270,3 +272,210 @@ def test_resuming_shows_whether_the_checkpoint_learned_the_labels(panel, checkpo
     assert not panel.class_labels.isChecked() and not panel.class_labels.isEnabled()
     assert panel.set_resume_checkpoint(checkpoints.conditional)
     assert panel.class_labels.isChecked() and not panel.class_labels.isEnabled()
+
+
+# ---------------------------------------------------------------------- state and feedback
+
+
+def run_to_end(panel, qtbot, source="moons", steps=20):
+    tiny(panel, source, steps=steps)
+    with qtbot.waitSignal(panel.runner.finished, timeout=60000):
+        panel.start()
+    assert panel.runner.wait(10)
+    panel.redraw_now()
+
+
+def test_choosing_other_data_clears_the_last_runs_results(panel, qtbot, image_folder):
+    """Nothing drawn for the moons stays when the digits are chosen: curves, scatter, previews
+    and their caption, numbers, the error line. The outcome line names the moons."""
+    run_to_end(panel, qtbot, "moons", steps=20)
+    assert panel.preview_points.plotItem.titleLabel.text == "Final samples at step 20 (EMA weights)"
+    assert panel.loss.n == 20 and "Step <b>20</b>" in panel.stats.text()
+    panel.error.show_message("an old problem")
+    set_combo_data(panel.source, "digits")
+    assert panel.loss.n == 0 and panel.preview is None
+    for curve in (panel.loss_curve, panel.smooth_curve, panel.scatter):
+        x, _ = curve.getOriginalDataset()
+        assert x is None or len(x) == 0
+    assert panel.sample_scatter.data.size == 0
+    assert panel.preview_points.plotItem.titleLabel.text == "Preview samples over the data"
+    assert "step" not in panel.preview_image.title_item.text
+    assert panel.stats.text() == "Not started." and panel.error.isHidden()
+    assert panel.outcome.text().startswith("Done (moons, step 20)")
+    # another folder is other data too
+    assert panel.set_data_folder(image_folder)
+    panel.loss.append(1, 0.5)
+    other = image_folder.parent / "other"
+    other.mkdir()
+    for png in image_folder.iterdir():
+        (other / png.name).write_bytes(png.read_bytes())
+    assert panel.set_data_folder(other)
+    assert panel.loss.n == 0
+
+
+def test_controls_that_do_not_apply_are_hidden_not_frozen(panel, image_folder):
+    """Image size and channels are a folder's choice: hidden for the digits and 2-D sets."""
+    form = panel.data_box.layout()
+    for source in ("digits", "moons"):
+        set_combo_data(panel.source, source)
+        assert not form.isRowVisible(panel.image_size) and not form.isRowVisible(panel.channels)
+    assert panel.set_data_folder(image_folder)
+    assert form.isRowVisible(panel.image_size) and form.isRowVisible(panel.channels)
+
+
+def test_the_end_of_a_run_says_done_and_where_and_opens_in_playback(panel, qtbot):
+    run_to_end(panel, qtbot, "moons", steps=10)
+    path = panel.last_result.path
+    assert panel.outcome.text() == f"Done (moons, step 10): saved to {path}"
+    assert panel.outcome.isVisible() and panel.open_button.isVisible()
+    with qtbot.waitSignal(panel.open_in_playback) as opened:
+        panel.open_button.click()
+    assert opened.args[0].training["step"] == 10
+
+
+def test_the_final_preview_is_announced_in_the_panel_and_the_status_bar(panel, tmp_path):
+    """The record before the final preview says one follows: the outcome line and the job's
+    status say "Sampling the final preview…" (a busy bar, no ETA), then the checkpoint is saved."""
+    from core.training import TrainPreview, TrainProgress
+
+    config = panel.build_config()
+    job = panel._make_job(config, None, tmp_path / "a.safetensors", "digits")
+    last = TrainProgress(
+        step=19,
+        total_steps=19,
+        loss=0.3,
+        timesteps=np.zeros(4),
+        losses=np.ones(4),
+        lr=1e-3,
+        samples_per_s=10.0,
+        elapsed_s=120.0,
+        eta_s=0.0,
+        fraction_done=1.0,
+        preview_follows=True,
+    )
+    status = job.describe(last)
+    assert status.text == "Sampling the final preview…"
+    assert status.fraction is None and status.eta_s is None
+    middle = replace(last, step=7, fraction_done=0.4, eta_s=30.0)
+    assert job.describe(middle).text.endswith("sampling a preview…")
+    panel._on_progressed(last)
+    assert panel.outcome.text() == "Sampling the final preview…"
+    final = TrainPreview(19, np.zeros((16, 1, 28, 28), np.float32), final=True)
+    assert job.describe(final).text == "Saving the checkpoint…"
+    panel._on_progressed(final)
+    panel.redraw_now()
+    assert panel.preview_image.title_item.text == "Final samples at step 19 (EMA weights)"
+
+
+def test_stop_says_at_which_step_and_where_it_is_saved(panel, qtbot):
+    tiny(panel, "moons", steps=1_000_000)
+    panel.start()
+    qtbot.waitUntil(lambda: panel.loss.n >= 3, timeout=30000)
+    with qtbot.waitSignal(panel.model_trained, timeout=30000):
+        panel.stop_button.click()
+    assert panel.runner.wait(10)
+    result = panel.last_result
+    assert panel.outcome.text() == f"Stopped at step {result.step}: saved to {result.path}"
+    assert panel.open_button.isVisible()
+
+
+def test_a_failed_run_saves_its_last_good_step(panel, qtbot, monkeypatch, fake_dialogs):
+    """A TrainingError (the loss became NaN) at step 4: steps 1-3 were good, their weights are
+    saved and named in the outcome line, and Open in Playback offers them."""
+    from core.errors import TrainingError
+    from core.training import Trainer
+
+    good_step = Trainer._train_step
+
+    def failing_step(trainer):
+        if trainer.step == 3:
+            raise TrainingError("the loss became nan at step 4: training is unstable.")
+        return good_step(trainer)
+
+    monkeypatch.setattr(Trainer, "_train_step", failing_step)
+    tiny(panel, "moons", steps=10)
+    with qtbot.waitSignal(panel.runner.failed, timeout=30000):
+        panel.start()
+    assert panel.runner.wait(10)
+    saved = panel.autosave_path
+    assert panel.outcome.text() == (
+        f"Failed: the loss became nan at step 4: training is unstable; last good step 3 saved "
+        f"to {saved}."
+    )
+    assert load_checkpoint(saved).training["step"] == 3
+    assert panel.open_button.isVisible()
+    assert fake_dialogs.errors[-1][0] == "Training stopped"
+    with qtbot.waitSignal(panel.open_in_playback) as opened:
+        panel.open_button.click()
+    assert opened.args[0].training["step"] == 3
+
+
+def test_save_checkpoint_as_suggests_the_runs_own_name(panel, qtbot, tmp_path, monkeypatch):
+    from app import dialogs
+
+    run_to_end(panel, qtbot, "moons", steps=5)
+    asked = []
+
+    def ask(parent, title, filter, suggested=""):
+        asked.append(suggested)
+        return tmp_path / "kept.safetensors"
+
+    monkeypatch.setattr(dialogs, "ask_save_path", ask)
+    panel.save_button.click()
+    assert Path(asked[0]).name == "moons-mlp-step5.safetensors"
+    assert load_checkpoint(tmp_path / "kept.safetensors").training["step"] == 5
+
+
+def test_the_loss_plots_say_what_they_show(panel):
+    """Digits: the Loss curve is the min-SNR-weighted objective, the scatter the unweighted
+    per-sample MSE; the moons train without weights. The step axis has whole-number ticks."""
+    set_combo_data(panel.source, "digits")
+    assert "min-SNR weighted, gamma = 5" in panel.loss_plot.plotItem.titleLabel.text
+    assert "min(SNR_t, gamma) / (SNR_t + 1)" in panel.loss_plot.toolTip()
+    assert "unweighted MSE" in panel.scatter_plot.plotItem.titleLabel.text
+    assert "sit higher" in panel.scatter_plot.toolTip()
+    set_combo_data(panel.source, "moons")
+    assert "MSE of the v prediction" in panel.loss_plot.plotItem.titleLabel.text
+    assert "no min-SNR weighting" in panel.loss_plot.toolTip()
+    axis = panel.loss_plot.getAxis("bottom")
+    for low, high in ((0.0, 3.0), (0.0, 19.0), (1.0, 2.0), (0.0, 2500.0)):
+        values = [v for _, level in axis.tickValues(low, high, 500) for v in level]
+        assert values and all(v == int(v) for v in values), (low, high, values)
+
+
+# ---------------------------------------------------------------------- small screens
+
+SCREENS = [(1280, 720), (1366, 768)]
+WINDOW_CHROME = 30  # a window manager's title bar: the maximised window's height is less
+
+
+def inside_the_window(widget, window) -> bool:
+    """Shown and not clipped: the widget's rectangle lies inside every ancestor's (a scroll
+    area's viewport clips what is scrolled away) and inside the window."""
+    from PySide6.QtCore import QPoint, QRect
+
+    if not widget.isVisible():
+        return False
+    rect = QRect(widget.mapTo(window, QPoint(0, 0)), widget.size())
+    parent = widget.parentWidget()
+    while parent is not None and parent is not window:
+        if not QRect(parent.mapTo(window, QPoint(0, 0)), parent.size()).contains(rect):
+            return False
+        parent = parent.parentWidget()
+    return window.rect().contains(rect)
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_start_pause_stop_stay_visible_on_a_small_screen(window, qtbot, screen):
+    width, height = screen[0], screen[1] - WINDOW_CHROME
+    window.resize(width, height)
+    window.tabs.setCurrentWidget(window.training)
+    qtbot.waitUntil(lambda: window.training.isVisible())
+    qtbot.wait(50)
+    assert window.height() <= height and window.width() <= width
+    panel = window.training
+    for b in (panel.start_button, panel.pause_button, panel.stop_button, panel.save_button):
+        assert inside_the_window(b, window), b.text()
+    for plot in (panel.loss_plot, panel.scatter_plot):
+        assert plot.height() >= 150 and plot.width() >= 300
+    assert panel.preview_stack.height() >= 250
