@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QLayout,
     QPushButton,
     QScrollArea,
+    QScrollBar,
     QSizePolicy,
     QSpinBox,
     QSplitter,
@@ -104,7 +105,12 @@ def guard_wheel(*widgets: QWidget) -> None:
 def guard_wheel_in(root: QWidget) -> None:
     """guard_wheel for every spin box, combo box and slider inside `root` (a panel calls it
     once at the end of its set-up)."""
-    guard_wheel(*[w for w in root.findChildren(QWidget) if isinstance(w, GUARDED_FIELDS)])
+    fields = [
+        w
+        for w in root.findChildren(QWidget)
+        if isinstance(w, GUARDED_FIELDS) and not isinstance(w, QScrollBar)  # bars do scroll
+    ]
+    guard_wheel(*fields)
 
 
 class _TypedText:
