@@ -18,6 +18,7 @@ from app.widgets import set_combo_data
 from app.worker import live_threads
 from core.checkpoint import build_model_from_checkpoint
 from core.data import default_photo_path
+from core.export import caption_frame
 from core.samplers import SamplerConfig, make_sampler
 from core.sampling import sample
 from core.schedule import NoiseSchedule
@@ -147,8 +148,9 @@ def test_export_gif_menu_uses_the_forward_panel_by_default(window, tmp_path, fak
     with qtbot.waitSignal(window.forward.export_runner.finished, timeout=20000):
         window.export_gif_action.trigger()
     window.forward.export_runner.wait(10)
-    with Image.open(target) as gif:
-        assert gif.n_frames == 3 and max(gif.size) == 32
+    band = caption_frame(np.zeros((32, 32), np.uint8), "t = 999").shape[0] - 32
+    with Image.open(target) as gif:  # a 32-px picture under a band with t (issue 14)
+        assert gif.n_frames == 3 and gif.size[1] == 32 + band
 
 
 def test_close_during_training_asks_stops_and_saves(window, qtbot, fake_dialogs, app_dirs):
