@@ -15,7 +15,7 @@ from typing import Union
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QObject, Qt, Signal
-from PySide6.QtGui import QIcon, QImage, QPixmap, QValidator
+from PySide6.QtGui import QImage, QPixmap, QValidator
 from PySide6.QtWidgets import (
     QAbstractSlider,
     QAbstractSpinBox,
@@ -38,6 +38,7 @@ from PySide6.QtWidgets import (
 )
 
 import app.qt_compat  # noqa: F401  (before pyqtgraph emits any signal)
+from app.icon import ICON_SIZES, app_icon  # noqa: F401  (moved: the window needs it before pyqtgraph)
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=True, background="w", foreground="k")
 
@@ -54,7 +55,6 @@ PLOT_COLORS = [
 
 REDRAW_INTERVAL_MS = 33  # ~30 Hz
 POINT_EXTENT = 2.5  # 2-D point plots show [-2.5, 2.5]^2
-ICON_SIZES = (16, 32, 48, 64, 128, 256, 512)
 
 log = logging.getLogger(__name__)
 
@@ -724,23 +724,3 @@ def set_widget_values(widgets: Mapping[str, Persistent], values: object) -> None
                 w.setValue(float(value))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             w.setValue(int(value))
-
-
-# ---------------------------------------------------------------------------- icon
-
-
-def app_icon() -> QIcon:
-    """The application icon from resources/icons (every size shipped); a null QIcon when the
-    icons are missing (the window then has the platform's default icon)."""
-    from core.resources import resource_path
-
-    icon = QIcon()
-    for size in ICON_SIZES:
-        try:
-            path = resource_path("icons", f"diffusion-studio-{size}.png")
-        except FileNotFoundError:
-            continue
-        icon.addFile(str(path))
-    if icon.isNull():
-        log.warning("no application icon found in resources/icons")
-    return icon
