@@ -165,7 +165,14 @@ class ForwardPanel(Panel):
 
         self.gif_frames = spin_box(2, 500, 40, "Number of frames in the GIF (evenly spaced in t)")
         self.gif_fps = spin_box(1, 50, 10, "GIF frames per second", suffix=" fps")
-        self.gif_size = spin_box(16, 1024, 256, "Longest side of the GIF in pixels", 16, " px")
+        self.gif_size = spin_box(
+            16,
+            1024,
+            256,
+            "Longest side of the picture (t is written in a band above it)",
+            16,
+            " px",
+        )
         self.gif_button = button(
             "Export GIF…", "Save the forward trajectory x_0 -> x_T as a GIF (t on every frame)"
         )
