@@ -1018,9 +1018,10 @@ class PlaybackPanel(Panel):
         folder = dialogs.ask_folder(self, "Folder for the PNG frames", dialogs.EXPORTS)
         if folder is None:
             return
+        prefix = self._made_name or "frame"  # digits_ddim_50steps_0000.png, ...
 
         def run() -> Iterator[int]:
-            yield len(save_png_frames(folder, frames))
+            yield len(save_png_frames(folder, frames, prefix=prefix))
 
         job = Job("Export PNG frames", run, describe=lambda _n: JobStatus("Writing PNG frames…"))
         self.start_export(self.export_runner, job, folder)

@@ -98,7 +98,7 @@ def test_export_gif_and_png_frames(
         shown = np.asarray(picture.convert("L"))
     np.testing.assert_array_equal(shown, first)  # t written on the frame, as core draws it
     folder = export(panel.png_button, panel.export_runner, tmp_path / "frames")
-    assert len(list(folder.glob("frame_*.png"))) == 4
+    assert len(list(folder.glob("digits_ddim_5steps_*.png"))) == 4  # named after the run
     assert fake_dialogs.errors == []
 
 
