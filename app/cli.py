@@ -8,18 +8,20 @@ drives the same core functions the GUI uses. Errors a user can cause print one l
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 import signal
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from core import __version__
 from core.errors import DiffusionStudioError, ExportError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PROG = "diffusion-studio"
 EXIT_USER_ERROR = 2
@@ -520,6 +522,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _reverse_gif_frames(trajectory, view: str, num_frames: int) -> list[np.ndarray]:
+    import numpy as np
+
     from core.export import make_grid, render_points, select_frame_indices
 
     indices = select_frame_indices(len(trajectory), min(num_frames, len(trajectory)))
@@ -563,6 +567,7 @@ def _sampler_config(args: argparse.Namespace, ckpt: Any):
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
 
     from app.progress import ProgressBar
@@ -659,10 +664,36 @@ def _display_available() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+def gui_arguments_error(args: list[str]) -> str | None:
+    """Why `args` (the app's arguments when no subcommand is given: files and folders to
+    open) cannot start the app, or None. A first word near a command's name is taken for a
+    mistyped command ("did you mean"); anything else must be a file or folder that exists."""
+    for position, arg in enumerate(args):
+        if Path(arg).expanduser().exists():
+            continue
+        if arg.startswith("-"):
+            return f"unknown option '{arg}' (the app takes files to open; see --help)"
+        if position == 0:
+            near = difflib.get_close_matches(arg, list(COMMANDS), n=1)
+            if near:
+                return f"unknown command '{arg}' (did you mean '{near[0]}'?)"
+            if not any(c in arg for c in "./\\"):  # a bare word: a command, not a file name
+                return (
+                    f"unknown command '{arg}' (commands: {', '.join(COMMANDS)}), "
+                    "and no file or folder of that name"
+                )
+        return f"no such file or folder: '{arg}'"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # No subcommand: the GUI, optionally with files to open.
     if not argv or (argv[0] not in COMMANDS and not argv[0].startswith("-")):
+        problem = gui_arguments_error(argv)
+        if problem is not None:
+            print(f"{PROG}: error: {problem}", file=sys.stderr)
+            return EXIT_USER_ERROR
         if not _display_available():
             print(
                 f"{PROG}: error: no display found (DISPLAY and WAYLAND_DISPLAY are unset): start "
@@ -672,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USER_ERROR
         from app.gui_env import prepare_gui_threading
 
-        prepare_gui_threading()  # before torch is imported (by app.main_window)
+        prepare_gui_threading()  # before torch is imported (by the window's engine loader)
         from app.main_window import run_app
 
         return run_app(argv)

@@ -1,22 +1,33 @@
 """The main window: four panels in tabs, menus, a status bar with the running job, drag-and-drop.
 
 `run_app(paths)` is the GUI entry point (the CLI calls it when no subcommand is given).
+
+Start-up (issue 20): the window (menus, tabs, status bar) is shown and painted before torch is
+imported; this module imports neither torch nor pyqtgraph. After the first paint an
+`EngineLoader` imports them in a background thread; each tab holds a "Loading…" page until
+its panel is built: the shown tab's once the engine is loaded, the others when first opened
+(or when another panel needs their state). What a user asks for before the engine is loaded
+(menu actions, dropped files, files named on the command line) waits in a queue and is done,
+in order, once it is. Code that uses `window.playback` and the like directly gets the panel
+built on the spot (the engine loaded first, in this thread, when needed).
 """
 
 from __future__ import annotations
 
 import html
+import importlib
+import importlib.metadata
 import logging
 import os
 import platform
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import pyqtgraph as pg
-import PySide6
-import torch
-from PySide6.QtCore import QByteArray, QEvent, QObject, QSettings, QTimer, qVersion
+from PySide6.QtCore import QByteArray, QEvent, QObject, QSettings, Qt, QTimer, Signal, qVersion
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -31,30 +42,32 @@ from PySide6.QtWidgets import (
 
 import core
 from app import dialogs
-from app.garbage import after_startup
-from app.panels.base import Panel
-from app.panels.forward_panel import ForwardPanel
-from app.panels.playback_panel import PlaybackPanel
-from app.panels.schedule_panel import SchedulesPanel
-from app.panels.training_panel import TrainingPanel
+from app.engine_loader import EngineLoader
+from app.icon import app_icon
 from app.settings import (
     APPLICATION,
     add_recent_file,
     configure_application,
     make_settings,
     recent_files,
+    remove_recent_file,
     write_json,
 )
-from app.widgets import app_icon, format_duration
-from app.worker import JobRunner, configure_torch_threads, wait_for_all_threads
-from core.checkpoint import CHECKPOINT_SUFFIX, LEGACY_SUFFIXES
-from core.data import IMAGE_SUFFIXES
-from core.diffusers_models import find_diffusers_model
+
+if TYPE_CHECKING:
+    from app.panels.base import Panel
+    from app.panels.forward_panel import ForwardPanel
+    from app.panels.playback_panel import PlaybackPanel
+    from app.panels.schedule_panel import SchedulesPanel
+    from app.panels.training_panel import TrainingPanel
+    from app.worker import JobRunner
 
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 15.0
-CHECKPOINT_SUFFIXES = (CHECKPOINT_SUFFIX, *LEGACY_SUFFIXES)
+LOADING_TEXT = "Loading…"
+LOADING_STATUS = "Loading the engine…"
+READY_STATUS = "Ready. Drop an image, an image folder, a checkpoint or a model folder anywhere."
 
 LICENCES_HTML = """
 <p><b>Shipped data</b> (details in resources/README.md):</p>
@@ -65,6 +78,106 @@ Creative Commons Attribution-Share Alike 3.0 (CC BY-SA 3.0).</li>
 <li>Coffee photograph: Rachel Michetti / Pikolo Espresso Bar, CC0 1.0 (public domain).</li>
 </ul>
 """
+
+PanelName = Literal["schedules", "forward", "training", "playback"]
+
+
+@dataclass(frozen=True)
+class PanelSpec:
+    """A tab: the panel's attribute name, its tab title, where its class lives, its tooltip
+    and the shortcut of its main button (refused politely while the engine loads)."""
+
+    name: PanelName
+    title: str
+    module: str
+    class_name: str
+    tip: str
+    main_action: tuple[str, str] | None = None  # (what, shortcut)
+
+
+PANELS: tuple[PanelSpec, ...] = (
+    PanelSpec(
+        "schedules",
+        "Schedules",
+        "app.panels.schedule_panel",
+        "SchedulesPanel",
+        "Noise schedules: beta_t, alphabar_t = prod alpha_s, SNR",
+    ),
+    PanelSpec(
+        "forward",
+        "Forward",
+        "app.panels.forward_panel",
+        "ForwardPanel",
+        "The forward process on an image: x_t at any t",
+    ),
+    PanelSpec(
+        "training",
+        "Training",
+        "app.panels.training_panel",
+        "TrainingPanel",
+        "Train a small diffusion model and watch its loss and samples",
+        ("Start", "Ctrl+Return"),
+    ),
+    PanelSpec(
+        "playback",
+        "Playback",
+        "app.panels.playback_panel",
+        "PlaybackPanel",
+        "Sample from a model and play the reverse process back",
+        ("Sample", "Ctrl+R"),
+    ),
+)
+PANEL_NAMES: tuple[PanelName, ...] = tuple(spec.name for spec in PANELS)
+
+
+@dataclass(frozen=True)
+class Link:
+    """`source.signal` drives `target.slot`, whatever order the two panels are built in.
+
+    `state(source)` is the value a target built after its source takes at once (the source is
+    built first for it). None marks an event: a target not built yet is built to receive it.
+    """
+
+    source: PanelName
+    signal: str
+    target: PanelName
+    slot: str
+    state: Callable[[Any], Any] | None = None
+
+
+def _schedule_config(schedules: SchedulesPanel) -> Any:
+    return schedules.schedule.config
+
+
+def _image_path(forward: ForwardPanel) -> str | None:
+    return None if forward.image_path is None else str(forward.image_path)
+
+
+LINKS: tuple[Link, ...] = (
+    Link("schedules", "schedule_changed", "forward", "set_schedule", _schedule_config),
+    Link("forward", "image_changed", "playback", "set_start_image", _image_path),
+    Link("training", "model_trained", "playback", "set_trained_checkpoint"),
+)
+
+PathKind = Literal["model folder", "image folder", "checkpoint", "image"]
+
+
+def path_kind(path: Path) -> PathKind | None:
+    """What the app opens `path` as, or None (not something it opens). Imports the engine."""
+    from core.checkpoint import CHECKPOINT_SUFFIX, LEGACY_SUFFIXES
+    from core.data import IMAGE_SUFFIXES
+    from core.diffusers_models import find_diffusers_model
+
+    if find_diffusers_model(path) is not None:  # a diffusers model folder (or its file)
+        return "model folder"
+    if path.is_dir():
+        return "image folder"
+    suffix = path.suffix.lower()
+    if suffix in (CHECKPOINT_SUFFIX, *LEGACY_SUFFIXES):
+        return "checkpoint"
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    return None
 
 
 class JobStatusBar(QObject):
@@ -124,6 +237,8 @@ class JobStatusBar(QObject):
             for w in widgets:
                 w.hide()
             return
+        from app.widgets import format_duration  # a runner exists: the engine is loaded
+
         for w in widgets:
             w.show()
         status = runner.status
@@ -141,8 +256,24 @@ class JobStatusBar(QObject):
         )
 
 
+class LoadingPage(QLabel):
+    """What a tab shows until its panel is built."""
+
+    def __init__(self, spec: PanelSpec) -> None:
+        super().__init__(LOADING_TEXT)
+        self.setObjectName(f"loading-{spec.name}")
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setToolTip(f"The {spec.title} tab appears once the engine is loaded")
+
+
 class MainWindow(QMainWindow):
-    """Diffusion Studio's window: Schedules, Forward, Training and Playback tabs."""
+    """Diffusion Studio's window: Schedules, Forward, Training and Playback tabs.
+
+    `engine_ready` is emitted once the engine is loaded and the shown tab's panel is built
+    (run_app then freezes the start-up objects: app.garbage.after_startup).
+    """
+
+    engine_ready = Signal()
 
     def __init__(self, settings: QSettings | None = None) -> None:
         super().__init__()
@@ -151,55 +282,216 @@ class MainWindow(QMainWindow):
         self.setWindowIcon(app_icon())
         self.resize(1360, 860)
         self.setAcceptDrops(True)
+        self._built: dict[PanelName, Panel] = {}
+        self._building: set[PanelName] = set()
+        self._pending: list[tuple[str, Callable[[], object]]] = []
+        self._painted = False
+        self._closed = False
 
-        self.schedules = SchedulesPanel()
-        self.forward = ForwardPanel()
-        self.training = TrainingPanel()
-        self.playback = PlaybackPanel()
-        self.panels: list[Panel] = [self.schedules, self.forward, self.training, self.playback]
         self.tabs = QTabWidget()
-        tips = (
-            "Noise schedules: beta_t, alphabar_t = prod alpha_s, SNR",
-            "The forward process on an image: x_t at any t",
-            "Train a small diffusion model and watch its loss and samples",
-            "Sample from a model and play the reverse process back",
-        )
-        for i, (panel, tip) in enumerate(zip(self.panels, tips)):
-            self.tabs.addTab(panel, panel.title)
-            self.tabs.setTabToolTip(i, f"{tip} (Ctrl+{i + 1})")
+        for i, spec in enumerate(PANELS):
+            self.tabs.addTab(LoadingPage(spec), spec.title)
+            self.tabs.setTabToolTip(i, f"{spec.tip} (Ctrl+{i + 1})")
         self.setCentralWidget(self.tabs)
-
         self.job_bar = JobStatusBar(self)
-        for panel in self.panels:
+        self._build_menus()
+        self._loading_actions = self._make_loading_actions()
+        self._restore_window()
+        self.tabs.currentChanged.connect(self._on_tab_changed)
+
+        self.engine = EngineLoader(self)
+        self.engine.loaded.connect(self._on_engine_loaded)
+        self.engine.failed.connect(self._on_engine_failed)
+        app = QApplication.instance()
+        if app is not None:
+            app.installEventFilter(self)
+        self.statusBar().showMessage(LOADING_STATUS)
+
+    # ------------------------------------------------------------------ panels
+
+    @property
+    def schedules(self) -> SchedulesPanel:
+        return self.panel("schedules")  # type: ignore[return-value]
+
+    @property
+    def forward(self) -> ForwardPanel:
+        return self.panel("forward")  # type: ignore[return-value]
+
+    @property
+    def training(self) -> TrainingPanel:
+        return self.panel("training")  # type: ignore[return-value]
+
+    @property
+    def playback(self) -> PlaybackPanel:
+        return self.panel("playback")  # type: ignore[return-value]
+
+    @property
+    def panels(self) -> list[Panel]:
+        """All four panels, in tab order (built now where they were not yet)."""
+        return self.ensure_all_panels()
+
+    def panel(self, name: PanelName) -> Panel:
+        """The panel called `name`, built now (and the engine loaded now) if needed."""
+        if name not in self._built:
+            self.engine.load_now()
+            self._build_panel(name)
+        return self._built[name]
+
+    def ensure_all_panels(self) -> list[Panel]:
+        return [self.panel(name) for name in PANEL_NAMES]
+
+    def built_panels(self) -> list[Panel]:
+        """The panels built so far, in tab order."""
+        return [self._built[name] for name in PANEL_NAMES if name in self._built]
+
+    def is_built(self, name: PanelName) -> bool:
+        return name in self._built
+
+    def _build_panel(self, name: PanelName) -> None:
+        """Build the panel `name` in its tab: after the panels whose state it takes, restored
+        from the settings, wired to the panels already built."""
+        if name in self._built or name in self._building:
+            return
+        self._building.add(name)
+        try:
+            for link in LINKS:
+                if link.target == name and link.state is not None:
+                    self._build_panel(link.source)
+            index = PANEL_NAMES.index(name)
+            spec = PANELS[index]
+            panel_class = getattr(importlib.import_module(spec.module), spec.class_name)
+            panel: Panel = panel_class()
             panel.status_message.connect(self.show_status)
             panel.file_used.connect(self.add_recent)
             for runner in panel.runners():
                 self.job_bar.track(runner)
-        self.schedules.schedule_changed.connect(self.forward.set_schedule)
-        self.training.model_trained.connect(self.playback.set_trained_checkpoint)
-        self.forward.image_changed.connect(self.playback.set_start_image)
+            for link in LINKS:
+                if link.source == name:
+                    getattr(panel, link.signal).connect(partial(self._deliver, link))
+            self._built[name] = panel
+            try:
+                panel.restore_state(self.settings)
+            except Exception:  # noqa: BLE001 - a damaged settings file must not stop the app
+                log.exception("could not restore the settings of %s", spec.title)
+            for link in LINKS:
+                if link.target == name and link.state is not None:
+                    value = link.state(self._built[link.source])
+                    if value is not None:
+                        getattr(panel, link.slot)(value)
+            self._put_in_tab(index, panel)
+        finally:
+            self._building.discard(name)
 
-        self._build_menus()
-        self._restore()
-        self.forward.set_schedule(self.schedules.schedule.config)
-        if self.forward.image_path is not None:
-            self.playback.set_start_image(str(self.forward.image_path))
-        app = QApplication.instance()
-        if app is not None:
-            app.installEventFilter(self)
-        self.show_status(
-            "Ready. Drop an image, an image folder, a checkpoint or a model folder anywhere."
-        )
+    def _put_in_tab(self, index: int, panel: QWidget) -> None:
+        """Replace tab `index`'s loading page by `panel`; the current tab stays current."""
+        current = self.tabs.currentIndex()
+        page = self.tabs.widget(index)
+        tip = self.tabs.tabToolTip(index)
+        self.tabs.blockSignals(True)
+        self.tabs.removeTab(index)
+        self.tabs.insertTab(index, panel, PANELS[index].title)
+        self.tabs.setTabToolTip(index, tip)
+        self.tabs.setCurrentIndex(current)
+        self.tabs.blockSignals(False)
+        page.deleteLater()
+
+    def _deliver(self, link: Link, value: object) -> None:
+        """A linked signal: to its target when built; an event builds its target first."""
+        if link.target not in self._built:
+            if link.state is not None:
+                return  # the target takes the source's state when it is built
+            self._build_panel(link.target)
+        getattr(self._built[link.target], link.slot)(value)
+
+    def _current_name(self) -> PanelName:
+        return PANEL_NAMES[max(0, self.tabs.currentIndex())]
+
+    def _on_tab_changed(self, index: int) -> None:
+        if 0 <= index < len(PANELS) and self.engine.ready_now():
+            self._build_panel(PANEL_NAMES[index])
+
+    # ------------------------------------------------------------------ the engine
+
+    def _on_engine_loaded(self) -> None:
+        """The engine is imported: torch's threads set, the shown tab built, queue run."""
+        for action in self._loading_actions:
+            self.removeAction(action)
+            action.deleteLater()
+        self._loading_actions = []
+        from app.worker import configure_torch_threads
+
+        configure_torch_threads()  # in the GUI thread, before it runs any torch operation
+        if self._closed:
+            return
+        self._build_panel(self._current_name())
+        self.show_status(READY_STATUS)
+        self.engine_ready.emit()
+        if self._pending:
+            QTimer.singleShot(0, self._run_pending)
+
+    def _on_engine_failed(self, message: str) -> None:
+        text = f"The engine could not be loaded ({message}). Reinstall Diffusion Studio."
+        for i in range(self.tabs.count()):
+            page = self.tabs.widget(i)
+            if isinstance(page, LoadingPage):
+                page.setText(text)
+        self._pending.clear()
+        self._error("Cannot start", text)
+
+    def when_ready(self, what: str, action: Callable[[], object]) -> None:
+        """Do `action` now when the engine is loaded, else once it is (in order); `what`
+        names it in the status bar meanwhile."""
+        if not self._pending and self.engine.ready_now():
+            action()
+            return
+        if self.engine.error is not None:
+            self.show_status(f"{what} is not possible: the engine could not be loaded.")
+            return
+        self._pending.append((what, action))
+        self.statusBar().showMessage(f"{LOADING_STATUS} {what} follows when it is ready.")
+
+    def _run_pending(self) -> None:
+        while self._pending and not self._closed:
+            _what, action = self._pending.pop(0)
+            action()
+
+    def _make_loading_actions(self) -> list[QAction]:
+        """Window shortcuts for the panels' main buttons (Sample, Start) while the engine
+        loads: they say so in the status bar (removed once the panels can be built)."""
+        actions = []
+        for spec in PANELS:
+            if spec.main_action is None:
+                continue
+            what, shortcut = spec.main_action
+            action = QAction(what, self)
+            action.setShortcut(QKeySequence(shortcut))
+            action.triggered.connect(partial(self._refuse_while_loading, spec, what))
+            self.addAction(action)
+            actions.append(action)
+        return actions
+
+    def _refuse_while_loading(self, spec: PanelSpec, what: str) -> None:
+        if self._current_name() == spec.name:
+            self.statusBar().showMessage(
+                f"{LOADING_STATUS} {what} on the {spec.title} tab works in a moment."
+            )
 
     # ------------------------------------------------------------------ menus
 
-    def _action(self, text: str, slot, shortcut=None, tip: str = "") -> QAction:
+    def _action(
+        self, text: str, slot: Callable[[], object], shortcut=None, tip: str = "", queued=False
+    ) -> QAction:
+        """A menu action; `queued`: it needs the engine, and waits for it (`when_ready`)."""
         action = QAction(text, self)
         if shortcut is not None:
             action.setShortcut(QKeySequence(shortcut))
         action.setStatusTip(tip)
         action.setToolTip(tip)
-        action.triggered.connect(slot)
+        if queued:
+            name = text.replace("&", "").rstrip("…")
+            action.triggered.connect(lambda _checked=False: self.when_ready(name, slot))
+        else:
+            action.triggered.connect(lambda _checked=False: slot())
         return action
 
     def _build_menus(self) -> None:
@@ -210,18 +502,21 @@ class MainWindow(QMainWindow):
             self.open_image,
             QKeySequence.StandardKey.Open,
             "Show an image on the Forward tab",
+            queued=True,
         )
         self.open_folder_action = self._action(
             "Open Image &Folder…",
             self.open_image_folder,
             "Ctrl+Shift+O",
             "Train on a folder of images (Training tab)",
+            queued=True,
         )
         self.open_checkpoint_action = self._action(
             "Open &Checkpoint…",
             self.open_checkpoint,
             "Ctrl+Shift+K",
             "Load a trained model for the Playback tab",
+            queued=True,
         )
         self.open_model_folder_action = self._action(
             "Open &Model Folder…",
@@ -229,24 +524,28 @@ class MainWindow(QMainWindow):
             "Ctrl+Shift+M",
             "Load a diffusers model folder (config.json + diffusion_pytorch_model.safetensors, "
             "or a pipeline folder with unet/) for the Playback tab",
+            queued=True,
         )
         self.save_checkpoint_action = self._action(
             "&Save Checkpoint As…",
-            self.training.save_checkpoint_as,
+            lambda: self.training.save_checkpoint_as(),
             QKeySequence.StandardKey.SaveAs,
             "Save the model being trained (or just trained)",
+            queued=True,
         )
         self.export_gif_action = self._action(
             "Export &GIF…",
             self.export_gif,
             "Ctrl+E",
             "Save the Forward or Playback animation as a GIF",
+            queued=True,
         )
         self.export_plot_action = self._action(
             "Export &Plot…",
             self.export_plot,
             "Ctrl+Shift+E",
             "Save the plots of this tab as PNG or SVG",
+            queued=True,
         )
         self.quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit, "Quit")
         for action in (
@@ -258,6 +557,7 @@ class MainWindow(QMainWindow):
             file_menu.addAction(action)
         self.recent_menu = file_menu.addMenu("Recent &Files")
         self.recent_menu.setToolTipsVisible(True)
+        self.recent_menu.aboutToShow.connect(self._update_recent_menu)
         file_menu.addSeparator()
         file_menu.addAction(self.save_checkpoint_action)
         file_menu.addAction(self.export_gif_action)
@@ -267,13 +567,13 @@ class MainWindow(QMainWindow):
         self._update_recent_menu()
 
         view_menu = menu.addMenu("&View")
-        for i, panel in enumerate(self.panels):
+        for i, spec in enumerate(PANELS):
             view_menu.addAction(
                 self._action(
-                    panel.title,
-                    lambda _checked=False, i=i: self.tabs.setCurrentIndex(i),
+                    spec.title,
+                    lambda i=i: self.tabs.setCurrentIndex(i),
                     f"Ctrl+{i + 1}",
-                    f"Show the {panel.title} tab",
+                    f"Show the {spec.title} tab",
                 )
             )
         view_menu.addSeparator()
@@ -291,12 +591,18 @@ class MainWindow(QMainWindow):
         )
 
     def _update_recent_menu(self) -> None:
+        """The Recent Files menu; a file or folder no longer there is listed, greyed out."""
         self.recent_menu.clear()
         files = recent_files(self.settings)
         for path in files:
             action = self.recent_menu.addAction(Path(path).name)
-            action.setToolTip(path)
-            action.triggered.connect(lambda _checked=False, p=path: self.open_path(p))
+            if os.path.exists(path):
+                action.setToolTip(path)
+                action.triggered.connect(lambda _checked=False, p=path: self.open_recent(p))
+            else:
+                action.setText(f"{Path(path).name} (not found)")
+                action.setStatusTip(f"{path} is no longer there")
+                action.setEnabled(False)
         if files:
             self.recent_menu.addSeparator()
             self.recent_menu.addAction("Clear", self._clear_recent)
@@ -307,8 +613,24 @@ class MainWindow(QMainWindow):
         self._update_recent_menu()
 
     def add_recent(self, path: str) -> None:
+        """A file a panel used: into Recent Files when the app opens that kind of file (not an
+        export such as a CSV table); an image or model also names the window."""
+        kind = path_kind(Path(path))
+        if kind is None:
+            return
         add_recent_file(self.settings, path)
         self._update_recent_menu()
+        if kind != "image folder":
+            self.setWindowTitle(f"{Path(path).name} — {APPLICATION}")
+
+    def open_recent(self, path: str) -> None:
+        """Open a Recent Files entry; one that is gone is dropped from the list, with a word."""
+        if not os.path.exists(path):
+            remove_recent_file(self.settings, path)
+            self._update_recent_menu()
+            self.show_status(f"{path} is no longer there; removed from Recent Files.")
+            return
+        self.when_ready(f"Opening {Path(path).name}", lambda: self.open_path(path))
 
     # ------------------------------------------------------------------ actions
 
@@ -334,9 +656,13 @@ class MainWindow(QMainWindow):
 
     def export_gif(self) -> None:
         current = self.tabs.currentWidget()
-        if current is self.playback or (current is not self.forward and self.playback.has_frames()):
-            self.tabs.setCurrentWidget(self.playback)
-            self.playback.export_gif()
+        playback = self._built.get("playback")
+        if playback is not None and (
+            current is playback
+            or (current is not self._built.get("forward") and playback.has_frames())
+        ):
+            self.tabs.setCurrentWidget(playback)
+            playback.export_gif()
         else:
             self.tabs.setCurrentWidget(self.forward)
             self.forward.export_gif()
@@ -353,14 +679,23 @@ class MainWindow(QMainWindow):
         self.showNormal() if self.isFullScreen() else self.showFullScreen()
 
     def show_about(self) -> None:
+        """Versions (read from the installed packages: the engine need not be loaded)."""
+        import PySide6
+
+        def version(package: str) -> str:
+            try:
+                return importlib.metadata.version(package)
+            except importlib.metadata.PackageNotFoundError:
+                return "not installed"
+
         rows = [
             ("Diffusion Studio", core.__version__),
             ("Python", platform.python_version()),
-            ("PyTorch", torch.__version__),
+            ("PyTorch", version("torch")),
             ("Qt", qVersion()),
             ("PySide6", PySide6.__version__),
-            ("pyqtgraph", pg.__version__),
-            ("NumPy", np.__version__),
+            ("pyqtgraph", version("pyqtgraph")),
+            ("NumPy", version("numpy")),
         ]
         table = "".join(f"<tr><td>{k}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
         text = (
@@ -375,30 +710,37 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ opening files
 
     def open_path(self, path: str | os.PathLike[str]) -> bool:
-        """Open a file or folder in the panel that fits it. Returns True when it was used."""
+        """Open a file or folder in the panel that fits it. Returns True when it was used.
+        Loads the engine first, here, when it is not loaded yet (see `open_path_when_ready`)."""
         path = Path(path).expanduser()
-        suffix = path.suffix.lower()
         if not path.exists():
             self._error("Cannot open", f"'{path}' does not exist.")
             return False
-        if find_diffusers_model(path) is not None:  # a diffusers model folder (or its file)
+        self.engine.load_now()
+        kind = path_kind(path)
+        if kind in ("model folder", "checkpoint"):
             self.tabs.setCurrentWidget(self.playback)
             return self.playback.load_checkpoint(path)
-        if path.is_dir():
+        if kind == "image folder":
             self.tabs.setCurrentWidget(self.training)
             return self.training.set_data_folder(path)
-        if suffix in CHECKPOINT_SUFFIXES:
-            self.tabs.setCurrentWidget(self.playback)
-            return self.playback.load_checkpoint(path)
-        if suffix in IMAGE_SUFFIXES:
+        if kind == "image":
             self.tabs.setCurrentWidget(self.forward)
             return self.forward.load_image(path)
+        from core.checkpoint import CHECKPOINT_SUFFIX, LEGACY_SUFFIXES
+        from core.data import IMAGE_SUFFIXES
+
         self._error(
             "Cannot open",
             f"'{path.name}' is not an image ({', '.join(IMAGE_SUFFIXES)}), a checkpoint "
-            f"({', '.join(CHECKPOINT_SUFFIXES)}), a diffusers model folder or an image folder.",
+            f"({', '.join((CHECKPOINT_SUFFIX, *LEGACY_SUFFIXES))}), a diffusers model folder "
+            "or an image folder.",
         )
         return False
+
+    def open_path_when_ready(self, path: str | os.PathLike[str]) -> None:
+        """Open `path` once the engine is loaded (at once when it is)."""
+        self.when_ready(f"Opening {Path(path).name}", lambda: self.open_path(path))
 
     def _error(self, title: str, message: str) -> None:
         self.show_status(message)
@@ -415,15 +757,19 @@ class MainWindow(QMainWindow):
                 else:
                     event.acceptProposedAction()
                 return True
+        elif kind == QEvent.Type.Paint and not self._painted:
+            if isinstance(obj, QWidget) and obj.window() is self:
+                self._painted = True  # the engine loads once the first paint is done
+                QTimer.singleShot(0, self.engine.start)
         return super().eventFilter(obj, event)
 
     def handle_dropped_paths(self, paths: list[str]) -> None:
         for path in paths:
-            self.open_path(path)
+            self.open_path_when_ready(path)
 
     # ------------------------------------------------------------------ settings and closing
 
-    def _restore(self) -> None:
+    def _restore_window(self) -> None:
         s = self.settings
         geometry = s.value("window/geometry")
         if isinstance(geometry, QByteArray):
@@ -431,27 +777,24 @@ class MainWindow(QMainWindow):
         state = s.value("window/state")
         if isinstance(state, QByteArray):
             self.restoreState(state)
-        for panel in self.panels:
-            try:
-                panel.restore_state(s)
-            except Exception:  # noqa: BLE001 - a damaged settings file must not stop the app
-                log.exception("could not restore the settings of %s", panel.title)
         try:
             self.tabs.setCurrentIndex(int(s.value("window/tab", 0)))
         except (TypeError, ValueError):
             pass
 
     def save_settings(self) -> None:
+        """The window's settings and those of every panel built; a panel never built leaves
+        its saved settings as they are."""
         s = self.settings
         s.setValue("window/geometry", self.saveGeometry())
         s.setValue("window/state", self.saveState())
         s.setValue("window/tab", self.tabs.currentIndex())
-        for panel in self.panels:
+        for panel in self.built_panels():
             panel.save_state(s)
         s.sync()
 
     def busy_panels(self) -> list[Panel]:
-        return [p for p in self.panels if p.busy()]
+        return [p for p in self.built_panels() if p.busy()]
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt override)
         busy = self.busy_panels()
@@ -465,9 +808,12 @@ class MainWindow(QMainWindow):
                 event.ignore()
                 return
             self.show_status("Stopping the running jobs…")
-            stopped = all(p.shutdown(CLOSE_TIMEOUT_S) for p in self.panels)
+            stopped = all(p.shutdown(CLOSE_TIMEOUT_S) for p in self.built_panels())
             if not stopped:
                 log.warning("a job did not stop within %.0f s", CLOSE_TIMEOUT_S)
+        self._closed = True
+        self._pending.clear()
+        self.engine.wait(CLOSE_TIMEOUT_S)  # no import left running when the process exits
         self.save_settings()
         app = QApplication.instance()
         if app is not None:
@@ -476,31 +822,47 @@ class MainWindow(QMainWindow):
         event.accept()
 
 
-def make_application() -> QApplication:
-    """The QApplication, named (settings and data folders), styled, with the icon; torch gets
-    one thread in the GUI thread and its default count (the CLI's) in each job's
-    (app.worker.configure_torch_threads)."""
+def make_qt_application() -> QApplication:
+    """The QApplication, named (settings and data folders), styled, with the icon."""
     app = QApplication.instance() or QApplication(sys.argv[:1])
     configure_application(app)
     app.setWindowIcon(app_icon())
     if "fusion" in [name.lower() for name in QStyleFactory.keys()]:
         app.setStyle("Fusion")
+    return app
+
+
+def make_application() -> QApplication:
+    """`make_qt_application` with torch loaded and its threads set as in the app: one in the
+    GUI thread, its default count (the CLI's) in each job's (app.worker.configure_torch_threads).
+    For scripts and benchmarks that build the window at once; run_app sets the threads once
+    the engine has loaded."""
+    app = make_qt_application()
+    from app.worker import configure_torch_threads
+
     configure_torch_threads()
     return app
 
 
 def run_app(paths: list[str]) -> int:
-    """Start the GUI, open `paths` (images, image folders, checkpoints), run the event loop."""
-    app = make_application()
+    """Start the GUI, open `paths` (images, image folders, checkpoints) once the engine is
+    loaded, run the event loop."""
+    from app.garbage import after_startup
+
+    app = make_qt_application()
     window = MainWindow()
+    # once the shown tab is built, the garbage collector leaves the start-up objects alone
+    window.engine_ready.connect(lambda: after_startup(window))
     window.show()
-    after_startup(window)  # the garbage collector leaves the start-up objects alone
     for path in paths:
-        window.open_path(path)
+        window.open_path_when_ready(path)
     code = app.exec()
-    if not wait_for_all_threads(CLOSE_TIMEOUT_S):
-        # A job ignored its cancel flag: leave without destroying a running QThread.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code or 1)
+    if "app.worker" in sys.modules:  # the engine was loaded: jobs may have run
+        from app.worker import wait_for_all_threads
+
+        if not wait_for_all_threads(CLOSE_TIMEOUT_S):
+            # A job ignored its cancel flag: leave without destroying a running QThread.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code or 1)
     return int(code)

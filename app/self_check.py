@@ -129,6 +129,7 @@ def _check_qt() -> str:
         os.environ[DATA_DIR_ENV] = tmp
         try:
             window = MainWindow()
+            window.ensure_all_panels()  # the app builds them when first shown
             qt_app.processEvents()
             if window.grab().isNull():  # lays out and paints every visible widget
                 raise ValueError("the main window could not be drawn")

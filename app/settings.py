@@ -99,3 +99,11 @@ def add_recent_file(settings: QSettings, path: str | os.PathLike[str]) -> list[s
     files = files[:MAX_RECENT]
     write_json(settings, "recent_files", files)
     return files
+
+
+def remove_recent_file(settings: QSettings, path: str | os.PathLike[str]) -> list[str]:
+    """Drop `path` from the recent-files list."""
+    text = str(path)
+    files = [f for f in recent_files(settings) if f != text]
+    write_json(settings, "recent_files", files)
+    return files

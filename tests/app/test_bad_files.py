@@ -228,8 +228,10 @@ def inputs(tmp_path) -> Path:
 
 
 @pytest.fixture
-def small_bomb_limit(monkeypatch):
-    """Pillow's decompression-bomb limit lowered to 100 pixels (restored after the test)."""
+def small_bomb_limit(monkeypatch, window):
+    """Pillow's decompression-bomb limit lowered to 100 pixels (restored after the test), once
+    the window has built its panels (the bundled photo loads under the real limit)."""
+    window.ensure_all_panels()
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
 
 
