@@ -19,7 +19,8 @@ class Panel(QWidget):
     """Base of the four panels.
 
     status_message(str): a line for the status bar. file_used(path): a file the user
-    opened or saved (the main window adds it to Recent Files).
+    opened or saved that the app can open again (the main window adds it to Recent Files;
+    exports are not emitted).
 
     Subclasses set `self.splitter` (its state persists), may set `self.error` (an
     ErrorLabel that `show_problem` fills) and list the widgets whose values persist in
@@ -74,8 +75,8 @@ class Panel(QWidget):
         """Enable the controls that fit the panel's state (panels with jobs override this)."""
 
     def make_export_runner(self, kind: str) -> JobRunner:
-        """A runner for file exports: when one ends the file goes to Recent Files and the
-        status bar; a failure is shown."""
+        """A runner for file exports: when one ends the file is named in the status bar; a
+        failure is shown."""
         runner = JobRunner(kind, self)
         runner.finished.connect(self._on_export_finished)
         runner.failed.connect(lambda message: self.report_error("Export", message))
@@ -87,8 +88,7 @@ class Panel(QWidget):
         runner.start(job)
 
     def _on_export_finished(self, _result: object) -> None:
-        if self._export_target is not None:
-            self.file_used.emit(str(self._export_target))
+        if self._export_target is not None:  # not file_used: Recent Files is for inputs
             self.status_message.emit(f"Exported to {self._export_target}")
 
     # ------------------------------------------------------------ settings

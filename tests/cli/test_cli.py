@@ -371,22 +371,48 @@ def test_export_for_sampling_is_small_and_samples(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-def test_gui_without_display_says_so(tmp_path):
+def run_without_display(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The command as on a machine with no display: the GUI cannot start, so a run that
+    would start it ends at once with "no display found"."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")
     }
     env["PYTHONPATH"] = str(ROOT)
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli"],
-        cwd=tmp_path,
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert_one_line_error(result, "no display")
+
+
+def test_gui_without_display_says_so(tmp_path):
+    assert_one_line_error(run_without_display(cwd=tmp_path), "no display")
+
+
+def test_a_mistyped_command_is_refused_with_a_suggestion(tmp_path):
+    # with a display the GUI would have started before (issue 14, item 6)
+    result = run("sampel", "--n", "3", cwd=tmp_path, timeout=60)
+    assert_one_line_error(result, "unknown command 'sampel' (did you mean 'sample'?)")
+    assert_one_line_error(run("trian", cwd=tmp_path, timeout=60), "did you mean 'train'?")
+    result = run("zzz", cwd=tmp_path, timeout=60)
+    assert_one_line_error(result, "unknown command 'zzz' (commands: schedule, forward,")
+
+
+def test_a_missing_file_is_refused_and_existing_ones_start_the_app(tmp_path):
+    assert_one_line_error(run("missing.png", cwd=tmp_path, timeout=60), "'missing.png'")
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(image)
+    result = run(str(image), "nothere.safetensors", cwd=tmp_path, timeout=60)
+    assert_one_line_error(result, "no such file or folder: 'nothere.safetensors'")
+    assert_one_line_error(run(str(image), "--n", cwd=tmp_path, timeout=60), "unknown option")
+    # an image, a folder: accepted, so the app starts (and, with no display, says so)
+    for existing in (str(image), str(tmp_path), "."):
+        assert_one_line_error(run_without_display(existing, cwd=tmp_path), "no display")
 
 
 def test_sample_a_diffusers_folder_with_its_own_sampler(tmp_path):
