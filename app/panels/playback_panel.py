@@ -96,6 +96,12 @@ VIEW_GRID_XT = "grid_xt"
 VIEW_GRID_X0 = "grid_x0"
 VIEW_PAIR = "pair"
 VIEW_POINTS = "points"
+IMAGE_VIEWS = [
+    ("Grid of x_t", VIEW_GRID_XT),
+    ("Grid of x_0 predictions", VIEW_GRID_X0),
+    ("One sample: x_t | x_0 prediction", VIEW_PAIR),
+]
+POINT_VIEWS = [("Point cloud with trails", VIEW_POINTS)]
 
 
 @dataclass(frozen=True)
@@ -278,15 +284,7 @@ class PlaybackPanel(Panel):
         self.stale_label.hide()
 
         # export
-        self.export_view = combo_box(
-            [
-                ("Grid of x_t", VIEW_GRID_XT),
-                ("Grid of x_0 predictions", VIEW_GRID_X0),
-                ("One sample: x_t | x_0 prediction", VIEW_PAIR),
-                ("Point cloud with trails", VIEW_POINTS),
-            ],
-            "What the GIF / PNG frames show",
-        )
+        self.export_view = combo_box(IMAGE_VIEWS, "What the GIF / PNG frames show")
         self.export_from = spin_box(0, 0, 0, "First stored frame to export")
         self.export_to = spin_box(0, 0, 0, "Last stored frame to export")
         self.export_frames = spin_box(2, 1000, 60, "Number of frames (evenly spaced in the range)")
@@ -336,13 +334,16 @@ class PlaybackPanel(Panel):
         play_grid.addWidget(self.loop, 1, 6)
         play_grid.addWidget(self.stale_label, 2, 0, 1, 8)
         play_grid.setColumnStretch(3, 1)
-        show_row = QHBoxLayout()
+        # which sample / what the grid shows: image models only (hidden for 2-D points)
+        self.image_choices = QWidget()
+        show_row = QHBoxLayout(self.image_choices)
+        show_row.setContentsMargins(0, 0, 0, 0)
         show_row.addWidget(QLabel("Sample #"))
         show_row.addWidget(self.sample_index)
         show_row.addWidget(QLabel("Grid shows"))
         show_row.addWidget(self.grid_of)
         show_row.addStretch(1)
-        play_grid.addLayout(show_row, 3, 0, 1, 8)
+        play_grid.addWidget(self.image_choices, 3, 0, 1, 8)
         export_box = QGroupBox("Export")
         export_grid = QGridLayout(export_box)
         pairs = (
@@ -540,7 +541,11 @@ class PlaybackPanel(Panel):
         self.start_t.setValue(min(self.start_t.value(), T - 1))
         if was_points != model.is_points:
             self.num_samples.setValue(1000 if model.is_points else 16)
-            set_combo_data(self.export_view, VIEW_POINTS if model.is_points else VIEW_GRID_XT)
+            # only the views that apply to this kind of model are offered
+            self.export_view.clear()
+            for label, view in POINT_VIEWS if model.is_points else IMAGE_VIEWS:
+                self.export_view.addItem(label, view)
+        self.image_choices.setVisible(not model.is_points)
         self.views.setCurrentWidget(self.point_views if model.is_points else self.image_views)
         self._apply_sampler_defaults(model)
         self._fill_class_choice(model)

@@ -269,3 +269,15 @@ def test_frames_made_with_other_settings_are_marked(panel, qtbot, checkpoints):
     assert panel.stale_label.isVisible()
     sample(panel, qtbot, steps=5, n=4)
     assert not panel.stale_label.isVisible()
+
+
+def test_only_the_choices_that_apply_to_the_model_are_offered(panel, checkpoints):
+    """A 2-D model has no 'sample #', no grid and one export view; an image model no point
+    cloud (it used to fall back to a grid in silence)."""
+    assert panel.load_checkpoint(checkpoints.images)
+    views = [panel.export_view.itemData(i) for i in range(panel.export_view.count())]
+    assert views == ["grid_xt", "grid_x0", "pair"]
+    assert panel.image_choices.isVisible()
+    assert panel.load_checkpoint(checkpoints.points)
+    assert [panel.export_view.itemData(i) for i in range(panel.export_view.count())] == ["points"]
+    assert not panel.image_choices.isVisible()
