@@ -470,6 +470,11 @@ class FieldCheck(QObject):
     Start / Sample button from `valid`). Errors no field is to blame for (no folder chosen, no
     model) are left to the panel's Start / Sample path, which reports them as before.
 
+    Text typed into a SpinBox / DoubleSpinBox (the spin_box / double_box helpers) that is no
+    value of the field (letters, too many digits or decimals) is not swallowed key by key: Qt
+    keeps the last value and the field is refused with "'abc' is not a whole number ..." or
+    "... is out of range: use lo..hi; the field kept 7" until a value is typed.
+
     When the settings are refused, the blame goes to the fields whose own value is refused
     with every other suspect (the field just edited and those already refused) back at its last
     accepted value; reverting is done on the widgets, with their signals blocked, and undone at
