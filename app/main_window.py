@@ -448,7 +448,8 @@ class MainWindow(QMainWindow):
             self.show_status(f"{what} is not possible: the engine could not be loaded.")
             return
         self._pending.append((what, action))
-        self.statusBar().showMessage(f"{LOADING_STATUS} {what} follows when it is ready.")
+        waiting = ", ".join(name for name, _ in self._pending)
+        self.statusBar().showMessage(f"{LOADING_STATUS} Then: {waiting}.")
 
     def _run_pending(self) -> None:
         while self._pending and not self._closed:

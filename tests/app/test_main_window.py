@@ -41,6 +41,7 @@ def test_first_launch_shows_the_bundled_photo_on_every_panel(window):
 def test_every_control_has_a_tooltip(window):
     from PySide6.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QSlider
 
+    window.ensure_all_panels()
     missing = [
         w.objectName() or f"{type(w).__name__}:{getattr(w, 'text', lambda: '')()}"
         for kind in (QAbstractButton, QAbstractSpinBox, QComboBox, QSlider)
@@ -171,6 +172,55 @@ def test_close_during_training_asks_stops_and_saves(window, qtbot, fake_dialogs,
     assert live_threads() == []
     saved = list((app_dirs.data / "checkpoints").glob("moons-*.safetensors"))
     assert len(saved) == 1
+
+
+# ---------------------------------------------------------------------- recent files, title
+
+
+def recent_entries(window) -> list[str]:
+    window.recent_menu.aboutToShow.emit()
+    return [a.text() for a in window.recent_menu.actions() if a.text() and a.text() != "Clear"]
+
+
+def test_recent_files_hold_what_the_app_opens_not_exports(window, tmp_path, fake_dialogs, export):
+    image = tmp_path / "input.png"
+    Image.fromarray(np.zeros((12, 12, 3), dtype=np.uint8)).save(image)
+    assert window.open_path(image)
+    window.forward.gif_frames.setValue(2)
+    window.forward.gif_size.setValue(16)
+    export(window.forward.gif_button, window.forward.export_runner, tmp_path / "out.gif")
+    fake_dialogs.paths.append(tmp_path / "table.csv")
+    window.schedules.csv_button.click()
+    assert (tmp_path / "out.gif").is_file() and (tmp_path / "table.csv").is_file()
+    entries = recent_entries(window)
+    assert "input.png" in entries
+    assert "out.gif" not in entries and "table.csv" not in entries
+    assert window.windowTitle() == "input.png — Diffusion Studio"  # not the export's name
+
+
+def test_a_recent_file_that_is_gone_is_marked_and_dropped_without_an_error(
+    window, tmp_path, fake_dialogs
+):
+    image = tmp_path / "soon-gone.png"
+    Image.fromarray(np.zeros((12, 12, 3), dtype=np.uint8)).save(image)
+    assert window.open_path(image)
+    image.unlink()
+    assert "soon-gone.png (not found)" in recent_entries(window)
+    window.open_recent(str(image.resolve()))
+    assert fake_dialogs.errors == []
+    assert "no longer there" in window.statusBar().currentMessage()
+    assert not any("soon-gone" in entry for entry in recent_entries(window))
+
+
+def test_the_title_names_the_open_image_or_model(window, tmp_path, checkpoints):
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((12, 12, 3), dtype=np.uint8)).save(image)
+    assert window.open_path(image)
+    assert window.windowTitle() == "photo.png — Diffusion Studio"
+    assert window.open_path(checkpoints.points)
+    assert window.windowTitle() == "moons.safetensors — Diffusion Studio"
+    assert window.open_path(tmp_path)  # an image folder for training: not a document
+    assert window.windowTitle() == "moons.safetensors — Diffusion Studio"
 
 
 # ---------------------------------------------------------------------- icon
