@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import torch
+from PySide6.QtCore import Qt
 
 from app import worker
 from app.worker import Job, JobControl, JobRunner, live_threads
@@ -56,25 +58,116 @@ def test_an_exception_becomes_failed_with_a_message(qtbot, error, message):
     runner.wait(5)
 
 
-def test_pause_stops_progress_and_cancel_ends_the_job(qtbot):
+ENOUGH = 100_000  # more records than a test reads; bounded, so a broken pause cannot run away
+
+
+def _endless(events: list[str], gate: threading.Event | None = None):
+    """0, 1, 2, ... (ENOUGH of them, once `gate` is set); its clean-up notes its thread."""
+    try:
+        if gate is not None:
+            gate.wait(30)
+        yield from range(ENOUGH)
+    finally:
+        where = "worker" if threading.current_thread() is not threading.main_thread() else "gui"
+        events.append(f"cleanup in {where}")
+
+
+def _pausing_at(control: JobControl, record: int):
+    """An on_record that pauses the job right after `record` (in the worker thread, so the
+    pause point is exact)."""
+
+    def on_record(value: int) -> None:
+        if value == record:
+            control.pause()
+
+    return on_record
+
+
+def _watch_done(events: list[str], gate: threading.Event) -> None:
+    """Note the newest worker's `done` (its last act, in its own thread) in `events`; then
+    open the gate its generator waits at (so `done` cannot come before the connection)."""
+    newest = worker._LIVE[-1][1]
+    newest.done.connect(lambda: events.append("done"), Qt.ConnectionType.DirectConnection)
+    gate.set()
+
+
+def test_pause_stops_progress_and_resume_goes_on(qtbot):
+    """Paused after record 3, exactly 0..3 arrive (the pause flushes them) and the generator is
+    not advanced; resumed, records go on from 4."""
     runner = JobRunner("test")
-    records = []
+    records, events = [], []
     runner.progressed.connect(records.append)
     control = JobControl()
-    runner.start(Job("slow", lambda: counting(100000, 0.001), control))
-    qtbot.waitUntil(lambda: len(records) > 5, timeout=5000)
-    runner.pause()
-    assert runner.is_paused
-    qtbot.wait(150)  # records already on their way arrive
-    seen = len(records)
-    qtbot.wait(200)
-    assert len(records) == seen  # nothing new while paused
+    runner.start(Job("endless", lambda: _endless(events), control, _pausing_at(control, 3)))
+    qtbot.waitUntil(lambda: len(records) >= 4, timeout=10000)
+    assert records == [0, 1, 2, 3] and runner.is_paused
     runner.resume()
-    qtbot.waitUntil(lambda: len(records) > seen, timeout=5000)
-    with qtbot.waitSignal(runner.cancelled, timeout=5000):
+    qtbot.waitUntil(lambda: len(records) > 4, timeout=10000)
+    assert records == list(range(len(records)))
+    with qtbot.waitSignal(runner.cancelled, timeout=10000):
         runner.cancel()
-    assert control.is_cancelled
-    assert runner.wait(5)
+    assert runner.wait(30)
+    assert events == ["cleanup in worker"]
+
+
+def test_a_job_paused_then_cancelled_ends_cancelled_with_no_more_records(qtbot):
+    runner = JobRunner("test")
+    records, events, outcomes = [], [], []
+    gate = threading.Event()
+    runner.progressed.connect(records.append)
+    runner.finished.connect(lambda result: outcomes.append("finished"))
+    control = JobControl()
+    job = Job(
+        "endless",
+        lambda: _endless(events, gate),
+        control,
+        _pausing_at(control, 3),
+        on_end=lambda outcome: events.append(f"on_end {outcome}") or "result",
+    )
+    runner.start(job)
+    _watch_done(events, gate)
+    qtbot.waitUntil(lambda: len(records) >= 4, timeout=10000)
+    assert runner.is_paused
+    with qtbot.waitSignal(runner.cancelled, timeout=10000):
+        runner.cancel()
+    assert runner.wait(30)
+    assert records == [0, 1, 2, 3]  # nothing was drawn from the generator while paused
+    assert outcomes == [] and runner.result == "result" and not runner.is_running
+    # the generator is closed (in the worker thread) before on_end, and both before `done`
+    assert events == ["cleanup in worker", "on_end cancelled", "done"]
+
+
+def test_a_failing_job_runs_its_generators_clean_up_in_the_worker(qtbot):
+    """on_record raises at record 2: `failed`, and the generator's `finally` has run in the
+    worker thread before the worker's last act (no clean-up left to the garbage collector)."""
+    events: list[str] = []
+    gate = threading.Event()
+
+    def on_record(value: int) -> None:
+        if value == 2:
+            raise ZeroDivisionError("autosave broke")
+
+    runner = JobRunner("test")
+    with qtbot.waitSignal(runner.failed, timeout=10000) as failed:
+        runner.start(Job("endless", lambda: _endless(events, gate), on_record=on_record))
+        _watch_done(events, gate)
+    assert runner.wait(30)
+    assert failed.args == ["endless failed with an unexpected ZeroDivisionError: autosave broke"]
+    assert events == ["cleanup in worker", "done"]
+
+
+def test_out_of_memory_becomes_a_message(qtbot):
+    def greedy():
+        yield 1
+        raise MemoryError()
+
+    runner = JobRunner("test")
+    with qtbot.waitSignal(runner.failed, timeout=10000) as failed:
+        runner.start(Job("Sampling", greedy))
+    assert runner.wait(30)
+    assert failed.args == [
+        "Sampling: out of memory. Use a smaller model, batch or number of samples."
+    ]
 
 
 def test_starting_a_new_job_drops_the_old_jobs_late_signals(qtbot):
