@@ -23,7 +23,11 @@ from core.samplers import (
 )
 from core.schedule import NoiseSchedule, ScheduleConfig
 
-diffusers = pytest.importorskip("diffusers")
+
+def _diffusers():
+    """diffusers, a test-only dependency: only the parity tests need it (and skip without it)."""
+    return pytest.importorskip("diffusers")
+
 
 DIFFUSERS_PREDICTION = {"epsilon": "epsilon", "v": "v_prediction", "x0": "sample"}
 DIFFUSERS_KIND = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
@@ -31,6 +35,7 @@ SHAPE = (3, 1, 4, 4)
 
 
 def _reference(kind: str, config: ScheduleConfig, prediction: str, spacing: str, **extra):
+    diffusers = _diffusers()
     cls = diffusers.DDPMScheduler if kind == "ddpm" else diffusers.DDIMScheduler
     return cls(
         num_train_timesteps=config.num_timesteps,

@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 from core.errors import ConfigError
 from core.schedule import SCHEDULE_KINDS, NoiseSchedule, ScheduleConfig
 
-diffusers = pytest.importorskip("diffusers")
-from diffusers.schedulers.scheduling_ddpm import (  # noqa: E402
-    rescale_zero_terminal_snr as rescale_zero_terminal_snr_diffusers,
-)
+
+@pytest.fixture(scope="module")
+def diffusers():
+    """diffusers, a test-only dependency: only the parity tests need it (and skip without it)."""
+    return pytest.importorskip("diffusers")
+
 
 DIFFUSERS_KIND = {
     "linear": "linear",
@@ -26,7 +28,7 @@ DIFFUSERS_KIND = {
 }
 
 
-def diffusers_scheduler(config: ScheduleConfig):
+def diffusers_scheduler(diffusers, config: ScheduleConfig):
     return diffusers.DDPMScheduler(
         num_train_timesteps=config.num_timesteps,
         beta_start=config.beta_start,
@@ -41,14 +43,22 @@ def diffusers_scheduler(config: ScheduleConfig):
 @pytest.mark.parametrize(
     "steps,beta_start,beta_end", [(1000, 1e-4, 0.02), (50, 1e-3, 0.05), (2, 1e-4, 0.02)]
 )
-def test_schedule_matches_diffusers(kind, zero_snr, steps, beta_start, beta_end):
+def test_schedule_matches_diffusers(diffusers, kind, zero_snr, steps, beta_start, beta_end):
+    from diffusers.schedulers.scheduling_ddpm import (
+        rescale_zero_terminal_snr as rescale_zero_terminal_snr_diffusers,
+    )
+
     config = ScheduleConfig(kind, steps, beta_start, beta_end, zero_snr)
     ours = NoiseSchedule(config)
-    ref = diffusers_scheduler(config)
-    # alphabar (what every formula uses) agrees with diffusers' float32 tables to 1e-6
-    np.testing.assert_allclose(
-        ours.alphas_cumprod.numpy(), ref.alphas_cumprod.double().numpy(), rtol=0, atol=1e-6
-    )
+    ref = diffusers_scheduler(diffusers, config)
+    # alphabar (what every formula uses) agrees with diffusers' float32 tables in relative
+    # terms: measured worst 1.3e-5 (cosine), 1.3e-5 (sigmoid, zero SNR). An absolute 1e-6 would
+    # be 400x slack at the cosine tail (alphabar 2.4e-9), where sampling is most sensitive.
+    ours_ab, ref_ab = ours.alphas_cumprod.numpy(), ref.alphas_cumprod.double().numpy()
+    if zero_snr:  # the last alphabar is exactly 0 on both sides (no relative error to take)
+        assert ours_ab[-1] == 0.0 and ref_ab[-1] == 0.0
+        ours_ab, ref_ab = ours_ab[:-1], ref_ab[:-1]
+    np.testing.assert_allclose(ours_ab, ref_ab, rtol=2e-5, atol=0)
     if not zero_snr:
         for name in ("betas", "alphas"):
             np.testing.assert_allclose(
@@ -140,13 +150,22 @@ def test_add_noise_batch_of_timesteps_and_dtype():
         ab = float(s.alphas_cumprod[ti])
         expected = math.sqrt(ab) * x0[i] + math.sqrt(1 - ab) * noise[i]
         torch.testing.assert_close(xt[i], expected)
+    assert s.add_noise(x0.double(), noise.double(), t).dtype == torch.float64
+
+
+def test_add_noise_and_velocity_match_diffusers(diffusers):
+    s = NoiseSchedule.from_kind("linear", 100)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 1, 3, 3, generator=g)
+    noise = torch.randn(4, 1, 3, 3, generator=g)
+    t = torch.tensor([0, 10, 50, 99])
+    xt = s.add_noise(x0, noise, t)
     ref = diffusers.DDPMScheduler(num_train_timesteps=100)
     torch.testing.assert_close(xt, ref.add_noise(x0, noise, t), atol=1e-6, rtol=1e-6)
     # diffusers forms 1 - alphabar in float32 (cancellation near t = 0), hence 1e-5 here
     torch.testing.assert_close(
         s.velocity(x0, noise, t), ref.get_velocity(x0, noise, t), atol=1e-5, rtol=1e-5
     )
-    assert s.add_noise(x0.double(), noise.double(), t).dtype == torch.float64
 
 
 def test_add_noise_same_seed_same_result():
@@ -206,7 +225,8 @@ def test_alphabar_strictly_decreasing_in_unit_interval(kind, steps, beta_start, 
     assert ab.shape == (steps,)
     assert np.all(np.diff(ab) < 0)
     assert np.all(ab <= 1) and np.all(ab[:-1] > 0)
-    assert ab[-1] >= 0 if zero_snr else ab[-1] > 0
+    # zero terminal SNR: the last alphabar is exactly 0 (pure noise), otherwise above 0
+    assert ab[-1] == 0.0 if zero_snr else ab[-1] > 0
     assert s.betas.dtype == torch.float64
 
 
