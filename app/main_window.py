@@ -32,13 +32,12 @@ from PySide6.QtCore import (
     QEvent,
     QObject,
     QSettings,
-    QSize,
     Qt,
     QTimer,
     Signal,
     qVersion,
 )
-from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QLabel,
@@ -76,7 +75,6 @@ log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 15.0
 DEFAULT_SIZE = (1360, 860)
-TITLE_BAR = 40  # what a window manager's title bar takes of the screen's height
 LOADING_TEXT = "Loading…"
 LOADING_STATUS = "Loading the engine…"
 READY_STATUS = "Ready. Drop an image, an image folder, a checkpoint or a model folder anywhere."
@@ -278,16 +276,6 @@ class LoadingPage(QLabel):
         self.setToolTip(f"The {spec.title} tab appears once the engine is loaded")
 
 
-def default_size() -> QSize:
-    """1360x860, or less on a smaller screen (its free area, less a window title bar)."""
-    size = QSize(*DEFAULT_SIZE)
-    screen = QGuiApplication.primaryScreen()
-    if screen is not None:
-        free = screen.availableGeometry()
-        size = size.boundedTo(QSize(free.width(), free.height() - TITLE_BAR))
-    return size
-
-
 class MainWindow(QMainWindow):
     """Diffusion Studio's window: Schedules, Forward, Training and Playback tabs.
 
@@ -302,7 +290,7 @@ class MainWindow(QMainWindow):
         self.settings = settings if settings is not None else make_settings()
         self.setWindowTitle(APPLICATION)
         self.setWindowIcon(app_icon())
-        self.resize(default_size())
+        self.resize(*DEFAULT_SIZE)
         self.setAcceptDrops(True)
         self._built: dict[PanelName, Panel] = {}
         self._building: set[PanelName] = set()
