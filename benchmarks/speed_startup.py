@@ -6,10 +6,12 @@ Issue 20 (targets: median <= 1.5 s quiet, <= 2.5 s with one core busy; a restore
 whose last tab was Playback or Training within 0.3 s of those). What a user sees: the real
 `diffusion-studio` script of this Python environment (`<venv>/bin/diffusion-studio`) under
 a real X server, Xvfb at 1280x720, started by this benchmark on a free display. The time runs
-from spawning the command to the first moment `xdotool search --onlyvisible --name
-"Diffusion Studio"` finds the window, polled every 20 ms: an X-level check that a top-level
-window of that name is mapped and viewable (Qt maps it once the first frame is ready to be
-drawn; its first paint follows within milliseconds, which the offscreen driver below times).
+from spawning the command to the first moment a window whose name contains "Diffusion Studio"
+is viewable, polled every 20 ms over one Xlib connection (`WindowWatcher`: the X-level test
+of `xdotool search --onlyvisible --name`, without a process and a new X connection per poll,
+which cost CPU beside the launch and now and then made the app's own connection fail). Qt
+maps the window when its first frame is ready; the paint follows within milliseconds (the
+offscreen driver below checks it comes before torch).
 Each launch gets fresh settings and data folders (XDG_CONFIG_HOME, XDG_DATA_HOME and
 DIFFUSION_STUDIO_DATA_DIR in a new temporary folder): a first launch, or a restored session
 whose settings say the last tab was Playback or Training. "busy" runs keep one core busy with a
@@ -24,12 +26,15 @@ meanwhile gives the longest stall of the window while the engine loads (the long
 between two ticks, the shown tab's build included); and `python -c "import torch"` and
 `python -c "pass"`.
 
-Needs Xvfb and xdotool (Debian: xvfb, xdotool); without them only the offscreen part runs.
+Needs Xvfb, xdotool (to wait for the server) and libX11 (Debian: xvfb, xdotool); without them
+only the offscreen part runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import shutil
@@ -146,31 +151,118 @@ def launch_env(display: str, folder: Path, tab: int | None) -> dict[str, str]:
     return env
 
 
-def window_visible(display: str) -> bool:
-    found = subprocess.run(
-        ["xdotool", "search", "--onlyvisible", "--name", WINDOW_NAME],
-        env=dict(os.environ, DISPLAY=display),
-        capture_output=True,
-    )
-    return found.returncode == 0 and bool(found.stdout.strip())
+class XWindowAttributes(ctypes.Structure):
+    """Xlib's XWindowAttributes (only map_state is read)."""
+
+    _fields_ = [
+        ("x", ctypes.c_int),
+        ("y", ctypes.c_int),
+        ("width", ctypes.c_int),
+        ("height", ctypes.c_int),
+        ("border_width", ctypes.c_int),
+        ("depth", ctypes.c_int),
+        ("visual", ctypes.c_void_p),
+        ("root", ctypes.c_ulong),
+        ("class_", ctypes.c_int),
+        ("bit_gravity", ctypes.c_int),
+        ("win_gravity", ctypes.c_int),
+        ("backing_store", ctypes.c_int),
+        ("backing_planes", ctypes.c_ulong),
+        ("backing_pixel", ctypes.c_ulong),
+        ("save_under", ctypes.c_int),
+        ("colormap", ctypes.c_ulong),
+        ("map_installed", ctypes.c_int),
+        ("map_state", ctypes.c_int),
+        ("all_event_masks", ctypes.c_long),
+        ("your_event_mask", ctypes.c_long),
+        ("do_not_propagate_mask", ctypes.c_long),
+        ("override_redirect", ctypes.c_int),
+        ("screen", ctypes.c_void_p),
+    ]
 
 
-def time_to_window(display: str, tab: int | None) -> float:
+IS_VIEWABLE = 2  # XWindowAttributes.map_state: mapped, and every ancestor mapped
+
+
+class WindowWatcher:
+    """One Xlib connection that looks for a viewable window whose name contains a text: the
+    windows under the root (two levels deep, for a window manager's frames), their map state
+    (XGetWindowAttributes) and their WM_NAME (XFetchName). The same test as `xdotool search
+    --onlyvisible --name`, without starting a process (and an X connection) every poll."""
+
+    def __init__(self, display: str) -> None:
+        self.x = ctypes.CDLL(ctypes.util.find_library("X11") or "libX11.so.6")
+        self.x.XOpenDisplay.restype = ctypes.c_void_p
+        self.x.XOpenDisplay.argtypes = [ctypes.c_char_p]
+        self.x.XDefaultRootWindow.restype = ctypes.c_ulong
+        self.x.XDefaultRootWindow.argtypes = [ctypes.c_void_p]
+        self.x.XQueryTree.argtypes = [ctypes.c_void_p, ctypes.c_ulong] + [ctypes.c_void_p] * 4
+        self.x.XGetWindowAttributes.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p]
+        self.x.XFetchName.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p]
+        self.x.XFree.argtypes = [ctypes.c_void_p]
+        self.x.XCloseDisplay.argtypes = [ctypes.c_void_p]
+        self.display = self.x.XOpenDisplay(display.encode())
+        if not self.display:
+            raise SystemExit(f"cannot open X display {display}")
+        self.root = self.x.XDefaultRootWindow(self.display)
+
+    def children(self, window: int) -> list[int]:
+        root, parent = ctypes.c_ulong(), ctypes.c_ulong()
+        kids, count = ctypes.POINTER(ctypes.c_ulong)(), ctypes.c_uint()
+        if not self.x.XQueryTree(
+            self.display,
+            window,
+            ctypes.byref(root),
+            ctypes.byref(parent),
+            ctypes.byref(kids),
+            ctypes.byref(count),
+        ):
+            return []
+        found = [kids[i] for i in range(count.value)]
+        if kids:
+            self.x.XFree(kids)
+        return found
+
+    def viewable(self, window: int) -> bool:
+        attributes = XWindowAttributes()
+        ok = self.x.XGetWindowAttributes(self.display, window, ctypes.byref(attributes))
+        return bool(ok) and attributes.map_state == IS_VIEWABLE
+
+    def name(self, window: int) -> str:
+        text = ctypes.c_char_p()
+        if not self.x.XFetchName(self.display, window, ctypes.byref(text)) or not text.value:
+            return ""
+        value = text.value.decode("latin-1")
+        self.x.XFree(text)
+        return value
+
+    def visible(self, name: str) -> bool:
+        for top in self.children(self.root):
+            for window in (top, *self.children(top)):
+                if name in self.name(window) and self.viewable(window):
+                    return True
+        return False
+
+    def close(self) -> None:
+        self.x.XCloseDisplay(self.display)
+
+
+def time_to_window(display: str, watcher: WindowWatcher, tab: int | None) -> float:
     """Seconds from spawning `diffusion-studio` to its window mapped and viewable."""
     with tempfile.TemporaryDirectory(prefix="ds-start-") as folder:
         env = launch_env(display, Path(folder), tab)
+        log = Path(folder) / "stderr.txt"
         started = time.perf_counter()
-        process = subprocess.Popen(
-            [str(command_path())],
-            cwd=folder,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with log.open("w") as stderr:
+            process = subprocess.Popen(
+                [str(command_path())], cwd=folder, env=env, stdout=stderr, stderr=stderr
+            )
         try:
-            while not window_visible(display):
+            while not watcher.visible(WINDOW_NAME):
                 if process.poll() is not None:
-                    raise SystemExit(f"diffusion-studio exited ({process.returncode})")
+                    raise SystemExit(
+                        f"diffusion-studio exited ({process.returncode}):\n{log.read_text()}"
+                    )
                 if time.perf_counter() - started > LAUNCH_LIMIT_S:
                     raise SystemExit(f"no window within {LAUNCH_LIMIT_S:.0f} s")
                 time.sleep(POLL_S)
@@ -188,9 +280,10 @@ def start_busy_core() -> subprocess.Popen:
 def measure_real_window(runs: int) -> dict[str, list[float]]:
     """Every scenario (first launch, restored Training, restored Playback), quiet and busy."""
     server, display = start_xvfb()
+    watcher = WindowWatcher(display)
     results: dict[str, list[float]] = {}
     try:
-        time_to_window(display, None)  # warm-up: disk caches, fontconfig (not counted)
+        time_to_window(display, watcher, None)  # warm-up: disk caches, fontconfig (not counted)
         for load in ("quiet", "busy"):
             busy = start_busy_core() if load == "busy" else None
             try:
@@ -198,13 +291,14 @@ def measure_real_window(runs: int) -> dict[str, list[float]]:
                     time.sleep(0.5)  # the burner is up to speed
                 for scenario, tab in TAB_INDEX.items():
                     results[f"{scenario}, {load}"] = [
-                        time_to_window(display, tab) for _ in range(runs)
+                        time_to_window(display, watcher, tab) for _ in range(runs)
                     ]
             finally:
                 if busy is not None:
                     busy.kill()
                     busy.wait()
     finally:
+        watcher.close()
         server.kill()
         server.wait()
     return results
