@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.speed_common import Target, print_table, print_targets, write_json
+from benchmarks.speed_common import Target, load_average, print_table, print_targets, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW_NAME = "Diffusion Studio"
@@ -358,11 +358,6 @@ def measure_offscreen(runs: int) -> tuple[dict[str, list[float]], list[dict]]:
     return times, details
 
 
-def load_line() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.speed_startup", description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="launches per scenario (default 3)")
@@ -372,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     args = parser.parse_args(argv)
 
-    print(f"load average before: {load_line()}")
+    print(f"load average before: {load_average()}")
     real: dict[str, list[float]] = {}
     if shutil.which("Xvfb") and shutil.which("xdotool"):
         real = measure_real_window(args.runs)
@@ -418,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     torch_early = any(d.get("torch_before_show") for d in details)
     print(f"torch imported before the window is shown: {torch_early}")
-    print(f"load average after: {load_line()}")
+    print(f"load average after: {load_average()}")
 
     medians = {name: float(np.median(v)) for name, v in real.items()}
     targets: list[Target] = []
