@@ -324,8 +324,8 @@ class SchedulesPanel(Panel):
                 curve.setData(t, values, connect="finite")
                 curve.opts["name"] = name
         self._refresh_legend()
-        if self.hover_t is not None:
-            self._show_readout(min(self.hover_t, self.schedule.num_timesteps - 1))
+        if self.hover_t is not None:  # the crosshair and readout stay inside the new T
+            self.set_hover_t(min(self.hover_t, self.schedule.num_timesteps - 1))
 
     def _refresh_legend(self) -> None:
         self.legend.clear()

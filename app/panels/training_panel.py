@@ -354,7 +354,13 @@ class TrainingPanel(Panel):
             [(d, d) for d in available_devices()], "Where to train (auto: a GPU if present)"
         )
         self.preview_every = spin_box(
-            0, 100000, 200, "Sample previews every this many steps (0 = never)", 50, " steps"
+            0,
+            100000,
+            200,
+            "Sample previews every this many steps, and after every 30 s of training at the\n"
+            "latest (at most a fifth of the time on a slow machine); 0 = never",
+            50,
+            " steps",
         )
         self.autosave_minutes = double_box(
             0.0,
@@ -1045,7 +1051,9 @@ class TrainingPanel(Panel):
             "Step, loss, throughput and time of the run"
             + (f"\nAutosave file: {self.autosave_path}" if self.autosave_path else "")
         )
-        if r.preview_follows and r.fraction_done >= 1.0 and self.runner.is_running:
+        if not self.runner.is_running:
+            eta = ""  # the run is over: the outcome line says how it ended
+        elif r.preview_follows and r.fraction_done >= 1.0:
             eta = "sampling the final preview…"
         else:
             eta = f"ETA {format_duration(r.eta_s)}"
