@@ -25,7 +25,9 @@ from app.widgets import set_combo_data
 from app.worker import live_threads, wait_for_all_threads
 from core.checkpoint import load_checkpoint
 
-CLOSE_LIMIT_S = 2.0  # issue 6: every worker thread gone within 2 seconds of close
+# Issue 6's goal, every worker thread gone within 2 s of close, is timed by
+# `python -m benchmarks.gui_limits` (benchmarks/README.md): the tests here check the events
+# (asked, closed, no thread left, checkpoints complete), not the seconds.
 
 
 def tiny_training(training, steps: int = 1_000_000) -> None:
@@ -53,17 +55,16 @@ def destroyed_while_running(qtlog) -> list[str]:
     return [r.message for r in qtlog.records if "Destroyed while" in r.message]
 
 
-def close_and_time(window, fake_dialogs) -> float:
-    """Close the window answering Yes to "stop it and quit?"; seconds until no worker thread
-    is left (the close itself waits for them)."""
+def close_answering_yes(window, fake_dialogs) -> None:
+    """Close the window answering Yes to "stop it and quit?": the close itself cancels the jobs
+    and waits for their threads, so none is left when it returns."""
     fake_dialogs.answers.append(True)
-    started = time.monotonic()
     window.close()
-    assert wait_for_all_threads(CLOSE_LIMIT_S)
-    elapsed = time.monotonic() - started
+    left = [t.objectName() for t in live_threads()]
+    wait_for_all_threads(60)  # clean up after a failure, so later tests start clean
+    assert left == [], f"worker threads still running after close: {left}"
     assert not window.isVisible()
     assert fake_dialogs.asked[-1] == "Quit Diffusion Studio"
-    return elapsed
 
 
 class SlowWrites:
@@ -98,29 +99,25 @@ class SlowWrites:
 # ---------------------------------------------------------------------- closing mid-job
 
 
-def test_close_during_training_ends_every_thread_within_2_s(
-    window, qtbot, fake_dialogs, app_dirs, qtlog
-):
+def test_close_during_training_ends_every_thread(window, qtbot, fake_dialogs, app_dirs, qtlog):
     training = window.training
     tiny_training(training)
     assert training.start()
     qtbot.waitUntil(lambda: training.loss.n >= 3, timeout=30000)
-    assert close_and_time(window, fake_dialogs) < CLOSE_LIMIT_S
+    close_answering_yes(window, fake_dialogs)
     assert live_threads() == []
     saved = load_checkpoint(training.autosave_path)  # saved on the way out, complete
     assert saved.training["step"] >= 3
     assert destroyed_while_running(qtlog) == []
 
 
-def test_close_during_sampling_ends_every_thread_within_2_s(
-    window, qtbot, fake_dialogs, checkpoints, qtlog
-):
+def test_close_during_sampling_ends_every_thread(window, qtbot, fake_dialogs, checkpoints, qtlog):
     playback = window.playback
     long_sampling(playback, checkpoints, steps=100, n=64)
     playback.sample_button.click()
     qtbot.waitUntil(lambda: playback.has_frames(), timeout=30000)
     assert playback.runner.is_running  # interrupted, not finished
-    assert close_and_time(window, fake_dialogs) < CLOSE_LIMIT_S
+    close_answering_yes(window, fake_dialogs)
     assert live_threads() == []
     assert len(playback.trajectory) < 101
     assert destroyed_while_running(qtlog) == []
@@ -131,8 +128,8 @@ def test_close_during_a_checkpoint_write_leaves_complete_checkpoints(
     window, qtbot, fake_dialogs, tmp_path, checkpoints, monkeypatch, qtlog, during
 ):
     """The window is closed while a checkpoint is half written: the close waits for the write
-    (and the final autosave), all threads end within 2 s, and every checkpoint on disk is a
-    complete one that loads (the old or the new, never a broken one)."""
+    (and the final autosave), all threads have ended when it returns, and every checkpoint on
+    disk is a complete one that loads (the old or the new, never a broken one)."""
     training = window.training
     tiny_training(training)
     target = tmp_path / "mine.safetensors"
@@ -147,7 +144,7 @@ def test_close_during_a_checkpoint_write_leaves_complete_checkpoints(
         training.stop_button.click()  # the worker writes the autosave as the run ends
     qtbot.waitUntil(slow.started.is_set, timeout=10000)
     assert training.runner.is_running
-    assert close_and_time(window, fake_dialogs) < CLOSE_LIMIT_S
+    close_answering_yes(window, fake_dialogs)
     assert live_threads() == []
     for path in {*slow.targets, target}:
         load_checkpoint(path)  # complete: raises CheckpointError otherwise
@@ -165,7 +162,7 @@ def test_closing_twice_quickly_is_harmless(window, qtbot, fake_dialogs, checkpoi
     long_sampling(playback, checkpoints)
     playback.sample_button.click()
     qtbot.waitUntil(lambda: playback.has_frames(), timeout=30000)
-    close_and_time(window, fake_dialogs)
+    close_answering_yes(window, fake_dialogs)
     window.close()  # nothing runs: no question, no error
     assert fake_dialogs.errors == []
     assert live_threads() == [] and destroyed_while_running(qtlog) == []

@@ -1,15 +1,14 @@
 """Issue 6, load and long runs in the GUI: 200 start/stop cycles of sampling through the real
-Playback widgets leak no thread, timer or memory; a long training run keeps its loss history
-and previews bounded and its memory flat (a shorter variant here; the full 30 minutes is
-`python -m benchmarks.gui_long_run`).
+Playback widgets leak no thread, timer, worker or Qt object; a long training run keeps its loss
+history and previews bounded (a shorter variant here). These tests count objects and points;
+the memory limits are measured by benchmarks (`python -m benchmarks.gui_limits` for the
+cycles' RSS, `python -m benchmarks.gui_long_run` for a 30-minute run), not asserted here.
 """
 
 from __future__ import annotations
 
 import gc
-import os
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -20,14 +19,7 @@ import app.worker as worker
 from app.widgets import set_combo_data
 from app.worker import live_threads
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
 _LEFT = Qt.MouseButton.LeftButton
-
-
-def rss_mb() -> float:
-    """Resident memory of this process in MB (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE / 1e6
 
 
 def settle() -> None:
@@ -80,38 +72,38 @@ def test_200_sampling_start_stop_cycles_leak_nothing(window, qtbot, checkpoints,
 
     for i in range(20):  # warm-up: caches, allocator pools, pyqtgraph items
         cycle(i)
-    base, base_rss = counts(window), rss_mb()
-    started = time.monotonic()
+    base = counts(window)
     for i in range(CYCLES):
         cycle(i)
-    elapsed = time.monotonic() - started
-    after, after_rss = counts(window), rss_mb()
+    after = counts(window)
     assert after == base, {k: (base[k], after[k]) for k in base if base[k] != after[k]}
     assert after["worker registry"] == 0 and after["running worker threads"] == 0
-    assert after_rss - base_rss < 25, f"RSS grew from {base_rss:.0f} to {after_rss:.0f} MB"
     assert fake_dialogs.errors == [] and fake_dialogs.asked == []
     # the panel still samples a full run afterwards
     with qtbot.waitSignal(playback.runner.finished, timeout=30000):
         playback.sample_button.click()
     assert playback.runner.wait(5) and len(playback.trajectory) == 6
-    print(f"{CYCLES} cycles in {elapsed:.1f} s; RSS {base_rss:.0f} -> {after_rss:.0f} MB")
 
 
 # ---------------------------------------------------------------------- a long training run
 
 
+LONG_RUN_STEPS = 1000
+
+
 @pytest.mark.slow
-def test_long_gui_training_keeps_history_and_memory_bounded(window, qtbot, fake_dialogs):
-    """About 18 s of training in the GUI with previews: the stored loss curve, the plotted
-    curve, the loss-vs-t scatter and the preview stay bounded (the curve bound is lowered to
-    200 points so that it is reached here), and memory stays flat."""
+def test_long_gui_training_keeps_history_and_previews_bounded(window, qtbot, fake_dialogs):
+    """A 1000-step training run in the GUI with previews every 50 steps: the stored loss curve,
+    the plotted curve, the loss-vs-t scatter and the preview stay bounded (the curve bound is
+    lowered to 200 points so that it is reached and thinned twice here). A step budget, not a
+    time budget: the run has the same length on any machine."""
     training = window.training
     window.tabs.setCurrentWidget(training)
     set_combo_data(training.source, "moons")
     set_combo_data(training.model_size, "small")
     set_combo_data(training.device, "cpu")
-    set_combo_data(training.budget, "minutes")
-    training.max_minutes.setValue(0.3)  # 18 s
+    set_combo_data(training.budget, "steps")
+    training.max_steps.setValue(LONG_RUN_STEPS)
     training.batch.setValue(64)
     training.steps_T.setValue(100)
     training.preview_every.setValue(50)
@@ -119,16 +111,13 @@ def test_long_gui_training_keeps_history_and_memory_bounded(window, qtbot, fake_
     training.loss = training_module.Series(max_points=200)
     training.smoothed = training_module.Series(max_points=200)
 
-    samples: list[tuple[float, float, int]] = []  # (time, RSS MB, loss points stored)
-    probe = QTimer()
-    probe.timeout.connect(lambda: samples.append((time.monotonic(), rss_mb(), training.loss.n)))
-    probe.start(250)
-    with qtbot.waitSignal(training.model_trained, timeout=120000) as trained:
+    stored: list[int] = []  # loss points stored, after every delivered record
+    training.runner.progressed.connect(lambda record: stored.append(training.loss.n))
+    with qtbot.waitSignal(training.model_trained, timeout=300000) as trained:
         training.start_button.click()
-    probe.stop()
-    assert training.runner.wait(5)
+    assert training.runner.wait(30)
     steps = trained.args[0].training["step"]
-    assert steps > 500, f"only {steps} steps: the run was too short to test anything"
+    assert steps == LONG_RUN_STEPS
 
     # bounded: the stored and plotted curves, the scatter, the preview
     x, y = training.loss.data()
@@ -143,16 +132,7 @@ def test_long_gui_training_keeps_history_and_memory_bounded(window, qtbot, fake_
     assert training.preview is not None and training.preview.samples.shape[0] == (
         training_module.PREVIEW_POINTS
     )
-    assert max(n for _, _, n in samples) <= 200
-
-    # memory flat: the last third of the run against the first third (after a warm-up)
-    times = np.array([t for t, _, _ in samples])
-    rss = np.array([r for _, r, _ in samples])
-    span = times[-1] - times[0]
-    early = rss[(times > times[0] + span / 6) & (times < times[0] + span / 3)]
-    late = rss[times > times[0] + 2 * span / 3]
-    assert early.size and late.size
-    assert late.max() - early.max() < 20, f"RSS grew from {early.max():.0f} to {late.max():.0f} MB"
+    assert len(stored) >= LONG_RUN_STEPS and max(stored) <= 200
     assert fake_dialogs.errors == []
 
 
