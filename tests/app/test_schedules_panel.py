@@ -121,7 +121,7 @@ def test_a_long_comparison_does_not_squeeze_the_plots(window, qtbot, screen):
     """Eight kept schedules and the hover readout at 1280x720: the readout scrolls, each of
     the five plots keeps a usable height."""
     panel = window.schedules
-    window.resize(screen[0], screen[1] - 30)
+    window.resize(screen[0], screen[1] - 40)
     window.tabs.setCurrentWidget(panel)
     for steps in (1000, 500):
         for kind in ("linear", "scaled_linear", "sigmoid", "cosine"):
@@ -135,4 +135,4 @@ def test_a_long_comparison_does_not_squeeze_the_plots(window, qtbot, screen):
     assert panel.plots.height() >= 360
     for plot in panel.plot_items.values():
         assert plot.height() >= 100
-    assert window.height() <= screen[1] - 30
+    assert window.height() <= screen[1] - 40

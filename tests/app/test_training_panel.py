@@ -446,7 +446,7 @@ def test_the_loss_plots_say_what_they_show(panel):
 # ---------------------------------------------------------------------- small screens
 
 SCREENS = [(1280, 720), (1366, 768)]
-WINDOW_CHROME = 30  # a window manager's title bar: the maximised window's height is less
+WINDOW_CHROME = 40  # a window manager's title bar: the maximised window's height is less
 
 
 def inside_the_window(widget, window) -> bool:
