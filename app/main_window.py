@@ -52,6 +52,7 @@ from PySide6.QtWidgets import (
 import core
 from app import dialogs
 from app.engine_loader import EngineLoader
+from app.help import GettingStartedDialog
 from app.icon import app_icon
 from app.settings import (
     APPLICATION,
@@ -297,6 +298,7 @@ class MainWindow(QMainWindow):
         self._pending: list[tuple[str, Callable[[], object]]] = []
         self._painted = False
         self._closed = False
+        self._getting_started: GettingStartedDialog | None = None
 
         self.tabs = QTabWidget()
         for i, spec in enumerate(PANELS):
@@ -597,6 +599,14 @@ class MainWindow(QMainWindow):
         view_menu.addAction(self.fullscreen_action)
 
         help_menu = menu.addMenu("&Help")
+        self.getting_started_action = self._action(
+            "&Getting Started",
+            self.show_getting_started,
+            QKeySequence.StandardKey.HelpContents,
+            "A five-minute walk through the four tabs (works offline)",
+        )
+        help_menu.addAction(self.getting_started_action)
+        help_menu.addSeparator()
         help_menu.addAction(
             self._action("&About Diffusion Studio", self.show_about, None, "Versions and licences")
         )
@@ -688,6 +698,17 @@ class MainWindow(QMainWindow):
 
     def toggle_full_screen(self) -> None:
         self.showNormal() if self.isFullScreen() else self.showFullScreen()
+
+    def show_getting_started(self) -> GettingStartedDialog:
+        """Show the Getting Started page (one window; shown again when already open)."""
+        dialog = self._getting_started
+        if dialog is None:
+            dialog = GettingStartedDialog(self)
+            dialog.destroyed.connect(lambda: setattr(self, "_getting_started", None))
+            self._getting_started = dialog
+        dialog.show()
+        dialog.raise_()
+        return dialog
 
     def show_about(self) -> None:
         """Versions (read from the installed packages: the engine need not be loaded)."""

@@ -223,6 +223,24 @@ def test_the_title_names_the_open_image_or_model(window, tmp_path, checkpoints):
     assert window.windowTitle() == "moons.safetensors — Diffusion Studio"
 
 
+# ---------------------------------------------------------------------- help
+
+
+def test_getting_started_opens_offline_and_walks_every_panel(window, qtbot):
+    from app.help import GettingStartedDialog
+
+    window.getting_started_action.trigger()
+    dialog = window.findChild(GettingStartedDialog)
+    assert dialog is not None and dialog.isVisible()
+    text = dialog.browser.toPlainText()
+    for i in range(window.tabs.count()):
+        assert window.tabs.tabText(i) in text
+    assert "cumulative product" in text and "Sample" in text and "Start" in text
+    window.getting_started_action.trigger()  # again: the same window, not a second one
+    assert window.findChildren(GettingStartedDialog) == [dialog]
+    dialog.close()
+
+
 # ---------------------------------------------------------------------- icon
 
 

@@ -137,6 +137,7 @@ def test_tabs_say_loading_until_the_engine_is_ready(early_window, slow_engine, q
     pages = [window.tabs.widget(i) for i in range(window.tabs.count())]
     assert all(isinstance(p, LoadingPage) and p.text() == LOADING_TEXT for p in pages)
     assert "Loading the engine" in window.statusBar().currentMessage()
+    window.show_getting_started().close()  # Help needs no engine
     window.tabs.setCurrentIndex(PANEL_NAMES.index("training"))  # opened early: still loading
     assert not any(window.is_built(name) for name in PANEL_NAMES)
     slow_engine.set()
