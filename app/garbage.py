@@ -116,7 +116,8 @@ def freeze_startup_objects() -> bool:
 
 
 def after_startup(parent: QObject) -> None:
-    """The app's start-up hygiene, once the window is shown: freeze the start-up objects,
+    """The app's start-up hygiene, once the engine is loaded and the shown tab built (run_app
+    calls it on MainWindow.engine_ready): freeze the start-up objects,
     import torch._dynamo in a background thread a quarter of a second later (torch's first
     optimizer imports it: ~1.2 s and 130,000 objects) and freeze what it made as soon as the
     import is done, provided no job has started meanwhile (else the live objects may include

@@ -197,6 +197,18 @@ def test_what_is_asked_early_is_done_in_order_once_ready(
     assert fake_dialogs.errors == []
 
 
+def test_closing_while_the_engine_loads_waits_for_it_and_saves(early_window, slow_engine, app_dirs):
+    window = early_window
+    window.tabs.setCurrentIndex(PANEL_NAMES.index("playback"))
+    threading.Timer(0.2, slow_engine.set).start()  # the import ends while close() waits
+    window.close()
+    assert not window.isVisible()
+    assert not window.engine._thread.is_alive()  # no import left running at exit
+    assert not any(window.is_built(name) for name in PANEL_NAMES)  # none built for closing
+    assert window.settings.value("window/tab") in (3, "3")
+    assert not any(key.startswith("PlaybackPanel/") for key in window.settings.allKeys())
+
+
 def test_an_engine_that_fails_to_load_says_so(qtbot, monkeypatch, fake_dialogs):
     def broken() -> None:
         raise ImportError("no module named 'torch'")
