@@ -117,12 +117,11 @@ def freeze_startup_objects() -> bool:
 
 def after_startup(parent: QObject) -> None:
     """The app's start-up hygiene, once the engine is loaded and the shown tab built (run_app
-    calls it on MainWindow.engine_ready): freeze the start-up objects,
-    import torch._dynamo in a background thread a quarter of a second later (torch's first
-    optimizer imports it: ~1.2 s and 130,000 objects) and freeze what it made as soon as the
-    import is done, provided no job has started meanwhile (else the live objects may include
-    the user's work, and nothing more is frozen). The import counts as a job for
-    `job_garbage`."""
+    calls it on MainWindow.engine_ready): freeze the start-up objects, import torch._dynamo in
+    a background thread a quarter of a second later (torch's first optimizer imports it:
+    ~1.2 s and 130,000 objects) and freeze what it made as soon as the import is done,
+    provided no job has started meanwhile (else the live objects may include the user's work,
+    and nothing more is frozen). The import counts as a job for `job_garbage`."""
     freeze_startup_objects()
     if "torch._dynamo" in sys.modules:
         return
