@@ -377,9 +377,17 @@ def main(argv: list[str] | None = None) -> int:
         help=f"also score {REFERENCE_N} real training digits (ceiling) and pure noise (floor)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--requested",
+        choices=["cycle"],
+        help="the samples were asked for digits 0, 1, ..., 9, 0, ... in turn (what "
+        "`diffusion-studio sample` and sample_checkpoint do for a class-conditional model): "
+        "also print digit_quality's measures and what fails",
+    )
     args = parser.parse_args(argv)
     if not args.samples and not args.reference:
         parser.error("give one or more .npy files and/or --reference")
+    qualities: dict[str, DigitQuality] = {}
     results: dict[str, Scores] = {}
     if args.reference:
         results.update(reference_scores())
@@ -391,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             results[str(path)] = score_samples(samples)
+            if args.requested == "cycle":
+                requested = np.arange(len(samples)) % 10
+                qualities[str(path)] = digit_quality(samples, requested)
         except DataError as exc:
             print(f"error: '{path}': {exc}", file=sys.stderr)
             return 2
@@ -400,6 +411,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = [[name, *table_cells(s)] for name, s in results.items()]
         print(format_table(["samples", *TABLE_COLUMNS], rows))
         print(f"(class entropy: ln 10 = {math.log(10):.3f} when all ten digits are equally common)")
+    for name, quality in qualities.items():
+        print(
+            f"{name}: requested-label accuracy {quality.label_accuracy:.3f}, diversity "
+            f"{quality.diversity:.3f}, memorisation {quality.memorisation_ratio:.3f}, "
+            f"near-copies {quality.copy_share:.1%}; "
+            + ("fails: " + "; ".join(quality.failures()) if quality.failures() else "passes")
+        )
     return 0
 
 
