@@ -577,7 +577,7 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.export_plot_action)
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
-        self._update_recent_menu()
+        self.recent_menu.setEnabled(bool(recent_files(self.settings)))  # filled when opened
 
         view_menu = menu.addMenu("&View")
         for i, spec in enumerate(PANELS):
@@ -612,7 +612,8 @@ class MainWindow(QMainWindow):
         )
 
     def _update_recent_menu(self) -> None:
-        """The Recent Files menu; a file or folder no longer there is listed, greyed out."""
+        """The Recent Files menu (filled as it opens, so start-up touches no file); a file or
+        folder no longer there is listed, greyed out."""
         self.recent_menu.clear()
         files = recent_files(self.settings)
         for path in files:

@@ -128,6 +128,8 @@ def test_settings_and_recent_files_persist(window, tmp_path, qtbot, fake_dialogs
     assert again.playback.num_steps.value() == 25
     assert again.settings.value("window/geometry") is not None
     assert again.size().height() == 700
+    assert again.recent_menu.isEnabled()
+    again.recent_menu.aboutToShow.emit()  # filled as it opens
     recent = [a.toolTip() for a in again.recent_menu.actions() if a.toolTip()]
     assert str(image.resolve()) in recent
     again.close()
