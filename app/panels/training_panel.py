@@ -285,7 +285,9 @@ class TrainingPanel(Panel):
         self._save_requests: queue.Queue[Path] = queue.Queue()
         self._save_results: queue.Queue[tuple[Path, str | None]] = queue.Queue()
         self._autosave_failed = False  # this run's autosave failed (reported once in a dialog)
-        self._run_state: dict[str, Any] = {}  # the running job's (trainer, last good save)
+        # (step, path, checkpoint) the last run saved as it failed; never the trainer itself
+        # (an ended run's trainer, model and optimizer must be freed)
+        self._last_good: dict[str, Any] = {}
         self._outcome_checkpoint: Checkpoint | None = None  # what "Open in Playback" opens
         self._run_config: TrainConfig | None = None  # the settings of the run on the plots
         self._build()
@@ -813,9 +815,9 @@ class TrainingPanel(Panel):
         control = TrainControl()
         interval_s = self.autosave_minutes.value() * 60.0
         requests, results = self._save_requests, self._save_results
-        # trainer; saved_at; last_good: (step, path, checkpoint) saved when the run failed
-        state: dict[str, Any] = {"trainer": None, "saved_at": time.monotonic(), "last_good": None}
-        self._run_state = state
+        state: dict[str, Any] = {"trainer": None, "saved_at": time.monotonic()}
+        last_good: dict[str, Any] = {}  # "saved": (step, path, checkpoint) when the run failed
+        self._last_good = last_good
         unit = "pts/s" if self.is_points() and resume is None else "img/s"
         if resume is not None and resume.is_points:
             unit = "pts/s"
@@ -836,7 +838,7 @@ class TrainingPanel(Panel):
                     ckpt = trainer.checkpoint()
                     try:
                         save_checkpoint(autosave, ckpt)
-                        state["last_good"] = (trainer.step, autosave, ckpt)
+                        last_good["saved"] = (trainer.step, autosave, ckpt)
                     except DiffusionStudioError:
                         pass  # the failure is reported; nothing saved
                 raise
@@ -1155,7 +1157,7 @@ class TrainingPanel(Panel):
     def _on_failed(self, message: str) -> None:
         self._update_buttons()
         self.redraw_now()
-        last_good = self._run_state.get("last_good")
+        last_good = self._last_good.get("saved")
         checkpoint = None
         if last_good is not None:  # saved by the job as it failed
             step, path, checkpoint = last_good
