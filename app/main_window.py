@@ -359,16 +359,33 @@ class MainWindow(QMainWindow):
     def is_built(self, name: PanelName) -> bool:
         return name in self._built
 
+    def _build_order(self, name: PanelName) -> list[PanelName]:
+        """The panels to build, in order, for `name`: first those whose state it takes."""
+        order: list[PanelName] = []
+
+        def visit(panel: PanelName) -> None:
+            if panel in order or panel in self._built:
+                return
+            for link in LINKS:
+                if link.target == panel and link.state is not None:
+                    visit(link.source)
+            order.append(panel)
+
+        visit(name)
+        return order
+
     def _build_panel(self, name: PanelName) -> None:
-        """Build the panel `name` in its tab: after the panels whose state it takes, restored
-        from the settings, wired to the panels already built."""
+        """Build the panel `name` (and before it those whose state it takes)."""
+        for panel in self._build_order(name):
+            self._build_one(panel)
+
+    def _build_one(self, name: PanelName) -> None:
+        """Build one panel in its tab, restored from the settings, wired to the panels already
+        built; the panels whose state it takes are built already."""
         if name in self._built or name in self._building:
             return
         self._building.add(name)
         try:
-            for link in LINKS:
-                if link.target == name and link.state is not None:
-                    self._build_panel(link.source)
             index = PANEL_NAMES.index(name)
             spec = PANELS[index]
             panel_class = getattr(importlib.import_module(spec.module), spec.class_name)
@@ -433,9 +450,19 @@ class MainWindow(QMainWindow):
         from app.worker import configure_torch_threads
 
         configure_torch_threads()  # in the GUI thread, before it runs any torch operation
+        if not self._closed:
+            self._build_in_steps(self._build_order(self._current_name()))
+
+    def _build_in_steps(self, names: list[PanelName]) -> None:
+        """Build `names` one per turn of the event loop (the window takes input between
+        panels: a restored Playback tab needs three), then say Ready and run the queue."""
         if self._closed:
             return
-        self._build_panel(self._current_name())
+        if names:
+            self._build_one(names[0])
+            QTimer.singleShot(0, partial(self._build_in_steps, names[1:]))
+            return
+        self._build_panel(self._current_name())  # the tab shown now, if it changed meanwhile
         self.show_status(READY_STATUS)
         self.engine_ready.emit()
         if self._pending:
