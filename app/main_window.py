@@ -350,6 +350,7 @@ class MainWindow(QMainWindow):
         return self._built[name]
 
     def ensure_all_panels(self) -> list[Panel]:
+        """Build every panel not built yet (for tests and scripts); all four, in tab order."""
         return [self.panel(name) for name in PANEL_NAMES]
 
     def built_panels(self) -> list[Panel]:
