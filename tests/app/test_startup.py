@@ -49,7 +49,9 @@ class Watch(QObject):
 def poll(window):
     if window.is_built("forward") and str(window.forward.image_path) == sys.argv[1]:
         built = [name for name in mw.PANEL_NAMES if window.is_built(name)]
-        events.append(["image open", window.tabs.currentIndex(), built, window.windowTitle()])
+        import torch
+        events.append(["image open", window.tabs.currentIndex(), built, window.windowTitle(),
+                       torch.get_num_threads()])
         window.close()
 
 show = mw.MainWindow.show
@@ -97,7 +99,8 @@ def test_the_window_is_painted_before_torch_loads_and_opens_the_file_after(tmp_p
     assert events[0] == ["shown", True, False]  # visible, torch not imported
     assert events[1] == ["painted", False]  # first paint done before torch
     assert events[2] == ["engine ready", True]
-    _, tab, built, title = events[3]
+    _, tab, built, title, gui_threads = events[3]
+    assert gui_threads == 1  # app.worker.configure_torch_threads ran in the GUI thread
     assert tab == PANEL_NAMES.index("forward")
     assert "training" not in built and "playback" not in built  # never opened: never built
     assert title == "photo.png — Diffusion Studio"
