@@ -705,7 +705,7 @@ class MainWindow(QMainWindow):
         self.playback.choose_model_folder()
 
     def export_gif(self) -> None:
-        current = self.tabs.currentWidget()
+        current = self.panel(self._current_name())  # the shown tab's panel, built
         playback = self._built.get("playback")
         if playback is not None and (
             current is playback
@@ -718,7 +718,7 @@ class MainWindow(QMainWindow):
             self.forward.export_gif()
 
     def export_plot(self) -> None:
-        current = self.tabs.currentWidget()
+        current = self.panel(self._current_name())  # the shown tab's panel, built
         exporter = getattr(current, "export_plot", None)
         if exporter is None:
             self.tabs.setCurrentWidget(self.schedules)
