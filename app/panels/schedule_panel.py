@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from app import dialogs
+from app.axes import IntegerAxis
 from app.panels.base import Panel
 from app.settings import read_json, write_json
 from app.widgets import (
@@ -81,8 +82,9 @@ READOUT_HEADERS = {
     "sqrt_one_minus_alpha_bar": "sqrt(1 - alphabar_t)",
     "log_snr": "log SNR_t",
 }
+READOUT_HINT = "Move the mouse over a plot to read every curve's value at that t."
 MIN_PLOTS_HEIGHT = 360  # the five plots never get less (the readout scrolls instead)
-READOUT_MAX_HEIGHT = 120  # the hover readout: about five rows, then it scrolls
+READOUT_MAX_HEIGHT = 110  # the hover readout: five rows, then it scrolls
 CSV_TIP = (
     "Save every schedule on the plots (the current one and the kept ones) as one CSV table:\n"
     "a t column, then beta, alpha_bar, sqrt_alpha_bar, sqrt_one_minus_alpha_bar and log_snr\n"
@@ -199,7 +201,9 @@ class SchedulesPanel(Panel):
         self.plot_items: dict[str, pg.PlotItem] = {}
         self.crosshairs: dict[str, pg.InfiniteLine] = {}
         for i, (key, title, tip) in enumerate(CURVES):
-            plot = self.plots.addPlot(row=i // 2, col=i % 2, title=title)
+            plot = self.plots.addPlot(
+                row=i // 2, col=i % 2, title=title, axisItems={"bottom": IntegerAxis("bottom")}
+            )
             plot.showGrid(x=True, y=True, alpha=0.25)
             plot.setLabel("bottom", "t")
             plot.setMenuEnabled(False)
@@ -222,6 +226,7 @@ class SchedulesPanel(Panel):
         self.readout.setTextFormat(Qt.TextFormat.RichText)
         self.readout.setToolTip("Every curve's value at the t under the mouse")
         self.readout.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.readout.setText(READOUT_HINT)
         self.plots.scene().sigMouseMoved.connect(self._on_mouse_moved)
         self.plots.setMinimumHeight(MIN_PLOTS_HEIGHT)
         # The readout grows a row per kept schedule: past READOUT_MAX_HEIGHT it scrolls, and
@@ -396,7 +401,7 @@ class SchedulesPanel(Panel):
             cells = "".join(f"<td>{table[key][t]:.5g}</td>" for key, _, _ in CURVES)
             body += f"<tr><td style='color: rgb({r},{g},{b})'>{label}</td>{cells}</tr>"
         self.readout.setText(
-            f"<b>t = {t}</b><table cellspacing='4'><tr><th></th>{header}</tr>{body}</table>"
+            f"<table cellspacing='3'><tr><th align='left'>t = {t}</th>{header}</tr>{body}</table>"
         )
         # as tall as its rows, at most READOUT_MAX_HEIGHT (then it scrolls)
         needed = self.readout.sizeHint().height() + 2

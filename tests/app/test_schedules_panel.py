@@ -131,7 +131,7 @@ def test_a_long_comparison_does_not_squeeze_the_plots(window, qtbot, screen):
     panel.set_hover_t(100)
     qtbot.wait(50)
     assert len(panel.comparison) == 8
-    assert panel.readout_area.height() <= 120
+    assert panel.readout_area.height() <= 110
     assert panel.plots.height() >= 360
     for plot in panel.plot_items.values():
         assert plot.height() >= 100
