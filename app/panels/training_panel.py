@@ -129,8 +129,8 @@ def available_devices() -> list[str]:
 class TrainResult:
     """What a run that ended (finished or stopped) leaves: its checkpoint and where it was saved.
 
-    data: the data's short name ("digits", "moons", a folder's name); outcome: "finished" or
-    "cancelled"; error: why saving failed (None when saved or nothing to save)."""
+    data: the data's short name ("digits", "moons", a folder's name); outcome: "finished",
+    "cancelled" or "failed" (the last good step of a run that failed); error: why saving failed (None when saved or nothing to save)."""
 
     checkpoint: Checkpoint
     path: Path | None
@@ -1162,6 +1162,9 @@ class TrainingPanel(Panel):
         if last_good is not None:  # saved by the job as it failed
             step, path, checkpoint = last_good
             kept = f"; last good step {step} saved to {path}"
+            data = self._data_name(self._run_config) if self._run_config is not None else ""
+            # Save Checkpoint As now saves this model, not an older run's
+            self.last_result = TrainResult(checkpoint, path, step, data, "failed")
         elif self.autosave_path is not None and self.autosave_path.exists():
             kept = f"; the last autosave is kept at {self.autosave_path}"
         else:

@@ -408,6 +408,8 @@ def test_a_failed_run_saves_its_last_good_step(panel, qtbot, monkeypatch, fake_d
     with qtbot.waitSignal(panel.open_in_playback) as opened:
         panel.open_button.click()
     assert opened.args[0].training["step"] == 3
+    assert panel.last_result.step == 3  # what Save Checkpoint As saves
+    assert panel.suggested_checkpoint_name() == "moons-mlp-step3.safetensors"
 
 
 def test_save_checkpoint_as_suggests_the_runs_own_name(panel, qtbot, tmp_path, monkeypatch):
