@@ -168,6 +168,7 @@ LINKS: tuple[Link, ...] = (
     Link("schedules", "schedule_changed", "forward", "set_schedule", _schedule_config),
     Link("forward", "image_changed", "playback", "set_start_image", _image_path),
     Link("training", "model_trained", "playback", "set_trained_checkpoint"),
+    Link("training", "open_in_playback", "playback", "open_trained_checkpoint"),
 )
 
 PathKind = Literal["model folder", "image folder", "checkpoint", "image"]
@@ -398,6 +399,10 @@ class MainWindow(QMainWindow):
             for link in LINKS:
                 if link.source == name:
                     getattr(panel, link.signal).connect(partial(self._deliver, link))
+            if name == "training":  # "Open in Playback" also shows the tab
+                panel.open_in_playback.connect(
+                    lambda _ckpt: self.tabs.setCurrentWidget(self.playback)
+                )
             self._built[name] = panel
             try:
                 panel.restore_state(self.settings)

@@ -473,13 +473,27 @@ class PlaybackPanel(Panel):
             self._on_model_chosen()
 
     def set_trained_checkpoint(self, ckpt: Checkpoint) -> None:
-        """The model the Training tab just finished (or stopped); it becomes the choice."""
+        """The model the Training tab just finished (or stopped) joins the Model list. It becomes
+        the choice only when that loses nothing: no sampling run going, no frames of another
+        model (choosing it clears them); otherwise the status bar says where it is."""
         step = (ckpt.training or {}).get("step", "?")
-        self._add_model(
-            "trained", f"Just trained ({ckpt.data.get('name', 'model')}, step {step})", ckpt
-        )
+        label = f"Just trained ({ckpt.data.get('name', 'model')}, step {step})"
+        self._add_model("trained", label, ckpt)
+        if self.runner.is_running or self.has_frames():
+            if self.model_choice.currentData() != "trained":
+                self.status_message.emit(
+                    f"Playback: '{label}' is in the Model list (your frames are kept)."
+                )
+                return
         set_combo_data(self.model_choice, "trained")
         self._on_model_chosen()
+
+    def open_trained_checkpoint(self, ckpt: Checkpoint) -> None:
+        """The user asked for the trained model ("Open in Playback"): it becomes the choice."""
+        self.set_trained_checkpoint(ckpt)
+        if self.model_choice.currentData() != "trained":
+            set_combo_data(self.model_choice, "trained")
+            self._on_model_chosen()
 
     def choose_checkpoint(self) -> None:
         path = dialogs.ask_open_path(self, "Open checkpoint", dialogs.CHECKPOINT_FILTER)

@@ -364,3 +364,32 @@ def test_a_real_diffusers_folder_plays_back(window, tmp_path, qtbot, fake_dialog
         sample(model, schedule, sampler, 2, ckpt.sample_shape, torch.Generator().manual_seed(7))
     )
     np.testing.assert_array_equal(playback.trajectory.final_samples, frames[-1].x_t.numpy())
+
+
+def test_open_in_playback_shows_the_trained_model_there(window, qtbot, checkpoints):
+    from core.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoints.points)
+    window.tabs.setCurrentWidget(window.training)
+    window.training.open_in_playback.emit(ckpt)
+    assert window.tabs.currentWidget() is window.playback
+    assert window.playback.model_choice.currentData() == "trained"
+
+
+def test_a_finished_training_keeps_playbacks_frames(window, qtbot, checkpoints):
+    """The trained model joins Playback's list; it does not replace frames the user made."""
+    from core.checkpoint import load_checkpoint
+
+    playback = window.playback
+    assert playback.load_checkpoint(checkpoints.points)
+    chosen = playback.model_choice.currentData()
+    playback.num_steps.setValue(5)
+    with qtbot.waitSignal(playback.runner.finished, timeout=30000):
+        playback.sample_button.click()
+    frames = len(playback.trajectory)
+    with qtbot.waitSignal(playback.status_message) as said:
+        window.training.model_trained.emit(load_checkpoint(checkpoints.points))
+    assert "Model list" in said.args[0]
+    assert playback.model_choice.findData("trained") >= 0
+    assert playback.model_choice.currentData() == chosen
+    assert playback.has_frames() and len(playback.trajectory) == frames
