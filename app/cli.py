@@ -345,17 +345,17 @@ def _schedule_from_args(args: argparse.Namespace):
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from core.export import save_csv
+    from core.schedule_table import save_schedule_csv
 
     schedule = _schedule_from_args(args)
-    path = save_csv(args.out, schedule.table())
+    path = save_schedule_csv(args.out, [schedule])
     print(f"wrote {schedule.num_timesteps} rows to {path}")
     return 0
 
 
 def cmd_forward(args: argparse.Namespace) -> int:
     from core.data import load_image
-    from core.export import save_gif, save_png_frames
+    from core.export import forward_caption, save_gif, save_png_frames
     from core.forward import ForwardProcess
 
     if args.gif is None and args.png_dir is None:
@@ -366,7 +366,11 @@ def cmd_forward(args: argparse.Namespace) -> int:
     steps, frames = process.frames(args.frames)
     if args.gif is not None:
         count = save_gif(
-            args.gif, frames, fps=args.fps, scale=max(1, 256 // max(frames[0].shape[:2]))
+            args.gif,
+            frames,
+            fps=args.fps,
+            scale=max(1, 256 // max(frames[0].shape[:2])),
+            captions=[forward_caption(int(step)) for step in steps],
         )
         print(f"wrote {args.gif} ({count} frames, t = {steps[0]}..{steps[-1]})")
     if args.png_dir is not None:
@@ -521,12 +525,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reverse_gif_frames(trajectory, view: str, num_frames: int) -> list[np.ndarray]:
+def _reverse_gif_frames(
+    trajectory, view: str, num_frames: int
+) -> tuple[list[np.ndarray], list[str]]:
+    """The GIF's frames and their captions (t of each, "x_0 (final)" for the samples)."""
     import numpy as np
 
-    from core.export import make_grid, render_points, select_frame_indices
+    from core.export import make_grid, render_points, reverse_caption, select_frame_indices
 
     indices = select_frame_indices(len(trajectory), min(num_frames, len(trajectory)))
+    captions = [reverse_caption(int(trajectory.timesteps[int(i)])) for i in indices]
     frames = []
     for i in indices:
         parts = []
@@ -543,7 +551,7 @@ def _reverse_gif_frames(trajectory, view: str, num_frames: int) -> list[np.ndarr
             gap = np.full((parts[0].shape[0], 8, parts[0].shape[2]), 255, np.uint8)
             parts = [np.concatenate([parts[0], gap, parts[1]], axis=1)]
         frames.append(parts[0])
-    return frames
+    return frames, captions
 
 
 def _sampler_config(args: argparse.Namespace, ckpt: Any):
@@ -628,9 +636,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
         save_png(args.grid, upscale_nearest(grid, max(1, 256 // max(grid.shape[:2]))))
         print(f"wrote {args.grid}")
     if args.gif is not None:
-        frames = _reverse_gif_frames(trajectory, args.gif_view, args.frames)
+        frames, captions = _reverse_gif_frames(trajectory, args.gif_view, args.frames)
         scale = max(1, 256 // max(frames[0].shape[:2]))
-        count = save_gif(args.gif, frames, fps=args.fps, scale=scale, hold_last_s=1.5)
+        count = save_gif(
+            args.gif, frames, fps=args.fps, scale=scale, hold_last_s=1.5, captions=captions
+        )
         print(f"wrote {args.gif} ({count} frames)")
     return 0
 

@@ -84,6 +84,28 @@ def test_forward_gif(tmp_path):
     gif = Image.open(tmp_path / "f.gif")
     assert gif.n_frames == 12
     assert len(list((tmp_path / "frames").glob("*.png"))) == 12
+    # t is written on every frame, in a white band above the picture (upscaled 4x: 160 px)
+    band = gif.size[1] - 4 * 40
+    assert band > 8
+    for i in (0, 11):
+        gif.seek(i)
+        top = np.asarray(gif.convert("L"))[:band].astype(int)
+        assert (top > 200).mean() > 0.5 and (top < 100).sum() > 20  # dark letters on white
+
+
+def test_reverse_gif_frames_carry_their_t():
+    import torch
+
+    from app.cli import _reverse_gif_frames
+    from core.sampling import Frame, Trajectory
+
+    trajectory = Trajectory()
+    for step, t in enumerate([90, 60, 30, 0, -1]):
+        x = torch.full((4, 1, 8, 8), step / 5.0)
+        trajectory.append(Frame(step, t, x, x))
+    frames, captions = _reverse_gif_frames(trajectory, "both", 5)
+    assert len(frames) == 5
+    assert captions == ["t = 90", "t = 60", "t = 30", "t = 0", "x_0 (final)"]
 
 
 def test_train_sample_end_to_end_and_resume(tmp_path):
