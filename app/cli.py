@@ -500,7 +500,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar.update(
                 record.fraction_done,
                 f"step {record.step}/{record.total_steps or '?'} loss {record.loss:.4f} "
-                f"{record.samples_per_s:.0f} samples/s ETA {format_seconds(record.eta_s)}",
+                f"{record.samples_per_s:.0f} samples/s"
+                f"{record.threads.note() if record.threads else ''} "
+                f"ETA {format_seconds(record.eta_s)}",
             )
             due = (args.save_every and record.step % args.save_every == 0) or (
                 not args.save_every and time.monotonic() - last_save >= 60

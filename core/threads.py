@@ -55,6 +55,12 @@ class ThreadState:
     contended: bool
     adaptive: bool
 
+    def note(self) -> str:
+        """What a status line adds to its rate: "" when the machine gives every core."""
+        if not self.contended:
+            return ""
+        return f" (CPU busy elsewhere: {self.threads} of {self.available} threads)"
+
 
 def fixed_thread_count() -> int | None:
     """The count the user fixed with OMP_NUM_THREADS (a whole number >= 1), else None."""

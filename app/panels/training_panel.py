@@ -550,7 +550,7 @@ class TrainingPanel(Panel):
         self.fields.add(
             self.steps_T, self.batch, self.lr, self.max_steps, self.max_minutes, self.preview_every
         )
-        self.fields.add(self.image_size, self.autosave_minutes, keep_range=True)
+        self.fields.add(self.image_size, self.autosave_minutes, self.seed, keep_range=True)
         self.fields.watch(
             self.source.currentIndexChanged,
             self.model_size.currentIndexChanged,
@@ -893,7 +893,7 @@ class TrainingPanel(Panel):
             return JobStatus(
                 text=f"Training step {record.step}{total}{previewing}",
                 fraction=record.fraction_done,
-                rate=f"{record.samples_per_s:,.0f} {unit}",
+                rate=f"{record.samples_per_s:,.0f} {unit}{record.threads.note() if record.threads else ''}",
                 eta_s=record.eta_s,
             )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -56,7 +58,12 @@ def test_slider_shows_the_engines_x_t(panel, small_image):
     assert_shows(panel, engine_xt(small_image, 0, 300))
     panel.seed.setValue(5)  # new noise, same t
     assert_shows(panel, engine_xt(small_image, 5, 300))
-    assert "0.5" in panel.numbers.text() or "sqrt" in panel.numbers.text()
+    # the readout shows the schedule's own numbers at t = 300 (as the tooltip's formulas say)
+    schedule = NoiseSchedule(ScheduleConfig())
+    ab = float(schedule.alphas_cumprod[300])
+    text = panel.numbers.text()
+    for value in (float(schedule.betas[300]), ab, math.sqrt(ab), math.sqrt(1 - ab)):
+        assert f"<td>{value:.5g}</td>" in text, (value, text)
 
 
 def test_schedule_from_the_schedules_tab_is_used(panel, small_image):

@@ -311,3 +311,11 @@ def test_restore_only_in_the_thread_that_computed() -> None:
     assert machine.threads == 1  # a collector in another thread changed nothing
     tuner.restore()
     assert machine.threads == 2
+
+
+def test_a_contended_state_says_so_in_the_status_line() -> None:
+    from core.threads import ThreadState
+
+    assert ThreadState(2, 2, contended=False, adaptive=True).note() == ""
+    note = ThreadState(1, 2, contended=True, adaptive=True).note()
+    assert "CPU busy" in note and "1 of 2" in note
