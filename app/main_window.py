@@ -809,7 +809,7 @@ class MainWindow(QMainWindow):
         self.when_ready(f"Opening {Path(path).name}", lambda: self.open_path(path))
 
     def _error(self, title: str, message: str) -> None:
-        self.show_status(message)
+        """One error, one message: a dialog (not repeated in the status bar)."""
         dialogs.show_error(self, title, message)
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt override)

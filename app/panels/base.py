@@ -119,8 +119,8 @@ class Panel(QWidget):
     # ------------------------------------------------------------ helpers
 
     def report_error(self, title: str, message: str) -> None:
-        """Show a user-causable error; the app keeps running."""
-        self.status_message.emit(message)
+        """Show a user-causable error in one dialog (one error, one message: not repeated in
+        the status bar); the app keeps running."""
         dialogs.show_error(self, title, message)
 
     def show_problem(self, title: str, message: str) -> None:

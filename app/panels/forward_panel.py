@@ -97,10 +97,6 @@ class ForwardPanel(Panel):
 
     # ------------------------------------------------------------------ messages
 
-    def report_error(self, title: str, message: str) -> None:
-        """One error, one message: the dialog (not repeated in the status bar)."""
-        dialogs.show_error(self, title, message)
-
     def show_problem(self, title: str, message: str) -> None:
         """One error, one message: the dialog (a refused image leaves the old one shown, so
         no red line is needed to explain the panel's state)."""

@@ -157,10 +157,6 @@ class PlaybackPanel(Panel):
 
     # ------------------------------------------------------------------ messages
 
-    def report_error(self, title: str, message: str) -> None:
-        """One error, one message: the dialog (not repeated in the status bar)."""
-        dialogs.show_error(self, title, message)
-
     def show_problem(self, title: str, message: str) -> None:
         """The dialog; the red line keeps the reason only while the panel has no model to
         sample from (the one place that explains the empty Model box afterwards)."""

@@ -165,7 +165,7 @@ def test_a_conditional_model_learns_to_draw_the_class_it_is_asked_for(tmp_path):
         batch_size=32,
         learning_rate=3e-3,
         warmup_steps=10,
-        max_steps=400,
+        max_steps=600,  # 400 left one of four guided samples borderline on some CPUs
         max_minutes=None,
         ema_decay=0.9,
     )
