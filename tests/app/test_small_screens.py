@@ -150,7 +150,8 @@ def test_every_field_of_every_panel_ignores_the_wheel_unless_focused(window):
         f"{panel.title}: {type(w).__name__} {w.toolTip()[:40]!r}"
         for panel in window.panels
         for w in panel.findChildren(QWidget)
-        if isinstance(w, GUARDED_FIELDS) and not isinstance(w, QScrollBar)
+        if isinstance(w, GUARDED_FIELDS)
+        and not isinstance(w, QScrollBar)
         and w.focusPolicy() != Qt.FocusPolicy.StrongFocus
         and w.isVisibleTo(panel)
     ]
