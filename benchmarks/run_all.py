@@ -36,7 +36,7 @@ SPEED: list[tuple[str, list[str], list[str]]] = [
     ("training", [], ["--warmup", "2", "--steps", "5", "--matmul-repeats", "3"]),
     ("sampling", [], ["--ddim-steps", "10", "--ddpm-steps", "20", "--repeats", "1"]),
     ("gui_load", [], ["--seconds", "6", "--idle-seconds", "1"]),
-    ("busy", [], ["--seconds", "4"]),
+    ("busy", [], ["--seconds", "4", "--repeats", "1"]),
 ]
 QUICK_QUALITY = ["--minutes", "0.05", "--n", "32", "--out", str(RESULTS / "ttq-quick")]
 BUDGET_S = {False: 15 * 60, True: 2 * 60}
