@@ -910,6 +910,17 @@ def make_application() -> QApplication:
     return app
 
 
+TITLE_BAR_PX = 40  # room left for a window manager's title bar on a small screen
+
+
+def first_launch_size(available: tuple[int, int]) -> tuple[int, int]:
+    """The window's size on a first launch: DEFAULT_SIZE, shrunk to fit a screen whose free
+    area (`available`: width, height, without the desktop's panels) is smaller, less a title
+    bar (a 1280x720 laptop gets 1280x680: every tab's main buttons stay on screen)."""
+    width, height = available
+    return min(DEFAULT_SIZE[0], width), min(DEFAULT_SIZE[1], height - TITLE_BAR_PX)
+
+
 def run_app(paths: list[str]) -> int:
     """Start the GUI, open `paths` (images, image folders, checkpoints) once the engine is
     loaded, run the event loop."""
@@ -917,6 +928,10 @@ def run_app(paths: list[str]) -> int:
 
     app = make_qt_application()
     window = MainWindow()
+    screen = window.screen()
+    if window.settings.value("window/geometry") is None and screen is not None:
+        free = screen.availableGeometry()
+        window.resize(*first_launch_size((free.width(), free.height())))
     # once the shown tab is built, the garbage collector leaves the start-up objects alone
     window.engine_ready.connect(lambda: after_startup(window))
     window.show()

@@ -393,3 +393,13 @@ def test_a_finished_training_keeps_playbacks_frames(window, qtbot, checkpoints):
     assert playback.model_choice.findData("trained") >= 0
     assert playback.model_choice.currentData() == chosen
     assert playback.has_frames() and len(playback.trajectory) == frames
+
+
+@pytest.mark.parametrize(
+    ("available", "size"),
+    [((1920, 1040), (1360, 860)), ((1280, 720), (1280, 680)), ((1366, 728), (1360, 688))],
+)
+def test_a_first_launch_fits_the_screen(available, size):
+    from app.main_window import first_launch_size
+
+    assert first_launch_size(available) == size
