@@ -283,8 +283,11 @@ class ForwardPanel(Panel):
     def _on_photo_chosen(self, index: int) -> None:
         self.load_image(Path(self.photo.itemData(index)))
 
-    def load_image(self, path: str | Path) -> bool:
-        """Show the image at `path`. On failure the old image stays and the error is shown."""
+    def load_image(self, path: str | Path, announce: bool = True) -> bool:
+        """Show the image at `path`. On failure the old image stays and the error is shown.
+
+        announce: the user opened it (Recent Files, the window's title, the status bar); False
+        when the panel restores its last image or shows the bundled photo by itself."""
         try:
             image = load_image(path, max_side=DISPLAY_MAX_SIDE)
         except DiffusionStudioError as exc:
@@ -295,13 +298,13 @@ class ForwardPanel(Panel):
         self.x0 = image
         self.path_label.setText(f"{self.image_path.name}  ({image.shape[2]}×{image.shape[1]})")
         self.path_label.setToolTip(str(self.image_path))
-        index = self.photo.findData(str(self.image_path))
-        if index >= 0:
-            self.photo.setCurrentIndex(index)
+        # the sample photo shown, or none when the image is the user's own
+        self.photo.setCurrentIndex(self.photo.findData(str(self.image_path)))
         self._prepare_image()
-        self.file_used.emit(str(self.image_path))
         self.image_changed.emit(str(self.image_path))
-        self.status_message.emit(f"Loaded {self.image_path}")
+        if announce:
+            self.file_used.emit(str(self.image_path))
+            self.status_message.emit(f"Loaded {self.image_path}")
         return True
 
     def _on_seed_changed(self) -> None:
@@ -498,12 +501,13 @@ class ForwardPanel(Panel):
         super().restore_state(settings)  # the seed before the image: eps is drawn once
         key = self.key()
         saved = settings.value(f"{key}/image")
-        if not (saved and Path(str(saved)).is_file() and self.load_image(Path(str(saved)))):
+        restored = saved and Path(str(saved)).is_file()
+        if not (restored and self.load_image(Path(str(saved)), announce=False)):
             self.load_default_image()
         _set_int(self.slider, settings.value(f"{key}/position"))
 
     def load_default_image(self) -> None:
-        self.load_image(default_photo_path())
+        self.load_image(default_photo_path(), announce=False)
         if self.slider.value() == 0:
             self.slider.setValue(self.slider.maximum() // 4)
 

@@ -225,6 +225,22 @@ def test_the_title_names_the_open_image_or_model(window, tmp_path, checkpoints):
     assert window.windowTitle() == "moons.safetensors — Diffusion Studio"
 
 
+def test_what_the_app_shows_by_itself_is_not_a_file_the_user_opened(window, tmp_path):
+    """The bundled photo (or the last image, restored) names no window and joins no list; the
+    sample-photo box shows no sample for the user's own image."""
+    from app.settings import recent_files
+
+    window.ensure_all_panels()  # Forward restores its image; Playback builds it too
+    assert window.forward.image_path == default_photo_path()
+    assert window.windowTitle() == "Diffusion Studio"
+    assert recent_files(window.settings) == []
+    image = tmp_path / "mine.png"
+    Image.fromarray(np.zeros((12, 12, 3), dtype=np.uint8)).save(image)
+    assert window.open_path(image)
+    assert window.forward.photo.currentIndex() == -1
+    assert window.windowTitle() == "mine.png — Diffusion Studio"
+
+
 # ---------------------------------------------------------------------- help
 
 
