@@ -40,6 +40,7 @@ from core.models import build_model, count_parameters
 from core.samplers import PredictionType, SamplerConfig, make_sampler
 from core.sampling import Trajectory, sample
 from core.schedule import NoiseSchedule, ScheduleConfig
+from core.threads import AdaptiveThreads
 
 REFERENCE_UNET = {
     "_class_name": "UNet2DModel",
@@ -131,6 +132,8 @@ def run_loop(
         generator,
         labels=labels,
         guidance_scale=DEFAULT_GUIDANCE_SCALE,
+        # this thread's count, kept: the pairs compare recording, not thread choices
+        threads=AdaptiveThreads(fixed=torch.get_num_threads()),
     ):
         if trajectory is not None:
             trajectory.append(frame)
