@@ -82,6 +82,12 @@ def suggested_path(kind: str, suggested: str) -> str:
     return suggested
 
 
+def file_stem(name: str) -> str:
+    """`name` as a file name stem a save dialog can suggest: letters, digits, '-', '_', '.'
+    kept, anything else (spaces, slashes) turned into '-'."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
 def ask_open_path(parent: QWidget | None, title: str, filter: str, start: str = "") -> Path | None:
     """A file the user picked to open, or None when cancelled. Starts in `start`, or else in
     the last folder used for the filter's kind of file (remembered)."""

@@ -154,6 +154,7 @@ class Link:
     target: PanelName
     slot: str
     state: Callable[[Any], Any] | None = None
+    show: bool = False  # the user asked for it: the target's tab becomes the current one
 
 
 def _schedule_config(schedules: SchedulesPanel) -> Any:
@@ -168,7 +169,7 @@ LINKS: tuple[Link, ...] = (
     Link("schedules", "schedule_changed", "forward", "set_schedule", _schedule_config),
     Link("forward", "image_changed", "playback", "set_start_image", _image_path),
     Link("training", "model_trained", "playback", "set_trained_checkpoint"),
-    Link("training", "open_in_playback", "playback", "open_trained_checkpoint"),
+    Link("training", "open_in_playback", "playback", "open_trained_checkpoint", show=True),
 )
 
 PathKind = Literal["model folder", "image folder", "checkpoint", "image"]
@@ -399,10 +400,6 @@ class MainWindow(QMainWindow):
             for link in LINKS:
                 if link.source == name:
                     getattr(panel, link.signal).connect(partial(self._deliver, link))
-            if name == "training":  # "Open in Playback" also shows the tab
-                panel.open_in_playback.connect(
-                    lambda _ckpt: self.tabs.setCurrentWidget(self.playback)
-                )
             self._built[name] = panel
             try:
                 panel.restore_state(self.settings)
@@ -436,7 +433,10 @@ class MainWindow(QMainWindow):
             if link.state is not None:
                 return  # the target takes the source's state when it is built
             self._build_panel(link.target)
-        getattr(self._built[link.target], link.slot)(value)
+        target = self._built[link.target]
+        getattr(target, link.slot)(value)
+        if link.show:
+            self.tabs.setCurrentWidget(target)
 
     def _current_name(self) -> PanelName:
         return PANEL_NAMES[max(0, self.tabs.currentIndex())]

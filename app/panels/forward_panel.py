@@ -516,7 +516,7 @@ def forward_gif_name(image: Path | None, config: ScheduleConfig) -> str:
     """A file name stem for a forward GIF: 'astronaut_forward_cosine_T1000'."""
     stem = image.stem if image is not None else "image"
     name = f"{stem}_forward_{config.kind}_T{config.num_timesteps}"
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+    return dialogs.file_stem(name)
 
 
 def numbers_table(rows: tuple[tuple[str, str], ...]) -> str:

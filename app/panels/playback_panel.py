@@ -140,9 +140,8 @@ class PlaybackPanel(Panel):
         self.start_image: Path | None = None
         self.frame_index = 0
         self._dirty = False
-        # what the stored frames were made with: the request and the model (its choice key)
+        # what the stored frames were made with: the request, and the name its exports take
         self.made_with: SampleRequest | None = None
-        self._made_for: str | None = None
         self._made_name = ""
         self._build()
         self.redraw_timer = QTimer(self)
@@ -589,7 +588,7 @@ class PlaybackPanel(Panel):
             self.runner.cancel()
         self.play_button.setChecked(False)
         self.trajectory = None
-        self.made_with, self._made_for, self._made_name = None, None, ""
+        self.made_with, self._made_name = None, ""
         self.frame_index = 0
         self._dirty = False
         self.scrub.blockSignals(True)
@@ -742,7 +741,7 @@ class PlaybackPanel(Panel):
         # every frame of a run of up to 1000 steps (1001 frames) is kept; longer runs are
         # thinned evenly so memory stays bounded
         self.trajectory = Trajectory(max_frames=MAX_FRAMES)
-        self.made_with, self._made_for = request, self.model_choice.currentData()
+        self.made_with = request
         self._made_name = run_name(ckpt, request)
 
         def run() -> Iterator[Frame]:  # worker thread
@@ -1070,7 +1069,7 @@ def run_name(ckpt: Checkpoint, request: SampleRequest) -> str:
     stem = f"{name}_{request.sampler.kind}_{request.sampler.num_inference_steps}steps"
     if request.label is not None:
         stem += f"_class{request.label}"
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in stem)
+    return dialogs.file_stem(stem)
 
 
 def _squeeze(image: np.ndarray) -> np.ndarray:

@@ -32,7 +32,6 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QLabel,
     QStackedWidget,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -54,6 +53,7 @@ from app.widgets import (
     double_box,
     form_group,
     format_duration,
+    pinned_below,
     plot_widget,
     points_plot,
     scatter_item,
@@ -533,13 +533,7 @@ class TrainingPanel(Panel):
         for plot in (self.loss_plot, self.scatter_plot):
             plot.setMinimumHeight(150)
 
-        settings = control_column(self.settings_boxes)
-        controls = QWidget()
-        column = QVBoxLayout(controls)
-        column.setContentsMargins(0, 0, 0, 0)
-        column.addWidget(settings, 1)
-        column.addWidget(run_box)
-        controls.setMinimumWidth(settings.minimumWidth())
+        controls = pinned_below(control_column(self.settings_boxes), run_box)
         self.splitter = controls_beside_views(self, controls, plots)
         self._on_log_y(True)
 
