@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         required=True,
         metavar="SOURCE",
-        help=f"digits, one of {', '.join(TOY_DATASETS)}, or a folder of images",
+        help=f"digits, digits-train (the digits without the 1,000 held out for checking "
+        f"models), one of {', '.join(TOY_DATASETS)}, or a folder of images",
     )
     p.add_argument(
         "--out", required=True, type=Path, metavar="CKPT", help="checkpoint to write (.safetensors)"

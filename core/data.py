@@ -57,9 +57,39 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _digits_tensor(image_size: int, channels: int) -> torch.Tensor:
-    """Digits as float32 (N, channels, image_size, image_size) in [-1, 1]."""
+# The digits a model can be checked against without having seen them: a seeded 4,000 / 1,000
+# split. The independent digit classifier (benchmarks/digit_classifier.py) trains on the 4,000
+# and validates on the 1,000; the shipped digits model trains on the 4,000 ("digits-train"), so
+# the 1,000 are a fair reference for its Fréchet distance and its memorisation check.
+DIGITS_SPLIT_SEED = 1234
+DIGITS_HELD_OUT = 1000
+DIGIT_SOURCES = ("digits", "digits-train")  # all 5,000 built-in digits / the 4,000 not held out
+
+
+def is_builtin_digits(source: str) -> bool:
+    """True for a data source (or data set name) that is the built-in, labelled digits."""
+    return source in DIGIT_SOURCES
+
+
+def digits_split_order(seed: int = DIGITS_SPLIT_SEED) -> np.ndarray:
+    """A permutation of the digits' indices, int64 (N,): the first N - 1000 are the training
+    digits, the last 1000 the held-out ones."""
+    return np.random.default_rng(seed).permutation(len(load_digits()[0]))
+
+
+def digits_train_indices() -> np.ndarray:
+    """Indices of the digits outside the held-out 1000, ascending, int64 (N - 1000,)."""
+    return np.sort(digits_split_order()[:-DIGITS_HELD_OUT])
+
+
+def _digits_tensor(
+    image_size: int, channels: int, indices: np.ndarray | None = None
+) -> torch.Tensor:
+    """Digits (those at `indices`, default all) as float32 (N, channels, image_size,
+    image_size) in [-1, 1]."""
     images, _ = load_digits()
+    if indices is not None:
+        images = images[indices]
     x = torch.from_numpy(images.astype(np.float32)).unsqueeze(1) / 127.5 - 1.0
     if image_size != x.shape[-1]:
         x = F.interpolate(
@@ -642,7 +672,8 @@ def make_dataset(
     """Build a data set from a source name.
 
     source: "digits" (the shipped MNIST subset, resized when image_size != 28,
-      repeated to 3 channels when channels == 3), one of TOY_DATASETS (num_points
+      repeated to 3 channels when channels == 3), "digits-train" (the same without the 1,000
+      held out for checking models, `digits_train_indices`), one of TOY_DATASETS (num_points
       points drawn with a generator seeded by `seed`), or a folder of images
       (centre-cropped and resized to image_size, converted to `channels`).
     Raises DataError for an unknown source or an unusable folder.
@@ -653,6 +684,11 @@ def make_dataset(
     if source == "digits":
         labels = torch.from_numpy(load_digits()[1].copy())  # 0..9, in the images' order
         return Dataset("digits", "images", _digits_tensor(image_size, channels), labels=labels)
+    if source == "digits-train":
+        index = digits_train_indices()
+        labels = torch.from_numpy(load_digits()[1][index].copy())
+        images = _digits_tensor(image_size, channels, index)
+        return Dataset("digits-train", "images", images, labels=labels)
     if source in TOY_DATASETS:
         generator = torch.Generator().manual_seed(int(seed))
         return Dataset(source, "points", toy_points(source, num_points, generator))
@@ -660,7 +696,7 @@ def make_dataset(
     if folder.is_dir():
         loaded = load_image_folder(folder, image_size, channels)
         return Dataset(folder.name or str(folder), "images", loaded.images, loaded.skipped)
-    choices = ", ".join(("digits", *TOY_DATASETS))
+    choices = ", ".join((*DIGIT_SOURCES, *TOY_DATASETS))
     if folder.exists():
         raise DataError(
             f"data source '{source}' is a file, not a folder: choose {choices}, or a folder "

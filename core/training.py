@@ -250,7 +250,7 @@ def preset_config(
     data: str = "digits", size: ModelSize = "default", **overrides: Any
 ) -> TrainConfig:
     """A ready-to-run TrainConfig for a data source and model size; keyword overrides win."""
-    from core.data import TOY_DATASETS
+    from core.data import TOY_DATASETS, is_builtin_digits
 
     base: dict[str, Any]
     if data in TOY_DATASETS:
@@ -273,7 +273,7 @@ def preset_config(
         channels = overrides.get("channels", 1)
         # The digits are labelled: class-conditional with guidance gets recognisable digits
         # sooner (benchmarks/README.md, "Class-conditional digits")
-        labelled = data == "digits" and overrides.get("class_conditional", True)
+        labelled = is_builtin_digits(data) and overrides.get("class_conditional", True)
         classes = DIGIT_CLASSES if labelled else 0
         base = dict(
             data=data, model=default_model_config("images", image_size, channels, size, classes)

@@ -55,7 +55,7 @@ from app.widgets import (
 from app.worker import Job, JobControl, JobRunner, JobStatus
 from core import checkpoint as core_checkpoint
 from core.checkpoint import Checkpoint, build_model_from_checkpoint, load_checkpoint
-from core.data import load_image
+from core.data import is_builtin_digits, load_image
 from core.diffusers_models import find_diffusers_model
 from core.errors import ConfigError, DiffusionStudioError
 from core.export import (
@@ -619,7 +619,7 @@ class PlaybackPanel(Panel):
         self.class_label.blockSignals(True)
         self.class_label.clear()
         if classes:
-            digits = (model.data or {}).get("name") == "digits"
+            digits = is_builtin_digits(str((model.data or {}).get("name")))
             self.class_label.addItem(EVERY_DIGIT if digits else EVERY_CLASS, None)
             for k in range(classes):
                 self.class_label.addItem(str(k) if digits else f"class {k}", k)

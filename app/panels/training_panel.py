@@ -62,7 +62,7 @@ from app.widgets import (
 )
 from app.worker import Job, JobRunner, JobStatus
 from core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from core.data import TOY_DATASETS, list_image_files, toy_points
+from core.data import DIGIT_SOURCES, TOY_DATASETS, list_image_files, toy_points
 from core.errors import ConfigError, DataError, DiffusionStudioError, TrainingError
 from core.export import make_grid, to_uint8_images
 from core.models import MLPConfig, build_model, count_parameters
@@ -85,7 +85,7 @@ FOLDER_IMAGE_SIZE = 32  # the image size first offered for a folder of images
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 SCATTER_POINTS = 4096
 # Data with class labels: for these the panel offers class-conditional training.
-LABELLED_SOURCES = ("digits",)
+LABELLED_SOURCES = DIGIT_SOURCES
 LIVE_REDRAW_S = 0.5  # while training: curves and numbers at most twice a second
 SCATTER_EVERY = 4  # ... and the loss-against-t scatter every 2 s
 SMOOTHING_WINDOW = (3.0, 100.0)  # the smoothed curve averages over ~5% of the steps so far
@@ -1303,7 +1303,9 @@ class TrainingPanel(Panel):
         """Show the run a checkpoint resumes: its data and its settings."""
         if config.data in LABELLED_SOURCES:
             self.class_labels.setChecked(bool(getattr(config.model, "num_classes", 0)))
-        if config.data in TOY_DATASETS or config.data == "digits":
+        if config.data in DIGIT_SOURCES:
+            set_combo_data(self.source, "digits")  # the run itself keeps its own data
+        elif config.data in TOY_DATASETS:
             set_combo_data(self.source, config.data)
         else:
             self.folder = Path(config.data)

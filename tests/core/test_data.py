@@ -799,3 +799,17 @@ def test_folder_too_big_for_memory_is_refused_before_decoding(
     with pytest.raises(DataError, match=r"the 3 images in .* at 64x64 need about .* smaller image"):
         data.load_image_folder(tmp_path, 64, 3)
     assert decoded == []
+
+
+def test_digits_train_leaves_out_the_held_out_thousand() -> None:
+    """`digits-train` is the built-in digits minus the 1,000 the quality checks hold out."""
+    from core.data import DIGITS_HELD_OUT, digits_split_order, load_digits
+
+    images, _ = load_digits()
+    train = data.make_dataset("digits-train")
+    assert len(train) == len(images) - DIGITS_HELD_OUT
+    assert train.num_classes == 10
+    held_out = set(digits_split_order()[-DIGITS_HELD_OUT:].tolist())
+    train_index = set(np.flatnonzero(np.ones(len(images), bool)).tolist()) - held_out
+    expected = torch.from_numpy(images[sorted(train_index)].astype(np.float32)) / 127.5 - 1.0
+    assert torch.equal(train.data[:, 0], expected)
