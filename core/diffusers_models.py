@@ -30,6 +30,7 @@ folder and mapping a scheduler config need no diffusers at all.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
@@ -49,9 +50,10 @@ from core.errors import CheckpointError, ConfigError, ExportError
 from core.models import DiffusersUNetConfig, ModelConfig, UNetConfig
 from core.samplers import (
     TIMESTEP_SPACINGS,
-    VARIANCE_TYPES,
     PredictionType,
     SamplerConfig,
+    sampler_spec,
+    spec_for_diffusers_class,
 )
 from core.schedule import ScheduleConfig
 
@@ -237,10 +239,16 @@ def scheduler_settings(
     if spacing not in TIMESTEP_SPACINGS:
         notes.append(f"timestep_spacing {spacing!r} is not available; 'leading' is used")
         spacing = "leading"
-    variance = config.get("variance_type", "fixed_small")
-    if variance not in VARIANCE_TYPES:
-        notes.append(f"variance_type {variance!r} is not available; 'fixed_small' is used")
-        variance = "fixed_small"
+    spec = spec_for_diffusers_class(name)
+    if spec is None:
+        spec = sampler_spec("ddpm")
+        notes.append(f"scheduler {name} is not available; {spec.label} is used")
+    options = spec.options_from_diffusers(config)
+    if "variance_type" in config and config["variance_type"] != options.get("variance_type"):
+        if "variance_type" in {f.name for f in dataclasses.fields(spec.options_class)}:
+            notes.append(
+                f"variance_type {config['variance_type']!r} is not available; 'fixed_small' is used"
+            )
     if config.get("steps_offset", 0):
         notes.append(
             f"steps_offset {config['steps_offset']} is ignored (timesteps are not shifted)"
@@ -250,13 +258,14 @@ def scheduler_settings(
     if config.get("set_alpha_to_one", True) is False:
         notes.append("set_alpha_to_one = false is ignored: the last DDIM step goes to alphabar = 1")
     sampler = SamplerConfig(
-        kind="ddim" if name.startswith("DDIM") else "ddpm",
+        kind=spec.name,
         num_inference_steps=min(50, schedule.num_timesteps),
         spacing=spacing,
-        eta=0.0,
-        variance_type=variance,
-        clip_sample=bool(config.get("clip_sample", True)),
+        # diffusers' DDPM and DDIM clip x_0 unless told not to; its other schedulers never do
+        clip_sample=bool(config.get("clip_sample", spec.diffusers_clip_default)),
         clip_range=float(config.get("clip_sample_range", 1.0)),
+        karras=bool(config.get("use_karras_sigmas", False)) and spec.karras,
+        options=options,
     )
     return schedule, prediction, sampler, notes
 

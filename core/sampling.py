@@ -44,18 +44,26 @@ class Frame:
     pred_x0: torch.Tensor
 
 
-def sampling_timesteps(sampler: Sampler, t_start: int | None) -> list[int]:
-    """The sampler's timesteps, or those at or below t_start when starting from a noised image."""
-    timesteps = [int(t) for t in sampler.timesteps]
+def first_step(sampler: Sampler, t_start: int | None) -> int:
+    """The index of the first step to run: 0, or when starting from a noised image the first
+    step whose timestep is at or below t_start."""
+    timesteps = [sampler.frame_timestep(i) for i in range(len(sampler.timesteps))]
     if t_start is None:
-        return timesteps
-    kept = [t for t in timesteps if t <= t_start]
-    if not kept:
-        raise ConfigError(
-            f"start timestep {t_start} is below every sampling timestep ({timesteps[-1]} is the "
-            "smallest): choose a larger start t or more sampling steps"
-        )
-    return kept
+        return 0
+    for i, t in enumerate(timesteps):
+        if t <= t_start:
+            return i
+    raise ConfigError(
+        f"start timestep {t_start} is below every sampling timestep ({timesteps[-1]} is the "
+        "smallest): choose a larger start t or more sampling steps"
+    )
+
+
+def sampling_timesteps(sampler: Sampler, t_start: int | None) -> list[int]:
+    """The timesteps of the steps a run takes (those at or below t_start when starting from a
+    noised image), as whole numbers."""
+    first = first_step(sampler, t_start)
+    return [sampler.frame_timestep(i) for i in range(first, len(sampler.timesteps))]
 
 
 def sample(
@@ -92,11 +100,13 @@ def sample(
     if labels is not None and tuple(labels.shape) != (num_samples,):
         raise ConfigError(f"expected {num_samples} class labels, got shape {tuple(labels.shape)}")
     device = torch.device(device)
-    timesteps = sampling_timesteps(sampler, t_start)
+    first = first_step(sampler, t_start)
     shape = (num_samples, *sample_shape)
     with torch.inference_mode():
         if x_start is None:
+            # the sampler's initial state: N(0, I) scaled to its own scale (diffusers' loop)
             x = torch.randn(shape, generator=generator, dtype=torch.float32)
+            x = x * sampler.init_noise_sigma
         else:
             x0 = x_start.detach().to(torch.float32).cpu()
             x0 = x0.expand(shape) if x0.shape == tuple(sample_shape) else x0
@@ -105,34 +115,45 @@ def sample(
                     f"start image has shape {tuple(x_start.shape)}, expected {tuple(sample_shape)}"
                 )
             noise = torch.randn(shape, generator=generator, dtype=torch.float32)
-            t0 = torch.full((num_samples,), timesteps[0], dtype=torch.long)
-            x = schedule.add_noise(x0, noise, t0)
+            x = sampler.add_noise(x0, noise, first)
         x = x.to(device)
         if labels is not None:
             labels = labels.to(device)
+
+        def model_fn(x_in: torch.Tensor, t: float) -> torch.Tensor:
+            """The network (guided for a class-conditional model) at one timestep, float32."""
+            whole = float(t).is_integer()
+            t_batch = torch.full(
+                (num_samples,),
+                int(t) if whole else float(t),
+                dtype=torch.long if whole else torch.float32,
+                device=device,
+            )
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+                if labels is None:
+                    output = model(x_in, t_batch)
+                else:
+                    output = guided_output(model, x_in, t_batch, labels, guidance_scale)
+            return output.float()
+
         was_training = model.training
         model.eval()
         own_threads = threads is None and device.type == "cpu"
         tuner = AdaptiveThreads() if own_threads else threads
+        sampler.begin()
         try:
-            for step, t in enumerate(timesteps):
+            for step, i in enumerate(range(first, len(sampler.timesteps))):
                 if tuner is not None:
                     tuner.before_step()
                 started = time.perf_counter()
-                t_batch = torch.full((num_samples,), t, dtype=torch.long, device=device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-                    if labels is None:
-                        model_output = model(x, t_batch)
-                    else:
-                        model_output = guided_output(model, x, t_batch, labels, guidance_scale)
-                model_output = model_output.float()
-                out = sampler.step(model_output, t, x, generator=generator)
+                out = sampler.advance(model_fn, i, x, generator=generator)
                 if tuner is not None:
                     tuner.after_step(time.perf_counter() - started)
-                yield Frame(step, t, x.cpu(), out.pred_x0.cpu())
+                shown = sampler.scale_model_input(x, i)  # x_t, whatever the sampler's own scale
+                yield Frame(step, sampler.frame_timestep(i), shown.cpu(), out.pred_x0.cpu())
                 x = out.prev_sample
             final = x.cpu()
-            yield Frame(len(timesteps), -1, final, final)
+            yield Frame(len(sampler.timesteps) - first, -1, final, final)
         finally:
             model.train(was_training)
             if own_threads and tuner is not None:

@@ -649,9 +649,9 @@ class PlaybackPanel(Panel):
         T = model.schedule_config.num_timesteps
         self.num_steps.setValue(min(config.num_inference_steps, T))
         set_combo_data(self.spacing, config.spacing)
-        self.eta.setValue(config.eta)
+        self.eta.setValue(config.options.get("eta", 0.0))
         self.clip_x0.setChecked(config.clip_sample)
-        self._variance_type = config.variance_type
+        self._variance_type = config.options.get("variance_type", "fixed_small")
 
     # ------------------------------------------------------------------ start image
 
@@ -682,9 +682,12 @@ class PlaybackPanel(Panel):
                 kind=self.sampler_kind.currentData(),
                 num_inference_steps=self.num_steps.value(),
                 spacing=self.spacing.currentData(),
-                eta=self.eta.value() if self.sampler_kind.currentData() == "ddim" else 0.0,
-                variance_type=self._variance_type,
                 clip_sample=self.clip_x0.isChecked(),
+                options=(
+                    {"eta": self.eta.value()}
+                    if self.sampler_kind.currentData() == "ddim"
+                    else {"variance_type": self._variance_type}
+                ),
             ),
             num_samples=self.num_samples.value(),
             seed=self.seed.value(),
@@ -1054,10 +1057,7 @@ class PlaybackPanel(Panel):
 def describe_request(request: SampleRequest) -> str:
     """'DDIM, 50 steps, seed 0' (and eta, class, guidance, start t when they apply)."""
     sampler = request.sampler
-    parts = [sampler.kind.upper(), f"{sampler.num_inference_steps} steps"]
-    if sampler.kind == "ddim":
-        parts.append(f"eta {sampler.eta:g}")
-    parts.append(f"seed {request.seed}")
+    parts = [sampler.summary(), f"seed {request.seed}"]
     if request.start_t is not None:
         parts.append(f"from an image at t = {request.start_t}")
     return ", ".join(parts)

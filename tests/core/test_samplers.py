@@ -77,7 +77,7 @@ def _run_both(ours, ref, num_steps: int, seed: int = 0):
         model_output = torch.randn(SHAPE, generator=data)
         g_ours = torch.Generator().manual_seed(1000 + i)
         g_ref = torch.Generator().manual_seed(1000 + i)
-        mine = ours.step(model_output, t, x, generator=g_ours)
+        mine = ours.step(model_output, i, x, generator=g_ours)
         theirs = ref.step(model_output, t, x, generator=g_ref)
         for a, b in (
             (mine.prev_sample, theirs.prev_sample),
@@ -107,7 +107,9 @@ def test_ddpm_step_matches_diffusers(prediction, variance, spacing, clip, steps)
     config = ScheduleConfig("linear" if steps != 37 else "cosine", 1000)
     schedule = NoiseSchedule(config)
     ours = make_sampler(
-        SamplerConfig("ddpm", steps, spacing, variance_type=variance, clip_sample=clip),
+        SamplerConfig(
+            "ddpm", steps, spacing, clip_sample=clip, options={"variance_type": variance}
+        ),
         schedule,
         prediction,
     )
@@ -133,12 +135,18 @@ def test_ddim_step_matches_diffusers(prediction, eta, spacing, clip, steps):
     config = ScheduleConfig("cosine" if steps == 7 else "linear", 1000)
     schedule = NoiseSchedule(config)
     ours = make_sampler(
-        SamplerConfig("ddim", steps, spacing, eta=eta, clip_sample=clip), schedule, prediction
+        SamplerConfig("ddim", steps, spacing, clip_sample=clip, options={"eta": eta}),
+        schedule,
+        prediction,
     )
     ref = _reference_on_our_tables("ddim", schedule, config, prediction, spacing, clip_sample=clip)
-    # diffusers' DDIMScheduler takes eta in step(); bind it so _run_both can call step uniformly
+    # diffusers' DDIMScheduler takes eta in step(); bind it so _run_both can call step uniformly.
+    # A clipped x_0 comes with the eps recomputed from it (core.samplers.base: measured to
+    # matter with guidance), which is diffusers' use_clipped_model_output=True.
     ref_step = ref.step
-    ref.step = lambda out, t, x, generator=None: ref_step(out, t, x, eta=eta, generator=generator)
+    ref.step = lambda out, t, x, generator=None: ref_step(
+        out, t, x, eta=eta, use_clipped_model_output=clip, generator=generator
+    )
     assert _run_both(ours, ref, steps) < 1e-5
 
 
@@ -147,7 +155,8 @@ def test_ddim_step_matches_diffusers(prediction, eta, spacing, clip, steps):
 def test_zero_terminal_snr_matches_diffusers(kind, prediction):
     config = ScheduleConfig("linear", 1000, zero_terminal_snr=True)
     schedule = NoiseSchedule(config)
-    ours = make_sampler(SamplerConfig(kind, 20, "trailing", eta=1.0), schedule, prediction)
+    options = {"eta": 1.0} if kind == "ddim" else {}
+    ours = make_sampler(SamplerConfig(kind, 20, "trailing", options=options), schedule, prediction)
     ref = _reference_on_our_tables(
         kind, schedule, config, prediction, "trailing", clip_sample=False
     )
@@ -163,7 +172,8 @@ def test_zero_terminal_snr_matches_diffusers(kind, prediction):
 def test_agrees_with_diffusers_own_float32_tables(kind):
     """End to end against an untouched diffusers scheduler: equal up to its float32 tables."""
     config = ScheduleConfig("linear", 1000)
-    ours = make_sampler(SamplerConfig(kind, 50, eta=1.0), NoiseSchedule(config), "epsilon")
+    options = {"eta": 1.0} if kind == "ddim" else {}
+    ours = make_sampler(SamplerConfig(kind, 50, options=options), NoiseSchedule(config), "epsilon")
     ref = _reference(kind, config, "epsilon", "leading", clip_sample=False)
     if kind == "ddim":
         ref_step = ref.step
@@ -191,10 +201,10 @@ def test_ddpm_with_all_steps_is_ho_et_al_eq_11():
             float(v[t]) for v in (schedule.betas, schedule.alphas, schedule.alphas_cumprod)
         )
         expected = (x - beta / math.sqrt(1 - ab) * eps) / math.sqrt(alpha) + math.sqrt(beta) * z
-        out = sampler.step(eps, t, x, noise=z)
+        out = sampler.step(eps, 49 - t, x, noise=z)  # all 50 steps: step i is at t = 49 - i
         torch.testing.assert_close(out.prev_sample, expected, rtol=1e-10, atol=1e-10)
     # the last step adds no noise
-    out0 = sampler.step(eps, 0, x, noise=z)
+    out0 = sampler.step(eps, 49, x, noise=z)
     torch.testing.assert_close(out0.prev_sample, out0.pred_x0)
 
 
@@ -208,11 +218,11 @@ def test_ddim_eta0_is_deterministic_and_recovers_x0_from_exact_noise():
         sampler = make_sampler(SamplerConfig("ddim", n), schedule, "epsilon")
         t0 = int(sampler.timesteps[0])
         x = schedule.add_noise(x0, eps, torch.full((2,), t0))
-        for t in sampler.timesteps.tolist():
+        for i, t in enumerate(sampler.timesteps.tolist()):
             # the exact eps of x_t relative to x0
             ab = float(schedule.alphas_cumprod[t])
             true_eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
-            x = sampler.step(true_eps, t, x).prev_sample
+            x = sampler.step(true_eps, i, x).prev_sample
         torch.testing.assert_close(x, x0, rtol=1e-9, atol=1e-9)
 
 
@@ -240,8 +250,8 @@ def test_same_generator_seed_same_samples():
         sampler = make_sampler(SamplerConfig("ddpm", 10), schedule, "epsilon")
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(2, 3, generator=g)
-        for t in sampler.timesteps.tolist():
-            x = sampler.step(out, t, x, generator=g).prev_sample
+        for i in range(len(sampler.timesteps)):
+            x = sampler.step(out, i, x, generator=g).prev_sample
         return x
 
     torch.testing.assert_close(run(5), run(5))
@@ -275,11 +285,12 @@ def test_step_counts_above_T_rejected(kind, steps):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(kind="euler"), "euler"),
+        (dict(kind="plms"), "plms"),
         (dict(spacing="uniform"), "uniform"),
-        (dict(variance_type="learned"), "learned"),
-        (dict(eta=1.5), "1.5"),
-        (dict(eta=-0.1), "-0.1"),
+        (dict(kind="ddpm", options={"variance_type": "learned"}), "learned"),
+        (dict(options={"eta": 1.5}), "1.5"),
+        (dict(options={"eta": -0.1}), "-0.1"),
+        (dict(kind="ddpm", options={"eta": 0.5}), "DDPM has no option eta"),
         (dict(clip_range=0.0), "clip range"),
     ],
 )
@@ -309,14 +320,13 @@ def test_sampler_properties(kind, T, frac, spacing, prediction, dtype):
     """For random valid settings: timesteps strictly descending within 0..T-1, shapes and dtypes hold."""
     n = max(1, round(frac * T))
     schedule = NoiseSchedule.from_kind("linear", T)
-    sampler = make_sampler(SamplerConfig(kind, n, spacing, eta=0.5), schedule, prediction)
+    options = {"eta": 0.5} if kind == "ddim" else {}
+    sampler = make_sampler(SamplerConfig(kind, n, spacing, options=options), schedule, prediction)
     ts = sampler.timesteps.numpy()
     assert len(ts) == n
     assert np.all(np.diff(ts) < 0) and ts.min() >= 0 and ts.max() <= T - 1
     x = torch.randn(2, 1, 2, 2, dtype=dtype)
-    out = sampler.step(
-        torch.zeros_like(x), int(ts[0]), x, generator=torch.Generator().manual_seed(0)
-    )
+    out = sampler.step(torch.zeros_like(x), 0, x, generator=torch.Generator().manual_seed(0))
     assert out.prev_sample.shape == x.shape and out.prev_sample.dtype == dtype
     assert out.pred_x0.shape == x.shape and out.pred_x0.dtype == dtype
     assert torch.isfinite(out.prev_sample).all()
@@ -347,8 +357,8 @@ def test_default_sampler_keeps_an_untrained_epsilon_model_on_cosine_bounded():
         sampler = make_sampler(config, schedule, "epsilon")
         x = torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
         generator = torch.Generator().manual_seed(1)
-        for t in sampler.timesteps.tolist():
-            x = sampler.step(zero_eps(x, t), t, x, generator=generator).prev_sample
+        for i, t in enumerate(sampler.timesteps.tolist()):
+            x = sampler.step(zero_eps(x, t), i, x, generator=generator).prev_sample
         return x
 
     default = default_sampler_config(False)

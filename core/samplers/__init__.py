@@ -1,0 +1,61 @@
+"""Reverse-process samplers: one module per family, one registry entry per sampler.
+
+    from core.samplers import REGISTRY, SamplerConfig, make_sampler
+    sampler = make_sampler(SamplerConfig("ddim", 50, "trailing"), schedule, "epsilon")
+
+`base` holds the interface and the registry, `config` the SamplerConfig; each family module
+registers its samplers when imported (below, in the order the GUI and the CLI list them).
+Equations are cited in each module.
+"""
+
+from core.samplers import ddim, ddpm  # noqa: F401  (registers the samplers)
+from core.samplers.base import (
+    PREDICTION_TYPES,
+    REGISTRY,
+    TIMESTEP_SPACINGS,
+    ModelFn,
+    NoOptions,
+    PredictionType,
+    Sampler,
+    SamplerSpec,
+    StepOutput,
+    TimestepSpacing,
+    make_timesteps,
+    sampler_spec,
+    spec_for_diffusers_class,
+    split_prediction,
+    split_prediction_at,
+)
+from core.samplers.config import SamplerConfig, default_sampler_config, make_sampler
+from core.samplers.ddim import DDIMOptions, DDIMSampler
+from core.samplers.ddpm import VARIANCE_TYPES, DDPMOptions, DDPMSampler, VarianceType
+
+SAMPLER_KINDS: tuple[str, ...] = tuple(REGISTRY)
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "REGISTRY",
+    "SAMPLER_KINDS",
+    "TIMESTEP_SPACINGS",
+    "VARIANCE_TYPES",
+    "DDIMOptions",
+    "DDIMSampler",
+    "DDPMOptions",
+    "DDPMSampler",
+    "ModelFn",
+    "NoOptions",
+    "PredictionType",
+    "Sampler",
+    "SamplerConfig",
+    "SamplerSpec",
+    "StepOutput",
+    "TimestepSpacing",
+    "VarianceType",
+    "default_sampler_config",
+    "make_sampler",
+    "make_timesteps",
+    "sampler_spec",
+    "spec_for_diffusers_class",
+    "split_prediction",
+    "split_prediction_at",
+]
