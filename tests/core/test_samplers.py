@@ -22,6 +22,7 @@ from core.samplers import (
     split_prediction,
 )
 from core.schedule import NoiseSchedule, ScheduleConfig
+from tests.core.sampler_common import SamplerCommonTests
 
 
 def _diffusers():
@@ -365,3 +366,11 @@ def test_default_sampler_keeps_an_untrained_epsilon_model_on_cosine_bounded():
     assert final(default).abs().max() <= 1.0 + 1e-6
     unclipped = SamplerConfig(default.kind, default.num_inference_steps, default.spacing)
     assert final(unclipped).abs().max() > 100
+
+
+class TestDDPMCommon(SamplerCommonTests):
+    name = "ddpm"
+
+
+class TestDDIMCommon(SamplerCommonTests):
+    name = "ddim"
