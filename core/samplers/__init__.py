@@ -8,7 +8,13 @@ registers its samplers when imported (below, in the order the GUI and the CLI li
 Equations are cited in each module.
 """
 
-from core.samplers import ddim, ddpm  # noqa: F401  (registers the samplers)
+# Each family module registers its samplers; this order is the order they are listed in.
+from core.samplers import ddpm  # noqa: F401, I001
+from core.samplers import ddim  # noqa: F401, I001
+from core.samplers import euler  # noqa: F401, I001
+from core.samplers import heun  # noqa: F401, I001
+from core.samplers import dpm_solver  # noqa: F401, I001
+from core.samplers import unipc  # noqa: F401, I001
 from core.samplers.base import (
     PREDICTION_TYPES,
     REGISTRY,
