@@ -8,14 +8,15 @@ thread; a 30 Hz timer draws the newest frame while sampling and the chosen frame
 from __future__ import annotations
 
 import html
+import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
 import torch
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QGridLayout,
     QGroupBox,
@@ -30,6 +31,8 @@ from PySide6.QtWidgets import (
 from app import dialogs
 from app.panels.base import Panel
 from app.panels.schedule_panel import describe
+from app.sampler_form import SamplerForm
+from app.settings import read_json, write_json
 from app.widgets import (
     POINT_EXTENT,
     REDRAW_INTERVAL_MS,
@@ -77,6 +80,8 @@ from core.models import count_parameters
 from core.samplers import SamplerConfig, default_sampler_config, make_sampler
 from core.sampling import MAX_FRAMES, Frame, Trajectory, sample, sampling_timesteps
 from core.schedule import NoiseSchedule
+
+log = logging.getLogger(__name__)
 
 SPEEDS = [(f"{s:g}×", s) for s in (0.25, 0.5, 1.0, 2.0, 4.0)]
 BASE_FPS = 15.0
@@ -126,6 +131,8 @@ class PlaybackPanel(Panel):
     """Choose a model and a sampler, sample, and play the reverse process back."""
 
     title = "Playback"
+    # the chosen model (a Checkpoint, or None): the Sampler Lab samples the same one
+    model_changed = Signal(object)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -135,7 +142,6 @@ class PlaybackPanel(Panel):
         self.export_runner = self.make_export_runner("playback-export")
         self.models: dict[str, Checkpoint | Path] = {}
         self.checkpoint: Checkpoint | None = None
-        self._variance_type: str = "fixed_small"  # a diffusers model may ask for fixed_large
         self.trajectory: Trajectory | None = None
         self.start_image: Path | None = None
         self.frame_index = 0
@@ -184,32 +190,14 @@ class PlaybackPanel(Panel):
         self.model_info.setWordWrap(True)
         self.model_info.setToolTip("What the chosen model is and how it was trained")
 
-        self.sampler_kind = combo_box(
-            [("DDPM", "ddpm"), ("DDIM", "ddim")],
-            "DDPM: the ancestral sampler (Ho et al. 2020), the better samples; DDIM: "
-            "deterministic at eta = 0, good with fewer steps (Song et al. 2021)",
-        )
-        self.sampler_kind.currentIndexChanged.connect(self._on_sampler_changed)
-        start = default_sampler_config(is_points=False)  # core's default for image models
-        set_combo_data(self.sampler_kind, start.kind)
-        self.num_steps = spin_box(
-            1, 10000, start.num_inference_steps, "Number of sampling steps (at most T)"
-        )
-        self.eta = double_box(
-            0.0, 1.0, 0.0, "DDIM eta: 0 = deterministic, 1 = as much noise as DDPM", 2, 0.1
-        )
-        self.spacing = combo_box(
-            [("trailing", "trailing"), ("leading", "leading"), ("linspace", "linspace")],
-            "How the sampling timesteps are spread over 0..T-1 (trailing starts at T-1)",
-        )
-        set_combo_data(self.spacing, start.spacing)
-        self.clip_x0 = check_box(
-            "Clip x0 prediction to [-1, 1]",
-            "Clamp the model's x_0 estimate at every step (diffusers' clip_sample). On by "
-            "default for image models (their data range; it keeps an epsilon model on the "
-            "cosine schedule from blowing up at t near T), off for 2-D points",
-        )
-        self.clip_x0.setChecked(start.clip_sample)
+        # the sampler and its settings: a form generated from the sampler registry
+        self.sampler_form = SamplerForm()
+        self.sampler_form.set_config(default_sampler_config(is_points=False))  # core's default
+        # the form's fields under the names other code and tests know them by
+        self.sampler_kind = self.sampler_form.kind
+        self.num_steps = self.sampler_form.steps
+        self.spacing = self.sampler_form.spacing
+        self.clip_x0 = self.sampler_form.clip_x0
         self.num_samples = spin_box(1, 20000, 16, "How many samples to draw at once")
         self.class_label = combo_box(
             [(UNCONDITIONAL, None)],
@@ -302,11 +290,7 @@ class PlaybackPanel(Panel):
         sampler_box = form_group(
             "Sampler",
             [
-                ("Sampler", self.sampler_kind),
-                ("Steps", self.num_steps),
-                ("eta", self.eta),
-                ("Spacing", self.spacing),
-                ("", self.clip_x0),
+                self.sampler_form,
                 ("Class", self.class_label),
                 ("Guidance", self.guidance),
                 ("Samples", self.num_samples),
@@ -412,21 +396,18 @@ class PlaybackPanel(Panel):
         )
         self.splitter = controls_beside_views(self, controls, right)
 
-        # Steps (at most the model's T), eta and start t are refused at the field with core's
-        # reason (SamplerConfig, make_sampler, the schedule); the number of samples and the
-        # export settings keep their ranges (memory; core has no export settings object).
+        # The sampler form refuses its own fields (steps at most the model's T, the sampler's
+        # options) with core's reason; start t is refused here (the schedule, the sampler's
+        # timesteps); the number of samples and the export settings keep their ranges
+        # (memory; core has no export settings object).
         self._checked_schedule: NoiseSchedule | None = None
         # Guidance is core's check_guidance_scale's to judge; the seed keeps its range (what
         # torch's generator takes here). The view's and export's frame numbers keep the range
         # of the stored frames (set_range when frames arrive).
         self.fields = FieldCheck(self, self._check_sampler)
-        self.fields.add(self.num_steps, self.eta, self.guidance, self.start_t)
+        self.fields.add(self.guidance, self.start_t)
         self.fields.add(self.num_samples, self.seed, keep_range=True)
-        self.fields.watch(
-            self.sampler_kind.currentIndexChanged,
-            self.spacing.currentIndexChanged,
-            self.from_image.toggled,
-        )
+        self.fields.watch(self.sampler_form.changed, self.from_image.toggled)
         self.export_fields = FieldCheck(self)
         self.export_fields.add(
             self.sample_index,
@@ -442,7 +423,6 @@ class PlaybackPanel(Panel):
         for check in (self.fields, self.export_fields):
             check.changed.connect(self._update_buttons)
         # a setting that is not a number field: the frames may no longer match the form
-        self.clip_x0.toggled.connect(self._update_buttons)
         self.class_label.currentIndexChanged.connect(self._update_buttons)
 
     # ------------------------------------------------------------------ models
@@ -533,6 +513,7 @@ class PlaybackPanel(Panel):
                 self.clear_results()
                 self.show_problem("Cannot open pretrained model", str(exc))
                 self._update_buttons()
+                self.model_changed.emit(None)
                 return
             self.models[key] = model
         was_points = self.checkpoint.is_points if self.checkpoint is not None else None
@@ -541,12 +522,13 @@ class PlaybackPanel(Panel):
         self.checkpoint = model
         if model is None:
             self._update_buttons()
+            self.model_changed.emit(None)
             return
         if model.is_points:
             self.from_image.setChecked(False)  # 2-D models start from noise (see the label)
         T = model.schedule_config.num_timesteps
         # A new model: steps and start t follow its T (what the user types is checked).
-        self.num_steps.setValue(min(self.num_steps.value(), T))
+        self.sampler_form.set_model(model.schedule_config, model.prediction_type)
         self.start_t.setValue(min(self.start_t.value(), T - 1))
         if was_points != model.is_points:
             self.num_samples.setValue(1000 if model.is_points else 16)
@@ -579,6 +561,15 @@ class PlaybackPanel(Panel):
             + "".join(f"<br><i>{html.escape(n)}</i>" for n in notes)
         )
         self._update_buttons()
+        self.model_changed.emit(model)
+
+    def model_label(self) -> str:
+        """The chosen model's name in the Model list ("" when none)."""
+        return self.model_choice.currentText() if self.checkpoint is not None else ""
+
+    def show_model_choice(self, _value: object = None) -> None:
+        """Give the Model list the focus (the Sampler Lab's "Choose the model" button)."""
+        self.model_choice.setFocus()
 
     def clear_results(self) -> None:
         """Forget the stored frames and everything drawn from them (a new model: they were made
@@ -637,7 +628,6 @@ class PlaybackPanel(Panel):
         steps and spacing, and get core's x_0 clipping for their kind (on for images, off for
         2-D points: `core.samplers.default_sampler_config`)."""
         defaults = (model.meta or {}).get("sampler_defaults")
-        self._variance_type = "fixed_small"
         if not isinstance(defaults, dict):
             self.clip_x0.setChecked(default_sampler_config(model.is_points).clip_sample)
             return
@@ -645,13 +635,9 @@ class PlaybackPanel(Panel):
             config = default_sampler_config(model.is_points, defaults)
         except (DiffusionStudioError, TypeError):
             return
-        set_combo_data(self.sampler_kind, config.kind)
         T = model.schedule_config.num_timesteps
-        self.num_steps.setValue(min(config.num_inference_steps, T))
-        set_combo_data(self.spacing, config.spacing)
-        self.eta.setValue(config.options.get("eta", 0.0))
-        self.clip_x0.setChecked(config.clip_sample)
-        self._variance_type = config.options.get("variance_type", "fixed_small")
+        steps = min(config.num_inference_steps, T)
+        self.sampler_form.set_config(replace(config, num_inference_steps=steps))
 
     # ------------------------------------------------------------------ start image
 
@@ -672,23 +658,10 @@ class PlaybackPanel(Panel):
     def runners(self) -> list[JobRunner]:
         return [self.runner, self.export_runner]
 
-    def _on_sampler_changed(self) -> None:
-        self.eta.setEnabled(self.sampler_kind.currentData() == "ddim")
-
     def request(self) -> SampleRequest:
         use_image = self.from_image.isChecked()
         return SampleRequest(
-            sampler=SamplerConfig(
-                kind=self.sampler_kind.currentData(),
-                num_inference_steps=self.num_steps.value(),
-                spacing=self.spacing.currentData(),
-                clip_sample=self.clip_x0.isChecked(),
-                options=(
-                    {"eta": self.eta.value()}
-                    if self.sampler_kind.currentData() == "ddim"
-                    else {"variance_type": self._variance_type}
-                ),
-            ),
+            sampler=self.sampler_form.config(),
             num_samples=self.num_samples.value(),
             seed=self.seed.value(),
             start_image=self.start_image if use_image else None,
@@ -722,6 +695,9 @@ class PlaybackPanel(Panel):
             self.report_error(
                 "Cannot sample", "Choose a model first: train one or open a checkpoint."
             )
+            return False
+        if not self.sampler_form.valid:
+            self.show_problem("Cannot sample", self.sampler_form.first_problem())
             return False
         if not self.fields.valid:
             self.show_problem("Cannot sample", self.fields.first_problem())
@@ -816,7 +792,8 @@ class PlaybackPanel(Panel):
     def _update_buttons(self) -> None:
         running = self.runner.is_running
         has_model = self.checkpoint is not None
-        self.sample_button.setEnabled(has_model and not running and self.fields.valid)
+        valid = self.fields.valid and self.sampler_form.valid
+        self.sample_button.setEnabled(has_model and not running and valid)
         self.cancel_button.setEnabled(running)
         points_model = has_model and self.checkpoint.is_points
         image_model = has_model and not points_model
@@ -839,14 +816,17 @@ class PlaybackPanel(Panel):
         exportable = frames and not running and self.export_fields.valid
         self.gif_button.setEnabled(exportable)
         self.png_button.setEnabled(exportable)
-        self._on_sampler_changed()
         self._show_staleness()
 
     def _show_staleness(self) -> None:
         """Mark frames made with other sampler settings than the form's (they stay playable
         and exportable: they are what they say they are)."""
         made = self.made_with
-        stale = made is not None and self.has_frames() and made != self.request()
+        try:
+            now: SampleRequest | None = self.request()
+        except DiffusionStudioError:  # refused settings: certainly not what made the frames
+            now = None
+        stale = made is not None and self.has_frames() and made != now
         if stale:
             self.stale_label.setText(
                 f"These frames were made with {describe_request(made)}; the settings have "
@@ -1047,11 +1027,32 @@ class PlaybackPanel(Panel):
 
     def persistent_widgets(self) -> dict[str, Persistent]:
         # Not the number of samples: it follows the model (16 images, 1000 points).
+        # The sampler form is saved on its own (save_state): its fields follow the registry.
         names = (
-            "sampler_kind num_steps eta spacing guidance seed start_t speed loop grid_of "
+            "guidance seed start_t speed loop grid_of "
             "export_frames export_fps export_scale export_loop"
         )
         return {name: getattr(self, name) for name in names.split()}
+
+    def save_state(self, settings: QSettings) -> None:
+        super().save_state(settings)
+        write_json(settings, f"{self.key()}/sampler", self.sampler_form.state())
+
+    def restore_state(self, settings: QSettings) -> None:
+        super().restore_state(settings)
+        state = read_json(settings, f"{self.key()}/sampler", None)
+        if state is None:  # settings written before the sampler form: its old field names
+            old = read_json(settings, f"{self.key()}/fields", {})
+            if isinstance(old, dict) and "sampler_kind" in old:
+                state = {
+                    "kind": old.get("sampler_kind"),
+                    "num_inference_steps": old.get("num_steps"),
+                    "spacing": old.get("spacing"),
+                }
+        if state is not None:
+            skipped = self.sampler_form.restore(state)
+            if skipped:
+                log.info("Playback's saved sampler settings not restored: %s", skipped)
 
 
 def describe_request(request: SampleRequest) -> str:

@@ -246,6 +246,9 @@ def playback(show, checkpoints):
 
 def test_playback_defaults_show_no_reason(playback):
     assert_all_clear(playback.fields)
+    assert_all_clear(playback.sampler_form.fields)
+    for checks in playback.sampler_form.option_checks.values():
+        assert_all_clear(checks)
     assert_all_clear(playback.export_fields)
     assert playback.sample_button.isEnabled()
 
@@ -259,6 +262,17 @@ PLAYBACK_CASES = [
 ]
 
 
+def field_and_checks(playback, name: str):
+    """The field called `name` and the FieldCheck that judges it: the sampler form's (steps,
+    the sampler's own options) or Playback's."""
+    form = playback.sampler_form
+    if name == "num_steps":
+        return form.steps, form.fields
+    if name in form.option_widgets[form.spec.name]:
+        return form.option_widget(name), form.option_checks[form.spec.name]
+    return getattr(playback, name), playback.fields
+
+
 @pytest.mark.parametrize(
     "name, kind, from_image, typed, needles, valid",
     PLAYBACK_CASES,
@@ -269,25 +283,33 @@ def test_playback_field_refuses_absurd_values(
 ):
     set_combo_data(playback.sampler_kind, kind)
     playback.from_image.setChecked(from_image)
-    field = getattr(playback, name)
+    field, checks = field_and_checks(playback, name)
     type_into(qtbot, field, typed)
-    reason = assert_refused(playback.fields, field, needles)
+    reason = assert_refused(checks, field, needles)
     assert not playback.sample_button.isEnabled()
     assert not playback.start_sampling()
     assert fake_dialogs.errors[-1] == ("Cannot sample", reason)
     assert not playback.runner.is_running
     type_into(qtbot, field, valid)
+    assert_all_clear(checks)
     assert_all_clear(playback.fields)
     assert playback.sample_button.isEnabled()
 
 
 def test_playback_eta_is_not_checked_for_ddpm(playback, qtbot):
+    form = playback.sampler_form
     set_combo_data(playback.sampler_kind, "ddim")
-    type_into(qtbot, playback.eta, "1.5")
-    assert not playback.fields.valid
-    set_combo_data(playback.sampler_kind, "ddpm")  # DDPM has no eta
+    eta = form.option_widget("eta")
+    type_into(qtbot, eta, "1.5")
+    assert not form.valid and not playback.sample_button.isEnabled()
+    set_combo_data(playback.sampler_kind, "ddpm")  # DDPM has no eta: its page is hidden
+    assert form.valid and not eta.isVisible()
     assert_all_clear(playback.fields)
     assert playback.sample_button.isEnabled()
+    assert playback.request().sampler.kind == "ddpm"
+    set_combo_data(playback.sampler_kind, "ddim")  # back: the typed 1.5 is still refused
+    assert_refused(form.option_checks["ddim"], eta, ["DDIM eta = 1.5"])
+    assert not playback.sample_button.isEnabled()
 
 
 def test_playback_export_settings_out_of_range_are_refused(playback, qtbot):

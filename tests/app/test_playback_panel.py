@@ -124,7 +124,9 @@ def test_sampler_defaults_are_ddpm_100_trailing_clipped_for_images(panel, checkp
         assert request.sampler.kind == "ddpm"
         assert request.sampler.num_inference_steps == 100
         assert request.sampler.spacing == "trailing"
-        assert not panel.eta.isEnabled()
+        # DDPM's own option is offered, DDIM's eta is not (the form follows the sampler)
+        assert panel.sampler_form.option_widget("variance_type").isVisible()
+        assert not panel.sampler_form.option_widget("eta", "ddim").isVisible()
         # x0 clipped to [-1, 1] for images, not for 2-D points (core's default for each kind)
         assert request.sampler.clip_sample == (ckpt == checkpoints.images)
         assert panel.clip_x0.isChecked() == request.sampler.clip_sample
