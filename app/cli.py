@@ -13,15 +13,12 @@ import re
 import signal
 import sys
 import time
-from dataclasses import replace
+from dataclasses import MISSING, Field, dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core import __version__
 from core.errors import DiffusionStudioError, ExportError
-
-if TYPE_CHECKING:
-    import numpy as np
 
 PROG = "diffusion-studio"
 EXIT_USER_ERROR = 2
@@ -102,11 +99,110 @@ def _add_schedule_options(p: argparse.ArgumentParser, default_kind: str = "linea
     )
 
 
+# A sampler option's flag is --NAME (underscores as dashes); these also answer to older names.
+OPTION_ALIASES = {"variance_type": "--variance"}
+
+
+@dataclass(frozen=True)
+class SamplerOptionFlag:
+    """One flag of `sample` for a sampler option field (shared by every sampler that has a
+    field of that name): flags (the first is the one messages name), the field of the first
+    sampler that has it, and the names of all samplers that do."""
+
+    name: str
+    flags: tuple[str, ...]
+    field: Field
+    owners: tuple[str, ...]
+
+    @property
+    def dest(self) -> str:
+        return f"sampler_option_{self.name}"
+
+
+def sampler_option_flags() -> list[SamplerOptionFlag]:
+    """The sampler option flags, generated from the registry's options dataclasses."""
+    from core.samplers import REGISTRY
+
+    found: dict[str, SamplerOptionFlag] = {}
+    for spec in REGISTRY.values():
+        for f in fields(spec.options_class):
+            if f.name in found:
+                known = found[f.name]
+                found[f.name] = replace(known, owners=(*known.owners, spec.name))
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            alias = OPTION_ALIASES.get(f.name)
+            flags = (alias, flag) if alias else (flag,)
+            found[f.name] = SamplerOptionFlag(f.name, flags, f, (spec.name,))
+    return list(found.values())
+
+
+def _option_argument(option: SamplerOptionFlag) -> dict[str, Any]:
+    """add_argument's keywords for a sampler option: its type, choices and range from the
+    field's default and metadata, and its help."""
+    meta, default = option.field.metadata, option.field.default
+    text = str(meta.get("help", option.name.replace("_", " ")))
+    low, high = meta.get("minimum"), meta.get("maximum")
+    if low is not None or high is not None:
+        text += f"; in [{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+    if default is not MISSING:
+        text += f"; default {default}"
+    text += f" ({', '.join(option.owners)} only)"
+    keywords: dict[str, Any] = {"dest": option.dest, "default": None, "help": text}
+    if meta.get("choices") is None and not isinstance(default, bool):
+        keywords["metavar"] = option.name.upper()
+    if meta.get("choices") is not None:
+        keywords["choices"] = tuple(meta["choices"])
+    elif isinstance(default, bool):
+        keywords["action"] = argparse.BooleanOptionalAction
+    elif isinstance(default, int):
+        keywords["type"] = int
+    elif isinstance(default, float) or low is not None or high is not None:
+        keywords["type"] = float
+    return keywords
+
+
+def _add_sampler_options(p: argparse.ArgumentParser) -> None:
+    """--sampler, --steps, --spacing, --karras, --clip and one flag per sampler option."""
+    from core.samplers import REGISTRY, TIMESTEP_SPACINGS
+
+    g = p.add_argument_group(
+        "sampler",
+        "Unset settings come from the model when it names a sampler (a diffusers scheduler "
+        "config), else from: DDPM, 100 steps, trailing spacing, fixed_small, x0 clipped to "
+        "[-1, 1] for image models (not for 2-D points). An option set for a sampler that lacks "
+        "it is refused. `diffusion-studio samplers` lists them.",
+    )
+    g.add_argument(
+        "--sampler",
+        choices=tuple(REGISTRY),
+        help="; ".join(f"{spec.name}: {spec.label}, {spec.help}" for spec in REGISTRY.values()),
+    )
+    g.add_argument("--steps", type=_positive_int, help="sampling steps, 1..T")
+    g.add_argument("--spacing", choices=TIMESTEP_SPACINGS, help="timestep spacing")
+    karras = [spec.name for spec in REGISTRY.values() if spec.karras]
+    g.add_argument(
+        "--karras",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Karras et al. 2022 sigma spacing "
+        f"({', '.join(karras) + ' only' if karras else 'no sampler offers it yet'})",
+    )
+    g.add_argument(
+        "--clip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="clip the x0 prediction to [-1, 1]",
+    )
+    for option in sampler_option_flags():
+        g.add_argument(*option.flags, **_option_argument(option))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from core.data import TOY_DATASETS
     from core.device import DEVICE_CHOICES
     from core.guidance import DEFAULT_GUIDANCE_SCALE
-    from core.samplers import PREDICTION_TYPES, TIMESTEP_SPACINGS
+    from core.samplers import PREDICTION_TYPES
     from core.training import MODEL_SIZES
 
     parser = argparse.ArgumentParser(
@@ -252,26 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint", required=True, type=Path, metavar="CKPT", help="a .safetensors checkpoint"
     )
-    sampler_help = (
-        "Unset sampler options come from the model when it names a sampler (a diffusers "
-        "scheduler config), else from: DDPM, 100 steps, trailing spacing, fixed_small, x0 "
-        "clipped to [-1, 1] for image models (not for 2-D points)."
+    _add_sampler_options(p)
+    p.add_argument(
+        "--start-image",
+        type=Path,
+        metavar="IMG",
+        help="start from this image noised to --start-t instead of from pure noise (image models)",
     )
-    g = p.add_argument_group("sampler", sampler_help)
-    g.add_argument(
-        "--sampler",
-        choices=["ddpm", "ddim"],
-        help="ddpm (ancestral; scores better on small models) or ddim",
-    )
-    g.add_argument("--steps", type=_positive_int, help="sampling steps, 1..T")
-    g.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default 0)")
-    g.add_argument("--spacing", choices=TIMESTEP_SPACINGS, help="timestep spacing")
-    g.add_argument("--variance", choices=["fixed_small", "fixed_large"], help="DDPM variance")
-    g.add_argument(
-        "--clip",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="clip the x0 prediction to [-1, 1]",
+    p.add_argument(
+        "--start-t", type=int, metavar="T", help="the timestep --start-image is noised to"
     )
     g = p.add_argument_group(
         "class-conditional models (e.g. the digits)",
@@ -320,6 +405,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--npy",
         type=Path,
         help="write the samples as float32 .npy, (n, C, H, W) in [-1, 1] or (n, 2)",
+    )
+    # samplers
+    sub.add_parser(
+        "samplers",
+        help="list the samplers `sample --sampler` offers",
+        description="The registered samplers: name, label, network evaluations per step, "
+        "whether the same noise gives the same samples, Karras sigma spacing, default steps, "
+        "their options (flags of `sample`) and what each is for.",
     )
     # export
     p = sub.add_parser(
@@ -528,100 +621,116 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reverse_gif_frames(
-    trajectory, view: str, num_frames: int
-) -> tuple[list[np.ndarray], list[str]]:
-    """The GIF's frames and their captions (t of each, "x_0 (final)" for the samples)."""
-    import numpy as np
-
-    from core.export import make_grid, render_points, reverse_caption, select_frame_indices
-
-    indices = select_frame_indices(len(trajectory), min(num_frames, len(trajectory)))
-    captions = [reverse_caption(int(trajectory.timesteps[int(i)])) for i in indices]
-    frames = []
-    for i in indices:
-        parts = []
-        for which in ("xt", "x0"):
-            if view not in (which, "both"):
-                continue
-            if trajectory.is_points:
-                points = trajectory.x_t(int(i)) if which == "xt" else trajectory.pred_x0(int(i))
-                parts.append(render_points(points, size=256))
-            else:
-                images = trajectory.x_t(int(i)) if which == "xt" else trajectory.pred_x0(int(i))
-                parts.append(make_grid(images))
-        if len(parts) == 2:
-            gap = np.full((parts[0].shape[0], 8, parts[0].shape[2]), 255, np.uint8)
-            parts = [np.concatenate([parts[0], gap, parts[1]], axis=1)]
-        frames.append(parts[0])
-    return frames, captions
-
-
 def _sampler_config(args: argparse.Namespace, ckpt: Any):
-    """Options given on the command line, else the model's own sampler, else our defaults."""
-    from core.samplers import SamplerConfig, default_sampler_config
+    """Settings given on the command line, else the model's own sampler (when the chosen
+    sampler is the model's), else core's defaults. CliError for an option or --karras the
+    chosen sampler lacks."""
+    from core.samplers import REGISTRY, SamplerConfig
+    from core.sampling import checkpoint_sampler_config
 
-    model_defaults = (ckpt.meta or {}).get("sampler_defaults")
-    if not isinstance(model_defaults, dict):
-        model_defaults = None
-    values: dict[str, Any] = default_sampler_config(ckpt.is_points, model_defaults).to_dict()
-    given = {
-        "kind": args.sampler,
-        "num_inference_steps": args.steps,
-        "spacing": args.spacing,
-        "eta": args.eta,
-        "variance_type": args.variance,
-        "clip_sample": args.clip,
-    }
-    values.update({k: v for k, v in given.items() if v is not None})
-    return SamplerConfig.from_dict(values)
+    defaults = checkpoint_sampler_config(ckpt)
+    kind = args.sampler or defaults.kind
+    spec = REGISTRY[kind]
+    own = {f.name for f in fields(spec.options_class)}
+    options = dict(defaults.options) if kind == defaults.kind else {}
+    for option in sampler_option_flags():
+        value = getattr(args, option.dest)
+        if value is None:
+            continue
+        if option.name not in own:
+            raise CliError(
+                f"{option.flags[0]} applies to {', '.join(option.owners)} only "
+                f"(the sampler here is {kind})"
+            )
+        options[option.name] = value
+    if args.karras and not spec.karras:
+        offered = [s.name for s in REGISTRY.values() if s.karras]
+        where = f"{', '.join(offered)} only" if offered else "no sampler yet"
+        raise CliError(f"--karras applies to {where} (the sampler here is {kind})")
+    karras = defaults.karras if args.karras is None else args.karras
+    return SamplerConfig(
+        kind=kind,
+        num_inference_steps=args.steps or defaults.num_inference_steps,
+        spacing=args.spacing or defaults.spacing,
+        clip_sample=defaults.clip_sample if args.clip is None else args.clip,
+        clip_range=defaults.clip_range,
+        karras=karras and spec.karras,
+        options=options,
+    )
+
+
+def cmd_samplers(args: argparse.Namespace) -> int:
+    """Print the sampler registry as a table."""
+    from core.samplers import REGISTRY
+
+    flags = sampler_option_flags()
+    header = ("name", "label", "evals/step", "deterministic", "karras", "steps", "options")
+    rows = [header]
+    for spec in REGISTRY.values():
+        names = {f.name for f in fields(spec.options_class)}
+        options = " ".join(o.flags[0] for o in flags if o.name in names)
+        rows.append(
+            (
+                spec.name,
+                spec.label,
+                str(spec.evaluations_per_step),
+                "yes" if spec.deterministic else "no",
+                "yes" if spec.karras else "no",
+                str(spec.default_steps),
+                options or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row, spec in zip(rows, [None, *REGISTRY.values()]):
+        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths))
+        print(f"{line}  {spec.help if spec else 'help'}".rstrip())
+    return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
     from app.progress import ProgressBar
-    from core.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from core.checkpoint import load_checkpoint
     from core.device import resolve_device
-    from core.export import make_grid, save_gif, save_png, to_uint8_images, upscale_nearest
-    from core.guidance import DEFAULT_GUIDANCE_SCALE, num_classes, sampling_labels
-    from core.samplers import make_sampler
-    from core.sampling import Trajectory, sample
-    from core.schedule import NoiseSchedule
+    from core.export import (
+        make_grid,
+        reverse_pictures,
+        save_gif,
+        save_png,
+        select_frame_indices,
+        to_uint8_images,
+        upscale_nearest,
+    )
+    from core.guidance import DEFAULT_GUIDANCE_SCALE, num_classes
+    from core.sampling import SampleRequest, Trajectory, prepare_sampling
 
     if args.gif is None and args.grid is None and args.npy is None:
         raise CliError("nothing to write: give --gif, --grid and/or --npy")
+    if (args.start_image is None) != (args.start_t is None):
+        raise CliError("--start-image and --start-t go together: give both or neither")
     ckpt = load_checkpoint(args.checkpoint)
     if args.grid is not None and ckpt.is_points:
         raise CliError(
             "--grid needs an image model; this checkpoint is a 2-D point model (use --gif or --npy)"
         )
-    device = resolve_device(args.device)
-    schedule = NoiseSchedule(ckpt.schedule_config)
-    config = _sampler_config(args, ckpt)
-    sampler = make_sampler(config, schedule, ckpt.prediction_type)
-    model = build_model_from_checkpoint(ckpt, device)
-    if args.guidance is not None and not num_classes(model):
+    request = SampleRequest(
+        sampler=_sampler_config(args, ckpt),
+        num_samples=args.n,
+        seed=args.seed,
+        start_image=args.start_image,
+        start_t=args.start_t,
+        label=args.label,
+        guidance_scale=DEFAULT_GUIDANCE_SCALE if args.guidance is None else args.guidance,
+    )
+    run = prepare_sampling(ckpt, request, resolve_device(args.device))
+    if args.guidance is not None and not num_classes(run.model):
         raise CliError("--guidance needs a class-conditional model; this one is unconditional")
-    labels = sampling_labels(model, args.n, args.label)
-    guidance = DEFAULT_GUIDANCE_SCALE if args.guidance is None else args.guidance
-    generator = torch.Generator().manual_seed(args.seed)
+    print(f"sampling with {request.sampler.summary()}", file=sys.stderr)
     trajectory = Trajectory(max_frames=max(2, min(1000, args.frames * 4)) if args.gif else 2)
     bar = ProgressBar("sample")
-    n_steps = len(sampler.timesteps)
-    frames = sample(
-        model,
-        schedule,
-        sampler,
-        args.n,
-        ckpt.sample_shape,
-        generator,
-        device,
-        labels=labels,
-        guidance_scale=guidance,
-    )
-    for frame in frames:
+    n_steps = run.num_steps
+    for frame in run.frames:
         trajectory.append(frame)
         bar.update(frame.step / n_steps, f"step {frame.step}/{n_steps}")
     bar.update(1.0, f"step {n_steps}/{n_steps}", force=True)
@@ -639,7 +748,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         save_png(args.grid, upscale_nearest(grid, max(1, 256 // max(grid.shape[:2]))))
         print(f"wrote {args.grid}")
     if args.gif is not None:
-        frames, captions = _reverse_gif_frames(trajectory, args.gif_view, args.frames)
+        indices = select_frame_indices(len(trajectory), min(args.frames, len(trajectory)))
+        frames, captions = reverse_pictures(trajectory, indices, args.gif_view)
         scale = max(1, 256 // max(frames[0].shape[:2]))
         count = save_gif(
             args.gif, frames, fps=args.fps, scale=scale, hold_last_s=1.5, captions=captions
@@ -663,6 +773,7 @@ COMMANDS = {
     "forward": cmd_forward,
     "train": cmd_train,
     "sample": cmd_sample,
+    "samplers": cmd_samplers,
     "export": cmd_export,
 }
 

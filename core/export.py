@@ -15,7 +15,7 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 import torch
@@ -457,3 +457,92 @@ def render_points(
             _scatter(image, history[i], extent, bg + weight * (fg - bg), max(1, dot - 1))
     _scatter(image, pts, extent, fg, dot)
     return np.rint(image).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- reverse process
+
+
+class FramesLike(Protocol):
+    """What `reverse_pictures` reads of a trajectory (`core.sampling.Trajectory`)."""
+
+    is_points: bool | None
+
+    @property
+    def timesteps(self) -> np.ndarray: ...
+
+    def x_t(self, index: int) -> np.ndarray: ...
+
+    def pred_x0(self, index: int) -> np.ndarray: ...
+
+
+REVERSE_VIEWS = ("xt", "x0", "both", "pair")
+VIEW_GAP_PX = 8  # white pixels between the two halves of a "both" / "pair" picture of points
+
+
+def reverse_pictures(
+    trajectory: FramesLike,
+    indices: Sequence[int],
+    view: str = "xt",
+    sample_index: int = 0,
+    scale: int = 1,
+    point_size: int = 256,
+    point_extent: float = 2.5,
+    trail_frames: int = 0,
+    padding: int = 2,
+    pad_value: int = 0,
+) -> tuple[list[np.ndarray], list[str]]:
+    """The pictures of a sampling run's frames `indices` and their captions ("t = 437",
+    "x_0 (final)": `reverse_caption`), as the CLI's and Playback's GIFs and PNG frames show them.
+
+    view: "xt" x_t, "x0" the x_0 prediction, "both" the two side by side, "pair" one sample
+    (`sample_index`) as x_t | x_0 prediction. Images: uint8 grids (`make_grid` with `padding`,
+    `pad_value`), upscaled `scale` times. Points: `render_points` pictures of `point_size`
+    pixels covering [-point_extent, point_extent]^2, x_t with the `trail_frames` frames before
+    it drawn as trails ("pair" shows x_t | x_0 like "both").
+    """
+    if view not in REVERSE_VIEWS:
+        raise ExportError(f"unknown view {view!r}; choose one of {', '.join(REVERSE_VIEWS)}")
+    captions = [reverse_caption(int(trajectory.timesteps[int(i)])) for i in indices]
+    pictures = []
+    for index in indices:
+        i = int(index)
+        which = {"xt": ["xt"], "x0": ["x0"]}.get(view, ["xt", "x0"])
+        if trajectory.is_points:
+            parts = []
+            for part in which:
+                if part == "xt":
+                    first = max(0, i - trail_frames)
+                    trails = (
+                        np.stack([trajectory.x_t(j) for j in range(first, i)])
+                        if i > first
+                        else None
+                    )
+                    points = trajectory.x_t(i)
+                else:
+                    trails, points = None, trajectory.pred_x0(i)
+                parts.append(render_points(points, point_size, point_extent, trails=trails))
+            picture = parts[0]
+            if len(parts) == 2:
+                gap = np.full((point_size, VIEW_GAP_PX, 3), 255, np.uint8)
+                picture = np.concatenate([parts[0], gap, parts[1]], axis=1)
+            pictures.append(picture)
+            continue
+        if view == "pair":
+            k = min(sample_index, trajectory.x_t(i).shape[0] - 1)
+            images = np.stack([trajectory.x_t(i)[k], trajectory.pred_x0(i)[k]])
+            picture = make_grid(images, padding=padding, pad_value=pad_value)
+        else:
+            grids = [
+                make_grid(
+                    trajectory.x_t(i) if part == "xt" else trajectory.pred_x0(i),
+                    padding=padding,
+                    pad_value=pad_value,
+                )
+                for part in which
+            ]
+            picture = grids[0]
+            if len(grids) == 2:
+                gap = np.full((picture.shape[0], VIEW_GAP_PX, picture.shape[2]), 255, np.uint8)
+                picture = np.concatenate([grids[0], gap, grids[1]], axis=1)
+        pictures.append(upscale_nearest(picture, scale))
+    return pictures, captions

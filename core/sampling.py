@@ -11,12 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from core.checkpoint import Checkpoint, build_model_from_checkpoint
+from core.data import load_image
 from core.errors import ConfigError
 from core.export import to_uint8_images
 from core.guidance import (
@@ -160,6 +162,108 @@ def sample(
                 tuner.restore()
 
 
+@dataclass(frozen=True)
+class SampleRequest:
+    """One sampling run's settings, as the CLI and Playback ask for it.
+
+    sampler: how to sample; num_samples: N; seed: every random draw (initial noise, the start
+    image's forward noise, ancestral noise) comes from a CPU generator seeded with it, so a run
+    gives the same samples on every device; start_image / start_t: start from this image noised
+    to timestep start_t instead of from pure noise (image models only); label /
+    guidance_scale: for a class-conditional model, one class (None = every class in turn) and
+    the classifier-free guidance scale.
+    """
+
+    sampler: SamplerConfig
+    num_samples: int
+    seed: int = 0
+    start_image: Path | None = None
+    start_t: int | None = None
+    label: int | None = None  # a class-conditional model: one class, None = every class in turn
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+
+
+def start_image_tensor(ckpt: Checkpoint, request: SampleRequest) -> torch.Tensor | None:
+    """The request's start image as the model's input, float32 (C, H, W) in [-1, 1], loaded
+    and resized with `core.data.load_image`; None without one. ConfigError for a point model
+    or a start image without a start t."""
+    if request.start_image is None:
+        return None
+    if ckpt.is_points:
+        raise ConfigError("'start from an image' needs an image model, not a 2-D point model")
+    if request.start_t is None:
+        raise ConfigError("starting from an image needs a start timestep t")
+    channels, height, width = ckpt.sample_shape
+    image = load_image(request.start_image, size=(height, width), channels=channels)
+    return torch.from_numpy(image)
+
+
+@dataclass
+class SamplingRun:
+    """What `prepare_sampling` built for one request, and its frames.
+
+    frames: the reverse process (`sample`), lazy: nothing runs until it is iterated;
+    num_steps: the sampler steps it takes (frames yielded = num_steps + 1, the final sample
+    last).
+    """
+
+    model: nn.Module
+    schedule: NoiseSchedule
+    sampler: Sampler
+    labels: torch.Tensor | None
+    x_start: torch.Tensor | None
+    frames: Iterator[Frame]
+    num_steps: int
+
+
+def prepare_sampling(
+    ckpt: Checkpoint,
+    request: SampleRequest,
+    device: str | torch.device = "cpu",
+    threads: AdaptiveThreads | None = None,
+) -> SamplingRun:
+    """Everything one sampling run needs, from a checkpoint and a request: the model on
+    `device`, the schedule, the sampler, the class labels, the generator seeded with
+    `request.seed` and the start image. Errors the request can cause (a label for an
+    unconditional model, steps out of range, a start t below every step, an unreadable start
+    image) are raised here as ConfigError / DataError, before any step runs."""
+    if request.num_samples < 1:
+        raise ConfigError(f"number of samples must be at least 1, got {request.num_samples}")
+    check_guidance_scale(request.guidance_scale)
+    schedule = NoiseSchedule(ckpt.schedule_config)
+    sampler = make_sampler(request.sampler, schedule, ckpt.prediction_type)
+    t_start = None if request.start_image is None else request.start_t
+    if t_start is not None:
+        schedule.check_timesteps(torch.tensor([t_start]))
+    x_start = start_image_tensor(ckpt, request)
+    num_steps = len(sampling_timesteps(sampler, t_start))
+    model = build_model_from_checkpoint(ckpt, device)
+    labels = sampling_labels(model, request.num_samples, request.label)
+    generator = torch.Generator().manual_seed(request.seed)
+    frames = sample(
+        model,
+        schedule,
+        sampler,
+        request.num_samples,
+        ckpt.sample_shape,
+        generator,
+        device,
+        x_start=x_start,
+        t_start=t_start,
+        labels=labels,
+        guidance_scale=request.guidance_scale,
+        threads=threads,
+    )
+    return SamplingRun(model, schedule, sampler, labels, x_start, frames, num_steps)
+
+
+def checkpoint_sampler_config(ckpt: Checkpoint) -> SamplerConfig:
+    """The sampler a checkpoint starts from: its own (a diffusers scheduler config, kept in
+    `meta["sampler_defaults"]`), else core's default for its kind of data."""
+    defaults = (ckpt.meta or {}).get("sampler_defaults")
+    return default_sampler_config(ckpt.is_points, defaults if isinstance(defaults, dict) else None)
+
+
 def sample_checkpoint(
     ckpt: Checkpoint,
     num_samples: int,
@@ -171,33 +275,20 @@ def sample_checkpoint(
 ) -> np.ndarray:
     """The final samples of a checkpoint's model, float32 (N, C, H, W) in [-1, 1] or (N, 2).
 
-    sampler_config: None = the default for the model (`default_sampler_config`). All random
+    sampler_config: None = the model's own (`checkpoint_sampler_config`). All random
     draws come from a CPU generator seeded with `seed` (the same samples on every device).
     label, guidance_scale: for a class-conditional model, one class (None = every class in
     turn) and the classifier-free guidance scale (an unconditional model refuses a label).
     """
-    if sampler_config is None:
-        defaults = (ckpt.meta or {}).get("sampler_defaults")
-        sampler_config = default_sampler_config(
-            ckpt.is_points, defaults if isinstance(defaults, dict) else None
-        )
-    schedule = NoiseSchedule(ckpt.schedule_config)
-    sampler = make_sampler(sampler_config, schedule, ckpt.prediction_type)
-    model = build_model_from_checkpoint(ckpt, device)
-    labels = sampling_labels(model, num_samples, label)
-    generator = torch.Generator().manual_seed(seed)
-    final = None
-    for frame in sample(
-        model,
-        schedule,
-        sampler,
-        num_samples,
-        ckpt.sample_shape,
-        generator,
-        device,
-        labels=labels,
+    request = SampleRequest(
+        sampler=sampler_config or checkpoint_sampler_config(ckpt),
+        num_samples=num_samples,
+        seed=seed,
+        label=label,
         guidance_scale=guidance_scale,
-    ):
+    )
+    final = None
+    for frame in prepare_sampling(ckpt, request, device).frames:
         final = frame.x_t
     assert final is not None
     return final.numpy().astype(np.float32)

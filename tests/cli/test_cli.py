@@ -93,21 +93,6 @@ def test_forward_gif(tmp_path):
         assert (top > 200).mean() > 0.5 and (top < 100).sum() > 20  # dark letters on white
 
 
-def test_reverse_gif_frames_carry_their_t():
-    import torch
-
-    from app.cli import _reverse_gif_frames
-    from core.sampling import Frame, Trajectory
-
-    trajectory = Trajectory()
-    for step, t in enumerate([90, 60, 30, 0, -1]):
-        x = torch.full((4, 1, 8, 8), step / 5.0)
-        trajectory.append(Frame(step, t, x, x))
-    frames, captions = _reverse_gif_frames(trajectory, "both", 5)
-    assert len(frames) == 5
-    assert captions == ["t = 90", "t = 60", "t = 30", "t = 0", "x_0 (final)"]
-
-
 def test_train_sample_end_to_end_and_resume(tmp_path):
     result = run(
         "train",
