@@ -1,4 +1,4 @@
-"""The main window: four panels in tabs, menus, a status bar with the running job, drag-and-drop.
+"""The main window: the panels in tabs, menus, a status bar with the running job, drag-and-drop.
 
 `run_app(paths)` is the GUI entry point (the CLI calls it when no subcommand is given).
 
@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from app.panels.base import Panel
     from app.panels.forward_panel import ForwardPanel
     from app.panels.playback_panel import PlaybackPanel
+    from app.panels.sampler_lab_panel import SamplerLabPanel
     from app.panels.schedule_panel import SchedulesPanel
     from app.panels.training_panel import TrainingPanel
     from app.worker import JobRunner
@@ -90,7 +91,7 @@ Creative Commons Attribution-Share Alike 3.0 (CC BY-SA 3.0).</li>
 </ul>
 """
 
-PanelName = Literal["schedules", "forward", "training", "playback"]
+PanelName = Literal["schedules", "forward", "training", "playback", "lab"]
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,14 @@ PANELS: tuple[PanelSpec, ...] = (
         "Sample from a model and play the reverse process back",
         ("Sample", "Ctrl+R"),
     ),
+    PanelSpec(
+        "lab",
+        "Sampler Lab",
+        "app.panels.sampler_lab_panel",
+        "SamplerLabPanel",
+        "Several samplers side by side from the same noise, and their convergence",
+        ("Sample all", "Ctrl+Shift+R"),
+    ),
 )
 PANEL_NAMES: tuple[PanelName, ...] = tuple(spec.name for spec in PANELS)
 
@@ -165,11 +174,17 @@ def _image_path(forward: ForwardPanel) -> str | None:
     return None if forward.image_path is None else str(forward.image_path)
 
 
+def _playback_model(playback: PlaybackPanel) -> Any:
+    return playback.checkpoint
+
+
 LINKS: tuple[Link, ...] = (
     Link("schedules", "schedule_changed", "forward", "set_schedule", _schedule_config),
     Link("forward", "image_changed", "playback", "set_start_image", _image_path),
     Link("training", "model_trained", "playback", "set_trained_checkpoint"),
     Link("training", "open_in_playback", "playback", "open_trained_checkpoint", show=True),
+    Link("playback", "model_changed", "lab", "set_checkpoint", _playback_model),
+    Link("lab", "choose_model", "playback", "show_model_choice", show=True),
 )
 
 PathKind = Literal["model folder", "image folder", "checkpoint", "image"]
@@ -280,7 +295,7 @@ class LoadingPage(QLabel):
 
 
 class MainWindow(QMainWindow):
-    """Diffusion Studio's window: Schedules, Forward, Training and Playback tabs.
+    """Diffusion Studio's window: Schedules, Forward, Training, Playback and Sampler Lab tabs.
 
     `engine_ready` is emitted once the engine is loaded and the shown tab's panel is built
     (run_app then freezes the start-up objects: app.garbage.after_startup).
@@ -340,8 +355,12 @@ class MainWindow(QMainWindow):
         return self.panel("playback")  # type: ignore[return-value]
 
     @property
+    def lab(self) -> SamplerLabPanel:
+        return self.panel("lab")  # type: ignore[return-value]
+
+    @property
     def panels(self) -> list[Panel]:
-        """All four panels, in tab order (built now where they were not yet)."""
+        """All the panels, in tab order (built now where they were not yet)."""
         return self.ensure_all_panels()
 
     def panel(self, name: PanelName) -> Panel:
@@ -352,7 +371,7 @@ class MainWindow(QMainWindow):
         return self._built[name]
 
     def ensure_all_panels(self) -> list[Panel]:
-        """Build every panel not built yet (for tests and scripts); all four, in tab order."""
+        """Build every panel not built yet (for tests and scripts); all of them, in tab order."""
         return [self.panel(name) for name in PANEL_NAMES]
 
     def built_panels(self) -> list[Panel]:
@@ -711,6 +730,9 @@ class MainWindow(QMainWindow):
 
     def export_gif(self) -> None:
         current = self.panel(self._current_name())  # the shown tab's panel, built
+        if current is self._built.get("lab"):
+            current.export_gif()
+            return
         playback = self._built.get("playback")
         if playback is not None and (
             current is playback

@@ -97,11 +97,20 @@ def reference_config(
     return SamplerConfig(name, schedule.num_timesteps, SPACING, clip_sample=clip_sample)
 
 
+STEP_LADDER = (2, 5, 10, 20, 50, 100, 200, 500, 1000)  # about evenly spaced in log steps
+
+
+def step_counts_up_to(most: int) -> list[int]:
+    """The STEP_LADDER's counts up to `most` (`most` itself last when it is not on it)."""
+    counts = [c for c in STEP_LADDER if c <= most]
+    return counts if most in counts or most < 1 else [*counts, most]
+
+
 def default_step_counts(num_timesteps: int) -> list[int]:
-    """Step counts for a convergence plot: 2, 5, 10, 20, 50, ... up to T / 4 (at least two;
-    the reference's T steps stay well beyond them)."""
-    counts = [c for c in (2, 5, 10, 20, 50, 100, 200) if c <= max(5, num_timesteps // 4)]
-    return [c for c in counts if c <= num_timesteps]
+    """Step counts for a convergence plot: 2, 5, 10, 20, 50, ... up to T / 4 (the reference's
+    T steps stay well beyond them; at least 2 and 5)."""
+    most = max(5, num_timesteps // 4)
+    return [c for c in STEP_LADDER if c <= min(most, num_timesteps)]
 
 
 def check_step_counts(step_counts: Sequence[int], num_timesteps: int) -> list[int]:

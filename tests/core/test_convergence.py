@@ -26,6 +26,7 @@ from core.convergence import (
     deterministic_samplers,
     records_table,
     reference_config,
+    step_counts_up_to,
 )
 from core.errors import ConfigError
 from core.export import save_csv
@@ -154,6 +155,7 @@ def test_only_deterministic_samplers_and_valid_step_counts(schedule):
         next(convergence(model, schedule, "epsilon", (2,), ["nope"], [5]))
     assert default_step_counts(1000) == [2, 5, 10, 20, 50, 100, 200]
     assert default_step_counts(100) == [2, 5, 10, 20]
+    assert step_counts_up_to(20) == [2, 5, 10, 20] and step_counts_up_to(30) == [2, 5, 10, 20, 30]
 
 
 def test_a_checkpoint_and_the_csv_table(tmp_path):
