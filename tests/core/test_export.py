@@ -355,3 +355,48 @@ def test_save_gif_with_captions_scales_first_then_writes_t(tmp_path: Path) -> No
             np.testing.assert_array_equal(np.asarray(gif.convert("L")), picture)
     with pytest.raises(ExportError, match="2 captions for 3 frames"):
         export.save_gif(path, frames, captions=captions[:2])
+
+
+def _trajectory(points: bool):
+    """A 4-frame run (t = 30, 20, 10, final) whose x_t is step/4 and x_0 prediction -x_t."""
+    from core.sampling import Frame, Trajectory
+
+    trajectory = Trajectory()
+    for step, t in enumerate([30, 20, 10, -1]):
+        x = torch.full((3, 2) if points else (3, 1, 4, 4), step / 4.0)
+        x[0] = 0.9  # sample 0 stays bright in x_t
+        trajectory.append(Frame(step, t, x, -x))
+    return trajectory
+
+
+def test_reverse_pictures_views_of_images() -> None:
+    trajectory = _trajectory(points=False)
+    xt, captions = export.reverse_pictures(trajectory, [0, 3], "xt", padding=1, pad_value=255)
+    assert captions == ["t = 30", "x_0 (final)"]
+    expected = export.make_grid(trajectory.x_t(3), padding=1, pad_value=255)
+    np.testing.assert_array_equal(xt[1], expected)
+    x0, _ = export.reverse_pictures(trajectory, [3], "x0")
+    np.testing.assert_array_equal(x0[0], export.make_grid(trajectory.pred_x0(3)))
+    both, _ = export.reverse_pictures(trajectory, [3], "both")
+    grid = export.make_grid(trajectory.x_t(3))
+    assert both[0].shape == (grid.shape[0], 2 * grid.shape[1] + export.VIEW_GAP_PX, 1)
+    np.testing.assert_array_equal(both[0][:, : grid.shape[1]], grid)
+    np.testing.assert_array_equal(both[0][:, -grid.shape[1] :], x0[0])
+    # one sample, x_t | x_0 prediction, upscaled
+    pair, _ = export.reverse_pictures(trajectory, [2], "pair", sample_index=0, scale=3)
+    one = export.make_grid(np.stack([trajectory.x_t(2)[0], trajectory.pred_x0(2)[0]]))
+    np.testing.assert_array_equal(pair[0], export.upscale_nearest(one, 3))
+    with pytest.raises(ExportError, match="unknown view"):
+        export.reverse_pictures(trajectory, [0], "sideways")
+
+
+def test_reverse_pictures_of_points_with_trails() -> None:
+    trajectory = _trajectory(points=True)
+    plain, _ = export.reverse_pictures(trajectory, [2], "xt", point_size=64)
+    trailed, _ = export.reverse_pictures(trajectory, [2], "xt", point_size=64, trail_frames=2)
+    assert plain[0].shape == (64, 64, 3)
+    np.testing.assert_array_equal(plain[0], export.render_points(trajectory.x_t(2), 64))
+    assert (trailed[0] != plain[0]).any()  # the two earlier positions are drawn under
+    both, _ = export.reverse_pictures(trajectory, [2], "both", point_size=64)
+    assert both[0].shape == (64, 128 + export.VIEW_GAP_PX, 3)
+    np.testing.assert_array_equal(both[0][:, -64:], export.render_points(trajectory.pred_x0(2), 64))

@@ -145,3 +145,66 @@ def test_trajectory_points():
     traj = Trajectory()
     traj.append(Frame(0, 5, torch.ones(4, 2), torch.zeros(4, 2)))
     assert traj.is_points and traj.x_t(0).dtype == np.float32 and traj.x_t(0).shape == (4, 2)
+
+
+def _saved_checkpoint(tmp_path, points: bool):
+    from core.checkpoint import load_checkpoint
+    from tests.cli.tiny_models import save_tiny_checkpoint
+
+    name = "points" if points else "images"
+    return load_checkpoint(save_tiny_checkpoint(tmp_path / f"{name}.safetensors", points=points))
+
+
+def test_prepare_sampling_builds_one_run_from_a_request(tmp_path):
+    from core.sampling import SampleRequest, prepare_sampling, sample_checkpoint
+
+    ckpt = _saved_checkpoint(tmp_path, points=True)
+    config = SamplerConfig("ddim", 6, "trailing", options={"eta": 1.0})
+    run = prepare_sampling(ckpt, SampleRequest(config, num_samples=5, seed=3))
+    assert run.num_steps == 6 and run.labels is None and run.x_start is None
+    assert run.sampler.spec.name == "ddim" and run.sampler.eta == 1.0
+    frames = list(run.frames)
+    assert [f.step for f in frames] == list(range(7)) and frames[-1].t == -1
+    # the same request, the same samples (every draw comes from the seed); another seed differs
+    again = sample_checkpoint(ckpt, 5, config, seed=3)
+    np.testing.assert_array_equal(frames[-1].x_t.numpy(), again)
+    assert not np.array_equal(again, sample_checkpoint(ckpt, 5, config, seed=4))
+
+
+def test_prepare_sampling_from_a_start_image(tmp_path):
+    from PIL import Image
+
+    from core.sampling import SampleRequest, prepare_sampling, start_image_tensor
+
+    ckpt = _saved_checkpoint(tmp_path, points=False)
+    path = tmp_path / "start.png"
+    Image.fromarray(np.full((20, 20, 3), 255, np.uint8)).save(path)
+    config = SamplerConfig("ddpm", 10, "trailing")
+    request = SampleRequest(config, 2, seed=0, start_image=path, start_t=9)
+    image = start_image_tensor(ckpt, request)
+    assert image.shape == (1, 8, 8) and torch.allclose(image, torch.ones(1, 8, 8))
+    run = prepare_sampling(ckpt, request)
+    assert run.num_steps == 2  # T = 50, 10 trailing steps: those at or below t = 9 are 9 and 4
+    assert [f.t for f in run.frames] == [9, 4, -1]
+    with pytest.raises(ConfigError, match="below every sampling timestep"):
+        prepare_sampling(ckpt, SampleRequest(config, 2, start_image=path, start_t=2))
+    with pytest.raises(ConfigError, match="timestep out of range"):
+        prepare_sampling(ckpt, SampleRequest(config, 2, start_image=path, start_t=50))
+    points = _saved_checkpoint(tmp_path, points=True)
+    with pytest.raises(ConfigError, match="needs an image model"):
+        prepare_sampling(points, SampleRequest(config, 2, start_image=path, start_t=9))
+
+
+def test_prepare_sampling_refuses_before_any_step(tmp_path):
+    from core.sampling import SampleRequest, prepare_sampling
+
+    ckpt = _saved_checkpoint(tmp_path, points=True)
+    config = SamplerConfig("ddpm", 10)
+    with pytest.raises(ConfigError, match="not class-conditional"):
+        prepare_sampling(ckpt, SampleRequest(config, 2, label=3))
+    with pytest.raises(ConfigError, match="guidance"):
+        prepare_sampling(ckpt, SampleRequest(config, 2, guidance_scale=-1.0))
+    with pytest.raises(ConfigError, match="at least 1"):
+        prepare_sampling(ckpt, SampleRequest(config, 0))
+    with pytest.raises(ConfigError, match="1..50"):
+        prepare_sampling(ckpt, SampleRequest(SamplerConfig("ddpm", 51), 2))
