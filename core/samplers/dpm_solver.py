@@ -122,7 +122,7 @@ class VPMultistepSampler(Sampler):
         self.set_timesteps(schedule.num_timesteps, "trailing")
 
     def set_timesteps(self, num_inference_steps: int, spacing: TimestepSpacing = "leading") -> None:
-        """Timesteps (n,) int64 and the noise levels s_0 > ... > s_{n-1} > s_n = 0 (`sigmas`,
+        """Timesteps (n,) int64 and the noise levels s_0 >= ... >= s_{n-1} > s_n = 0 (`sigmas`,
         float64 (n + 1,)), as diffusers' scheduler sets them."""
         T, n = self.schedule.num_timesteps, num_inference_steps
         if self.karras:
