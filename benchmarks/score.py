@@ -15,9 +15,9 @@ in [-1, 1]:
 
 The Fréchet distance depends on the number of samples (it is biased upward for small N):
 compare numbers made with the same N; the reference rows use N = 256. Its reference (the
-classifier's validation digits) is part of the 5,000 digits the shipped generator trained on,
-so a generator that copies training digits scores well on it: `digit_quality` adds the
-checks that such output fails.
+classifier's validation digits) is held out from the shipped generator's training data (it
+trains on the other 4,000, `--data digits-train`); a generator that copies training digits
+could still score well on it, so `digit_quality` adds the checks that such output fails.
 
 `digit_quality(samples, requested_labels)` (what tests/core/test_pretrained.py asserts, via
 `DigitQuality.failures()`) adds to those numbers:
@@ -29,10 +29,9 @@ checks that such output fails.
   memorisation     the median pixel distance from a sample to its nearest training digit,
                    divided by that of held-out digits (copies give 0), and `copy_share`, the
                    share of samples nearer to a training digit than 99 % of held-out digits
-                   are. The shipped generator trained on all 5,000 built-in digits, so no
-                   held-out MNIST digit ships: the held-out distance is the leave-one-out one
-                   (a training digit's distance to the other 4,999), which is distributed as a
-                   fresh digit's distance to the training set.
+                   are. The held-out digits are the 1,000 the shipped generator never saw
+                   (the classifier's validation split); for another training set given by
+                   the caller, the leave-one-out distance within it stands in.
 """
 
 from __future__ import annotations
@@ -49,7 +48,6 @@ import numpy as np
 import torch
 
 from benchmarks.digit_classifier import DigitClassifier, digits_split, load_classifier
-from core.data import load_digits
 from core.errors import DataError
 from core.quality import median_ratio, nearest_distances, within_class_nearest
 
@@ -243,23 +241,30 @@ class DigitQuality:
         return out
 
 
-_LOO_CACHE: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
+_LOO_CACHE: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor | None, np.ndarray]] = {}
 
 
 def training_digits() -> torch.Tensor:
-    """The 5,000 built-in digits every shipped digits model trained on, (N, 1, 28, 28) in [-1, 1]."""
-    images, _ = load_digits()
-    return torch.from_numpy(images.astype(np.float32)).unsqueeze(1) / 127.5 - 1.0
+    """The 4,000 built-in digits the shipped digits model trained on (`--data digits-train`,
+    the classifier's training split), (N, 1, 28, 28) in [-1, 1]."""
+    return digits_split().train_images
 
 
-def held_out_distances(training: torch.Tensor) -> np.ndarray:
-    """Leave-one-out nearest distances within `training` (N,): how far a held-out digit lies
-    from the training set (cached per tensor)."""
-    cached = _LOO_CACHE.get(id(training))
-    if cached is None or cached[0] is not training:  # the tensor is kept so its id stays unique
-        cached = (training, nearest_distances(training, training, exclude_self=True))
-        _LOO_CACHE[id(training)] = cached
-    return cached[1]
+def held_out_distances(training: torch.Tensor, held_out: torch.Tensor | None = None) -> np.ndarray:
+    """How far digits the generator never saw lie from its training set: each `held_out`
+    digit's nearest distance to `training`, (M,); without held-out digits, the leave-one-out
+    distances within `training` (N,), distributed as a fresh digit's. Cached per tensor."""
+    key = (id(training), id(held_out))
+    cached = _LOO_CACHE.get(key)
+    # the tensors are kept with the result, so their ids stay unique while cached
+    if cached is None or cached[0] is not training or cached[1] is not held_out:
+        if held_out is None:
+            distances = nearest_distances(training, training, exclude_self=True)
+        else:
+            distances = nearest_distances(held_out, training)
+        cached = (training, held_out, distances)
+        _LOO_CACHE[key] = cached
+    return cached[2]
 
 
 def real_digits_like(labels: np.ndarray, seed: int = REFERENCE_SEED) -> torch.Tensor:
@@ -282,8 +287,9 @@ def digit_quality(
     classifier: DigitClassifier | None = None,
 ) -> DigitQuality:
     """Measure samples (N, 1, 28, 28) (or 32x32) in [-1, 1] that were asked to be the digits
-    `requested_labels` (N,), against the generator's `training` digits (default: the 5,000
-    built-in ones). See the module docstring."""
+    `requested_labels` (N,), against the generator's `training` digits (default: the 4,000
+    the shipped model trained on, with the 1,000 held-out digits as the memorisation
+    reference; other training sets use leave-one-out distances). See the module docstring."""
     model = classifier if classifier is not None else _default_classifier()
     labels = np.asarray(requested_labels, dtype=np.int64)
     x = prepare_samples(samples)
@@ -301,8 +307,11 @@ def digit_quality(
     diversity = median_ratio(
         within_class_nearest(feats, labels), within_class_nearest(real_feats, np.sort(labels))
     )
-    training = training if training is not None else _default_training()
-    held_out = held_out_distances(training)
+    if training is None:
+        training = _default_training()
+        held_out = held_out_distances(training, _held_out_digits())
+    else:
+        held_out = held_out_distances(training)
     to_training = nearest_distances(x, training)
     copy_limit = np.percentile(held_out, COPY_PERCENTILE)
     return DigitQuality(
@@ -318,6 +327,12 @@ def digit_quality(
 @functools.lru_cache(maxsize=1)
 def _default_training() -> torch.Tensor:
     return training_digits()
+
+
+@functools.lru_cache(maxsize=1)
+def _held_out_digits() -> torch.Tensor:
+    """The 1,000 digits the shipped model never saw (the classifier's validation split)."""
+    return digits_split().val_images
 
 
 def real_digits(n: int = REFERENCE_N, seed: int = REFERENCE_SEED) -> torch.Tensor:
