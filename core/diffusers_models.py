@@ -235,15 +235,16 @@ def scheduler_settings(
     prediction = _PREDICTION_TYPES[raw_prediction]
 
     # 3. the sampler it was made for (diffusers' defaults where a key is absent)
-    spacing = config.get("timestep_spacing", "leading")
-    if spacing not in TIMESTEP_SPACINGS:
-        notes.append(f"timestep_spacing {spacing!r} is not available; 'leading' is used")
-        spacing = "leading"
-    spec = spec_for_diffusers_class(name)
+    spec = spec_for_diffusers_class(name, config)
     if spec is None:
         spec = sampler_spec("ddpm")
         notes.append(f"scheduler {name} is not available; {spec.label} is used")
+    spacing = config.get("timestep_spacing", spec.diffusers_spacing)
+    if spacing not in TIMESTEP_SPACINGS:
+        notes.append(f"timestep_spacing {spacing!r} is not available; 'leading' is used")
+        spacing = "leading"
     options = spec.options_from_diffusers(config)
+    notes.extend(spec.sampler_class.diffusers_notes(config))
     if "variance_type" in config and config["variance_type"] != options.get("variance_type"):
         if "variance_type" in {f.name for f in dataclasses.fields(spec.options_class)}:
             notes.append(

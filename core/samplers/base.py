@@ -117,7 +117,8 @@ class SamplerSpec:
     karras: it offers Karras sigma spacing (diffusers' `use_karras_sigmas`);
     default_steps: the step count it is used with by default; paper: the reference it cites;
     diffusers_clip_default: whether its diffusers scheduler clips x_0 when `clip_sample` is
-    absent from the config (DDPM, DDIM).
+    absent from the config (DDPM, DDIM); diffusers_spacing: the timestep_spacing it uses when
+    the config has none ("leading" for DDPM and DDIM, "linspace" for the others).
     """
 
     name: str
@@ -132,6 +133,7 @@ class SamplerSpec:
     default_steps: int = 50
     paper: str = ""
     diffusers_clip_default: bool = False  # its diffusers scheduler clips x_0 by default
+    diffusers_spacing: str = "linspace"  # its diffusers scheduler's default timestep_spacing
 
     def options_from_diffusers(self, scheduler_config: dict[str, Any]) -> dict[str, Any]:
         """The options a diffusers scheduler config sets (keys named as our option fields)."""
@@ -156,12 +158,31 @@ def sampler_spec(name: str) -> SamplerSpec:
     return REGISTRY[name]
 
 
-def spec_for_diffusers_class(class_name: str) -> SamplerSpec | None:
-    """The sampler that stands for a diffusers scheduler class, or None."""
+def spec_for_diffusers_class(
+    class_name: str, scheduler_config: dict[str, Any] | None = None
+) -> SamplerSpec | None:
+    """The sampler that stands for a diffusers scheduler class, or None. With the scheduler's
+    config, a class that stands for several samplers picks one (`Sampler.diffusers_variant`:
+    DPMSolverMultistepScheduler with algorithm_type "sde-dpmsolver++" is dpmpp-2m-sde)."""
     for spec in REGISTRY.values():
         if class_name in spec.diffusers_classes:
+            if scheduler_config is not None:
+                variant = spec.sampler_class.diffusers_variant(scheduler_config)
+                return REGISTRY.get(variant, spec) if variant else spec
             return spec
     return None
+
+
+def unsupported_settings(
+    scheduler_config: dict[str, Any], supported: dict[str, tuple[Any, ...]]
+) -> list[str]:
+    """A note for each key of `supported` whose value in the config is not one we implement
+    (keys absent from the config take diffusers' default, which we implement)."""
+    return [
+        f"{key} {scheduler_config[key]!r} is not available; {supported[key][0]!r} is used"
+        for key in supported
+        if key in scheduler_config and scheduler_config[key] not in supported[key]
+    ]
 
 
 # --------------------------------------------------------------------------- maths
@@ -277,6 +298,18 @@ class Sampler:
     def options_from_diffusers(cls, scheduler_config: dict[str, Any]) -> dict[str, Any]:
         """Options read from a diffusers scheduler config (none by default)."""
         return {}
+
+    @classmethod
+    def diffusers_notes(cls, scheduler_config: dict[str, Any]) -> list[str]:
+        """Settings of a diffusers config of this sampler's class that have no equivalent here
+        (one line each, shown with the model; none by default)."""
+        return []
+
+    @classmethod
+    def diffusers_variant(cls, scheduler_config: dict[str, Any]) -> str | None:
+        """The registered sampler a diffusers config of this sampler's class stands for, when
+        one class stands for several (None: this one)."""
+        return None
 
     @property
     def is_deterministic(self) -> bool:

@@ -104,6 +104,7 @@ DDIM = register(
         deterministic=True,
         default_steps=50,
         diffusers_clip_default=True,
+        diffusers_spacing="leading",
         paper="Song et al. 2021, Denoising Diffusion Implicit Models",
     )
 )

@@ -111,6 +111,7 @@ DDPM = register(
         deterministic=False,
         default_steps=100,
         diffusers_clip_default=True,
+        diffusers_spacing="leading",
         paper="Ho et al. 2020, Denoising Diffusion Probabilistic Models",
     )
 )

@@ -41,6 +41,7 @@ from core.samplers.base import (
     check_choice,
     make_timesteps,
     register,
+    unsupported_settings,
 )
 from core.samplers.sigmas import karras_sigmas, sigma_to_t
 from core.schedule import NoiseSchedule
@@ -174,6 +175,23 @@ class DPMSolverPP2M(VPMultistepSampler):
     with a first-order first step (no history yet) and last step (to s = 0)."""
 
     stochastic: ClassVar[bool] = False
+
+    @classmethod
+    def diffusers_notes(cls, scheduler_config: dict[str, Any]) -> list[str]:
+        """DPMSolverMultistepScheduler settings other than diffusers' 2M defaults."""
+        return unsupported_settings(
+            scheduler_config,
+            {
+                "algorithm_type": ("dpmsolver++", "sde-dpmsolver++"),
+                "solver_order": (2,),
+                "solver_type": ("midpoint",),
+                "lower_order_final": (True,),
+                "euler_at_final": (False,),
+                "final_sigmas_type": ("zero",),
+                "use_lu_lambdas": (False,),
+                "lambda_min_clipped": (float("-inf"),),
+            },
+        )
 
     @classmethod
     def diffusers_variant(cls, scheduler_config: dict[str, Any]) -> str:

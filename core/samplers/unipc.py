@@ -21,7 +21,14 @@ import numpy as np
 import torch
 
 from core.errors import ConfigError
-from core.samplers.base import PredictionType, SamplerSpec, StepOutput, option, register
+from core.samplers.base import (
+    PredictionType,
+    SamplerSpec,
+    StepOutput,
+    option,
+    register,
+    unsupported_settings,
+)
 from core.samplers.dpm_solver import VPMultistepSampler
 from core.schedule import NoiseSchedule
 
@@ -89,6 +96,21 @@ class UniPCSampler(VPMultistepSampler):
     def options_from_diffusers(cls, scheduler_config: dict[str, Any]) -> dict[str, Any]:
         order = scheduler_config.get("solver_order", 2)
         return {"solver_order": order} if order in (1, 2, 3) else {}
+
+    @classmethod
+    def diffusers_notes(cls, scheduler_config: dict[str, Any]) -> list[str]:
+        """UniPCMultistepScheduler settings other than the variant implemented here."""
+        return unsupported_settings(
+            scheduler_config,
+            {
+                "solver_type": ("bh2",),
+                "predict_x0": (True,),
+                "lower_order_final": (True,),
+                "disable_corrector": ([],),
+                "final_sigmas_type": ("zero",),
+                "solver_order": (2, 1, 3),
+            },
+        )
 
     def begin(self) -> None:
         """Forget the history and the sample the corrector would correct."""

@@ -483,3 +483,42 @@ def test_export_of_an_opened_diffusers_model_keeps_its_weights(diffusers, tmp_pa
     assert json.loads((folder / "scheduler" / SCHEDULER_CONFIG).read_text())["prediction_type"] == (
         "v_prediction"
     )
+
+
+@pytest.mark.parametrize(
+    ("config", "kind", "spacing"),
+    [
+        ({"_class_name": "DDIMScheduler"}, "ddim", "leading"),
+        ({"_class_name": "DPMSolverMultistepScheduler"}, "dpmpp-2m", "linspace"),
+        (
+            {"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++"},
+            "dpmpp-2m-sde",
+            "linspace",
+        ),
+        (
+            {"_class_name": "UniPCMultistepScheduler", "timestep_spacing": "trailing"},
+            "unipc",
+            "trailing",
+        ),
+    ],
+)
+def test_a_scheduler_class_opens_with_its_sampler_and_default_spacing(config, kind, spacing):
+    """The registry maps a diffusers scheduler (and, for DPM-Solver, its algorithm_type) to a
+    sampler; an absent timestep_spacing takes that scheduler's own default."""
+    _, _, sampler, notes = scheduler_settings(config)
+    assert (sampler.kind, sampler.spacing, notes) == (kind, spacing, [])
+    assert not sampler.clip_sample or kind == "ddim"  # only DDPM / DDIM clip by default
+
+
+def test_unsupported_multistep_settings_are_noted():
+    _, _, sampler, notes = scheduler_settings(
+        {"_class_name": "DPMSolverMultistepScheduler", "solver_order": 3, "solver_type": "heun"}
+    )
+    assert sampler.kind == "dpmpp-2m"
+    assert any("solver_order 3" in n for n in notes) and any("'heun'" in n for n in notes)
+    _, _, sampler, notes = scheduler_settings(
+        {"_class_name": "UniPCMultistepScheduler", "solver_type": "bh1", "solver_order": 3}
+    )
+    assert sampler.option("solver_order") == 3 and notes == [
+        "solver_type 'bh1' is not available; 'bh2' is used"
+    ]
