@@ -1,4 +1,4 @@
-"""Screenshots of the four panels and a reverse-process GIF, for the README and the docs.
+"""Screenshots of the panels and a reverse-process GIF, for the README and the docs.
 
     python -m app.screenshots --out docs/images
 
@@ -9,10 +9,12 @@ settings and data in a temporary folder, and drives every panel as a user would:
 - Forward: the astronaut at t = 300;
 - Training: a short digits run (a small step budget) until the loss curve and a preview show;
 - Playback: DDPM sampling with the bundled pretrained digits model (or, when there is none,
-  the model just trained), scrubbed to the middle frame.
+  the model just trained), scrubbed to the middle frame;
+- Sampler Lab: the same model under the first three registered samplers at their default
+  step counts, from the same noise, shown half-way through their runs.
 
-and writes schedules.png, forward.png, training.png, playback.png and reverse.gif (made by
-the Playback panel's own Export GIF path). Seeds are fixed, so the pictures only change when
+and writes schedules.png, forward.png, training.png, playback.png, reverse.gif (made by
+the Playback panel's own Export GIF path) and sampler_lab.png. Seeds are fixed, so the pictures only change when
 the code or the models do (the training run's speed figures vary from machine to machine).
 """
 
@@ -135,6 +137,16 @@ def shoot(out: Path, train_steps: int) -> None:
     if not gif.is_file():
         raise RuntimeError(f"the GIF export did not write {gif}")
     print(f"wrote {gif}", flush=True)
+
+    # Sampler Lab: Playback's model, three samplers side by side, half-way through.
+    lab = window.lab
+    window.tabs.setCurrentWidget(lab)
+    lab.num_samples.setValue(9)
+    if not lab.start_sampling():
+        raise RuntimeError("the Sampler Lab did not start")
+    wait_until(lambda: not lab.runner.is_running)
+    lab.show_progress(0.5)
+    grab(window, out / "sampler_lab.png")
     window.close()
 
 

@@ -45,6 +45,7 @@ from app.widgets import (
     FieldCheck,
     ImageView,
     Persistent,
+    TidyAxis,
     button,
     button_row,
     color,
@@ -55,7 +56,6 @@ from app.widgets import (
     form_group,
     guard_wheel_in,
     pinned_below,
-    plot_widget,
     points_plot,
     scatter_item,
     spin_box,
@@ -303,10 +303,15 @@ class SamplerLabPanel(Panel):
         self.paths_plot.addLegend(offset=(5, 5))
         self.paths_items: list[pg.PlotDataItem] = []
         # convergence
-        self.conv_plot = plot_widget(
-            "RMS error against a high-accuracy solution",
+        self.conv_plot = pg.PlotWidget(
+            title="RMS error against a high-accuracy solution",
+            axisItems={"left": TidyAxis("left"), "bottom": TidyAxis("bottom")},
+        )
+        self.conv_plot.showGrid(x=True, y=True, alpha=0.25)
+        self.conv_plot.setToolTip(
             "Each deterministic sampler's final samples against the reference's, from the "
-            "same noise; slope -1: first order, -2: second order",
+            "same noise; slope -1: first order, -2: second order (DDIM and Euler take the "
+            "same first-order step, so their lines coincide)"
         )
         self.conv_plot.setLogMode(x=True, y=True)
         self.conv_plot.setLabel("bottom", "network evaluations per sample")

@@ -156,3 +156,35 @@ def test_every_field_of_every_panel_ignores_the_wheel_unless_focused(window):
         and w.isVisibleTo(panel)
     ]
     assert unguarded == []
+
+
+@pytest.mark.parametrize("screen", SCREENS, ids=[f"{w}x{h}" for w, h in SCREENS])
+def test_sampler_lab_actions_are_on_screen(at_size, screen, checkpoints, qtbot):
+    """The Lab with four samplers (the longest settings column) keeps Sample, Cancel, the
+    lockstep bar, the exports and the convergence buttons on screen; the views keep room."""
+    window = at_size(screen[0], screen[1] - TITLE_BAR)
+    assert window.playback.load_checkpoint(checkpoints.images)
+    panel = window.lab
+    window.tabs.setCurrentWidget(panel)
+    while panel.add_column() is not None:
+        pass
+    QApplication.processEvents()
+    assert window.size().height() == screen[1] - TITLE_BAR  # nothing forced the window taller
+    assert_on_screen(
+        window,
+        panel.sample_button,
+        panel.cancel_button,
+        panel.add_button,
+        panel.remove_button,
+        panel.play_button,
+        panel.scrub,
+        panel.png_button,
+        panel.gif_button,
+    )
+    assert panel.side_page.height() >= 250
+    for column in panel.columns:
+        assert column.image.width() >= 100 and column.image.height() >= 150
+    panel.view_tabs.setCurrentIndex(2)
+    QApplication.processEvents()
+    assert_on_screen(window, panel.conv_button, panel.conv_cancel, panel.csv_button)
+    assert panel.conv_plot.height() >= 200

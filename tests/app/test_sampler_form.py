@@ -1,0 +1,143 @@
+"""The sampler form is generated from the registry: every sampler listed with its help, every
+option of its options dataclass a field with the metadata's limits or choices, core's own
+messages for refused values, Karras only where offered, settings that survive a sampler
+leaving the registry."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QCheckBox, QComboBox
+
+from app.sampler_form import SamplerForm, option_label, widget_value
+from app.widgets import set_combo_data
+from core.errors import ConfigError
+from core.samplers import REGISTRY, SamplerConfig, make_sampler
+from core.schedule import NoiseSchedule, ScheduleConfig
+from tests.app.test_field_validation import assert_all_clear, assert_refused, type_into
+
+SCHEDULE = ScheduleConfig("cosine", 100)
+
+
+@pytest.fixture
+def form(show):
+    form = show(SamplerForm())
+    form.set_model(SCHEDULE, "epsilon")
+    return form
+
+
+def test_every_registered_sampler_is_offered_with_its_help(form):
+    kinds = [form.kind.itemData(i) for i in range(form.kind.count())]
+    assert kinds == list(REGISTRY)
+    for i, spec in enumerate(REGISTRY.values()):
+        assert form.kind.itemText(i) == spec.label
+        assert form.kind.itemData(i, Qt.ItemDataRole.ToolTipRole) == spec.help
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_each_samplers_options_and_karras_follow_its_spec(form, name):
+    spec = REGISTRY[name]
+    set_combo_data(form.kind, name)
+    assert form.spec is spec and spec.help in form.kind.toolTip()
+    assert form.karras.isVisible() == spec.karras
+    for other, page in form.pages.items():
+        assert page.isVisible() == (other == name)
+    expected = {f.name: f for f in fields(spec.options_class)}
+    assert set(form.option_widgets[name]) == set(expected)
+    for option, f in expected.items():
+        widget = form.option_widget(option)
+        assert widget.isVisible() and widget.toolTip() == f.metadata.get("help", "")
+        if "choices" in f.metadata:
+            assert isinstance(widget, QComboBox)
+            assert [widget.itemData(i) for i in range(widget.count())] == list(
+                f.metadata["choices"]
+            )
+        elif not isinstance(widget, QCheckBox):
+            assert option_label(option) in widget.accessibleName()
+    # the form's config is core's SamplerConfig of what it shows, defaults filled in
+    config = form.config()
+    assert config == SamplerConfig(
+        name,
+        form.steps.value(),
+        form.spacing.currentData(),
+        clip_sample=form.clip_x0.isChecked(),
+        karras=spec.karras and form.karras.isChecked(),
+        options={o: widget_value(w) for o, w in form.option_widgets[name].items()},
+    )
+    assert config.options == {f: getattr(spec.options_class(), f) for f in expected}
+    make_sampler(config, NoiseSchedule(SCHEDULE), "epsilon")  # core takes it
+
+
+def test_karras_reaches_the_config_only_where_offered(form):
+    karras = [n for n, s in REGISTRY.items() if s.karras]
+    plain = [n for n, s in REGISTRY.items() if not s.karras]
+    if not karras:
+        pytest.skip("no sampler with Karras sigmas registered yet")
+    set_combo_data(form.kind, karras[0])
+    form.karras.setChecked(True)
+    assert form.config().karras and "Karras sigmas" in form.config().summary()
+    set_combo_data(form.kind, plain[0])
+    assert not form.karras.isVisible() and not form.config().karras  # core would refuse it
+
+
+def test_numbers_are_refused_with_cores_message(form, qtbot):
+    type_into(qtbot, form.steps, "500")
+    assert_refused(form.fields, form.steps, ["sampling steps 500", "1..100", "T"])
+    assert not form.valid and "1..100" in form.first_problem()
+    with pytest.raises(ConfigError):
+        make_sampler(form.config(), NoiseSchedule(SCHEDULE), "epsilon")
+    type_into(qtbot, form.steps, "30")
+    assert_all_clear(form.fields)
+    assert form.valid
+    # every bounded number option: a value beyond its maximum gets core's range message
+    for name, spec in REGISTRY.items():
+        for f in fields(spec.options_class):
+            high = f.metadata.get("maximum")
+            if high is None or "choices" in f.metadata or isinstance(f.default, bool):
+                continue
+            set_combo_data(form.kind, name)
+            widget = form.option_widget(f.name)
+            type_into(qtbot, widget, str(high + 1))
+            checks = form.option_checks[name]
+            assert_refused(checks, widget, [f"{spec.label} {f.name}", "out of range"])
+            with pytest.raises(ConfigError, match="out of range"):
+                form.config()
+            type_into(qtbot, widget, str(f.default))
+            assert form.valid
+
+
+def test_a_model_clamps_steps_to_its_t(form):
+    form.steps.setValue(80)
+    form.set_model(ScheduleConfig("linear", 50), "epsilon")
+    assert form.steps.value() == 50 and form.valid
+
+
+def test_set_config_and_the_changed_signal(form, qtbot):
+    target = SamplerConfig("ddim", 12, "linspace", clip_sample=True, options={"eta": 0.25})
+    with qtbot.waitSignal(form.changed, timeout=1000):
+        form.set_config(target)
+    assert form.config() == target
+    with qtbot.waitSignal(form.changed, timeout=1000):
+        form.spacing.setCurrentIndex((form.spacing.currentIndex() + 1) % form.spacing.count())
+
+
+def test_saved_settings_round_trip_and_a_vanished_sampler_is_skipped(form, show):
+    form.set_config(SamplerConfig("ddim", 12, "trailing", options={"eta": 0.5}))
+    state = form.state()
+    again = show(SamplerForm())
+    assert again.restore(state) == []
+    assert again.config() == form.config()
+    state["kind"] = "gone-sampler"
+    state["options"]["gone-sampler"] = {"x": 1}
+    state["options"]["ddim"]["no_such_option"] = 3
+    third = show(SamplerForm())
+    before = third.config().kind
+    skipped = third.restore(state)
+    assert any("gone-sampler" in s for s in skipped)
+    assert any("no_such_option" in s for s in skipped)
+    assert third.config().kind == before  # kept its sampler, still valid
+    assert third.option_widget("eta", "ddim").value() == 0.5  # what still fits is restored
+    assert third.valid
+    assert third.restore("garbage") != []
