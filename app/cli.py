@@ -12,7 +12,6 @@ import difflib
 import re
 import signal
 import sys
-import time
 from dataclasses import MISSING, Field, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -547,6 +546,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from app.progress import ProgressBar, format_seconds
     from core.errors import CheckpointError, TrainingError
     from core.training import Trainer
+    from core.training_session import DEFAULT_AUTOSAVE_S, AutosavePolicy, RunSaver
 
     out = args.out
     same_as_resume = args.resume is not None and out.resolve() == args.resume.resolve()
@@ -569,26 +569,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     bar = ProgressBar("train")
     # A polite kill (SIGTERM) saves like Ctrl-C does.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    last_save = time.monotonic()
-    saved_step = trainer.step
-
-    def save(reason: str) -> None:
-        """Save now; an interval save that fails warns and training goes on."""
-        nonlocal last_save, saved_step
-        last_save = time.monotonic()
-        try:
-            trainer.save(out)
-        except CheckpointError as exc:
-            if not reason:
-                raise
-            print(f"\n{PROG}: warning: {exc} (training continues)", file=sys.stderr)
-            return
-        saved_step = trainer.step
-        if reason:
-            bar.update(
-                trainer.fraction_done(), f"saved ({reason}) at step {trainer.step}", force=True
-            )
-
+    policy = (
+        AutosavePolicy(every_steps=args.save_every)
+        if args.save_every
+        else AutosavePolicy(every_s=DEFAULT_AUTOSAVE_S)
+    )
+    saver = RunSaver(trainer, out, policy)
     try:
         for record in trainer.run():
             bar.update(
@@ -598,25 +584,40 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"{record.threads.note() if record.threads else ''} "
                 f"ETA {format_seconds(record.eta_s)}",
             )
-            due = (args.save_every and record.step % args.save_every == 0) or (
-                not args.save_every and time.monotonic() - last_save >= 60
-            )
-            if due:
-                save("interval")
+            saved = saver.autosave()
+            if saved is not None and saved.error is not None:
+                print(f"\n{PROG}: warning: {saved.error} (training continues)", file=sys.stderr)
+            elif saved is not None:
+                bar.update(
+                    trainer.fraction_done(), f"saved (interval) at step {saved.step}", force=True
+                )
     except KeyboardInterrupt:
         bar.close()
-        if trainer.step > saved_step or not out.exists():
-            trainer.save(out)
-        print(f"interrupted: saved step {trainer.step} to {out}", file=sys.stderr)
+        saved = saver.save_run()
+        if saved.error is not None:
+            raise CheckpointError(saved.error) from None
+        if saved.path is None:
+            print("interrupted before the first step: nothing to save", file=sys.stderr)
+        else:
+            print(f"interrupted: saved step {saved.step} to {out}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except TrainingError as exc:
+    except TrainingError:
         bar.close()
-        if trainer.step > 0:
-            trainer.save(out)
-            print(f"{PROG}: saved the last good step ({trainer.step}) to {out}", file=sys.stderr)
-        raise exc
-    save("")
+        saved = saver.save_run()
+        if saved.path is not None:
+            print(f"{PROG}: saved the last good step ({saved.step}) to {out}", file=sys.stderr)
+        elif saved.error is not None:
+            print(
+                f"{PROG}: the last good step ({saved.step}) was not saved: {saved.error}",
+                file=sys.stderr,
+            )
+        raise
+    saved = saver.save_run()
     bar.close()
+    if saved.error is not None:
+        raise CheckpointError(saved.error)
+    if saved.path is None:
+        raise CliError("the run ended before its first step: nothing to save")
     print(f"wrote {out} (step {trainer.step}, {format_seconds(trainer.elapsed_s)} of training)")
     return 0
 

@@ -5,7 +5,8 @@ arrive (cheap appends); the plots are redrawn from that state by a 30 Hz timer, 
 twice a second while training (LIVE_REDRAW_S). Checkpoints
 are written in the worker thread (the trainer's state may only be read between its steps):
 autosave every few minutes and at the end (Stop or done) to the app's data folder, and
-"Save Checkpoint As…" on request; a run that fails keeps its last good step the same way.
+"Save Checkpoint As…" on request; a run that fails keeps its last good step the same way
+(the policy is core.training_session's, shared with the CLI).
 
 The panel never shows results made for other data: choosing another data source clears the
 curves, previews, numbers and messages of the last run (`clear_results`). The end of a run is
@@ -79,6 +80,7 @@ from core.training import (
     preset_config,
     resume_config,
 )
+from core.training_session import AutosavePolicy, RunSaver, SaveResult
 
 FOLDER = "folder"
 FOLDER_IMAGE_SIZE = 32  # the image size first offered for a folder of images
@@ -285,9 +287,10 @@ class TrainingPanel(Panel):
         self._save_requests: queue.Queue[Path] = queue.Queue()
         self._save_results: queue.Queue[tuple[Path, str | None]] = queue.Queue()
         self._autosave_failed = False  # this run's autosave failed (reported once in a dialog)
-        # (step, path, checkpoint) the last run saved as it failed; never the trainer itself
-        # (an ended run's trainer, model and optimizer must be freed)
-        self._last_good: dict[str, Any] = {}
+        # "result": the SaveResult of the last run that failed (its last good step, saved or
+        # not); never the trainer itself (an ended run's trainer, model and optimizer must be
+        # freed)
+        self._last_good: dict[str, SaveResult] = {}
         self._outcome_checkpoint: Checkpoint | None = None  # what "Open in Playback" opens
         self._run_config: TrainConfig | None = None  # the settings of the run on the plots
         self._build()
@@ -808,9 +811,11 @@ class TrainingPanel(Panel):
     ) -> Job:
         control = TrainControl()
         interval_s = self.autosave_minutes.value() * 60.0
+        policy = AutosavePolicy(every_s=interval_s if interval_s > 0 else None)
         requests, results = self._save_requests, self._save_results
-        state: dict[str, Any] = {"trainer": None, "saved_at": time.monotonic()}
-        last_good: dict[str, Any] = {}  # "saved": (step, path, checkpoint) when the run failed
+        state: dict[str, Any] = {"saver": None}
+        # "result": the SaveResult of a run that failed (its last good step, saved or not)
+        last_good: dict[str, SaveResult] = {}
         self._last_good = last_good
         unit = "pts/s" if self.is_points() and resume is None else "img/s"
         if resume is not None and resume.is_points:
@@ -818,23 +823,17 @@ class TrainingPanel(Panel):
 
         def run():  # worker thread
             trainer = Trainer(config, control, resume=resume)
-            state["trainer"] = trainer
-            return keep_last_good_step(trainer)
+            state["saver"] = RunSaver(trainer, autosave, policy)
+            return keep_last_good_step(state["saver"])
 
-        def keep_last_good_step(trainer: Trainer):  # worker thread
-            """The trainer's records; when it fails with a TrainingError (the loss or the
-            gradients became non-finite, out of memory) the weights are still those of the last
-            good step: save them to the autosave file before the failure is reported."""
+        def keep_last_good_step(saver: RunSaver):  # worker thread
+            """The trainer's records; when it fails with a TrainingError the weights are still
+            those of the last good step: save them (core.training_session) before the failure
+            is reported."""
             try:
-                yield from trainer.run()
+                yield from saver.trainer.run()
             except TrainingError:
-                if trainer.step > 0:
-                    ckpt = trainer.checkpoint()
-                    try:
-                        save_checkpoint(autosave, ckpt)
-                        last_good["saved"] = (trainer.step, autosave, ckpt)
-                    except DiffusionStudioError:
-                        pass  # the failure is reported; nothing saved
+                last_good["result"] = saver.save_run()
                 raise
 
         def handle_requests(trainer: Trainer) -> None:
@@ -850,31 +849,21 @@ class TrainingPanel(Panel):
                     results.put((path, str(exc)))
 
         def on_record(_record) -> None:  # worker thread, between steps
-            trainer = state["trainer"]
-            handle_requests(trainer)
-            if interval_s > 0 and time.monotonic() - state["saved_at"] >= interval_s:
-                state["saved_at"] = time.monotonic()
-                try:
-                    trainer.save(str(autosave))
-                except DiffusionStudioError as exc:
-                    results.put((autosave, str(exc)))
+            saver: RunSaver = state["saver"]
+            handle_requests(saver.trainer)
+            saved = saver.autosave()
+            if saved is not None and saved.error is not None:
+                results.put((autosave, saved.error))
 
         def on_end(outcome) -> TrainResult | None:  # worker thread, after the last step
-            trainer = state["trainer"]
-            if trainer is None:
+            saver: RunSaver | None = state["saver"]
+            if saver is None:
                 return None
-            handle_requests(trainer)
-            ckpt = trainer.checkpoint()
-            path: Path | None = None
-            error: str | None = None
-            if trainer.step > 0:
-                try:
-                    save_checkpoint(autosave, ckpt)
-                    path = autosave
-                except DiffusionStudioError as exc:  # disk full, read-only: keep the model
-                    error = str(exc)
-                    results.put((autosave, error))
-            return TrainResult(ckpt, path, trainer.step, name, outcome, error)
+            handle_requests(saver.trainer)
+            saved = saver.save_run()
+            if saved.error is not None:  # disk full, read-only: the model is kept
+                results.put((autosave, saved.error))
+            return TrainResult(saved.checkpoint, saved.path, saved.step, name, outcome, saved.error)
 
         def describe(record) -> JobStatus | None:  # GUI thread
             if isinstance(record, TrainPreview):
@@ -1151,14 +1140,22 @@ class TrainingPanel(Panel):
     def _on_failed(self, message: str) -> None:
         self._update_buttons()
         self.redraw_now()
-        last_good = self._last_good.get("saved")
+        last_good = self._last_good.get("result")
         checkpoint = None
-        if last_good is not None:  # saved by the job as it failed
-            step, path, checkpoint = last_good
-            kept = f"; last good step {step} saved to {path}"
+        if last_good is not None and last_good.step > 0:  # the job saved it as it failed
+            checkpoint = last_good.checkpoint
+            if last_good.path is not None:
+                kept = f"; last good step {last_good.step} saved to {last_good.path}"
+            else:
+                kept = (
+                    f"; last good step {last_good.step} not saved ({last_good.error.rstrip('.')}): "
+                    "use “Save checkpoint as…” to keep it"
+                )
             data = self._data_name(self._run_config) if self._run_config is not None else ""
             # Save Checkpoint As now saves this model, not an older run's
-            self.last_result = TrainResult(checkpoint, path, step, data, "failed")
+            self.last_result = TrainResult(
+                checkpoint, last_good.path, last_good.step, data, "failed", last_good.error
+            )
         elif self.autosave_path is not None and self.autosave_path.exists():
             kept = f"; the last autosave is kept at {self.autosave_path}"
         else:

@@ -412,6 +412,42 @@ def test_a_failed_run_saves_its_last_good_step(panel, qtbot, monkeypatch, fake_d
     assert panel.suggested_checkpoint_name() == "moons-mlp-step3.safetensors"
 
 
+def test_a_failed_run_keeps_its_last_good_step_when_saving_fails(
+    panel, qtbot, monkeypatch, fake_dialogs, tmp_path
+):
+    """The loss becomes NaN at step 4 and the autosave folder cannot be written: the last good
+    step (3) stays in memory, the outcome line says so, and Save Checkpoint As saves it."""
+    from app import dialogs
+    from app.panels import training_panel
+    from core.errors import TrainingError
+    from core.training import Trainer
+
+    good_step = Trainer._train_step
+
+    def failing_step(trainer):
+        if trainer.step == 3:
+            raise TrainingError("the loss became nan at step 4: training is unstable.")
+        return good_step(trainer)
+
+    monkeypatch.setattr(Trainer, "_train_step", failing_step)
+    monkeypatch.setattr(training_panel, "checkpoints_dir", lambda: tmp_path / "no-such-folder")
+    panel.autosave_minutes.setValue(0)  # only at the end
+    tiny(panel, "moons", steps=10)
+    with qtbot.waitSignal(panel.runner.failed, timeout=30000):
+        panel.start()
+    assert panel.runner.wait(10)
+    text = panel.outcome.text()
+    assert (
+        text.startswith("Failed: the loss became nan at step 4")
+        and "last good step 3 not saved" in text
+    )
+    assert panel.last_result.step == 3 and panel.last_result.checkpoint.training["step"] == 3
+    target = tmp_path / "kept.safetensors"
+    monkeypatch.setattr(dialogs, "ask_save_path", lambda *args, **kwargs: target)
+    panel.save_button.click()
+    assert load_checkpoint(target).training["step"] == 3
+
+
 def test_save_checkpoint_as_suggests_the_runs_own_name(panel, qtbot, tmp_path, monkeypatch):
     from app import dialogs
 

@@ -1,0 +1,113 @@
+"""The save policy of a training run (core.training_session): when to autosave, what the end
+of a run (finished, stopped, interrupted, failed) saves, and that a failed write keeps the
+model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.checkpoint import load_checkpoint
+from core.errors import ConfigError, TrainingError
+from core.models import MLPConfig
+from core.schedule import ScheduleConfig
+from core.training import TrainConfig, Trainer
+from core.training_session import AutosavePolicy, RunSaver
+
+
+def tiny_trainer(max_steps: int = 10) -> Trainer:
+    config = TrainConfig(
+        data="moons",
+        model=MLPConfig(hidden=16, layers=1),
+        schedule=ScheduleConfig("linear", 50),
+        prediction_type="epsilon",
+        batch_size=16,
+        max_steps=max_steps,
+        max_minutes=None,
+        num_points=128,
+        device="cpu",
+        preview_every=0,
+        preview_interval_s=None,
+    )
+    return Trainer(config)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_policy_by_steps_or_seconds():
+    every_3 = AutosavePolicy(every_steps=3)
+    assert [s for s in range(1, 10) if every_3.due(s, 0.0)] == [3, 6, 9]
+    assert not every_3.due(4, 1e9)  # steps given: time does not count
+    minute = AutosavePolicy(every_s=60.0)
+    assert not minute.due(1, 59.9) and minute.due(1, 60.0)
+    never = AutosavePolicy(every_steps=None, every_s=None)
+    assert not never.due(1000, 1e9)
+    for bad in ({"every_steps": 0}, {"every_s": 0.0}, {"every_s": float("nan")}):
+        with pytest.raises(ConfigError, match="autosave interval"):
+            AutosavePolicy(**bad)
+
+
+def test_autosave_when_due_and_the_end_saves_the_last_step(tmp_path):
+    trainer = tiny_trainer(max_steps=7)
+    clock = FakeClock()
+    saver = RunSaver(trainer, tmp_path / "run.safetensors", AutosavePolicy(every_s=10.0), clock)
+    saved_at = []
+    for record in trainer.run():
+        clock.now += 4.0  # a save every third step: 12 s, 24 s
+        result = saver.autosave()
+        if result is not None:
+            assert result.error is None and result.path == saver.path
+            saved_at.append((record.step, load_checkpoint(saver.path).training["step"]))
+    assert saved_at == [(3, 3), (6, 6)]
+    end = saver.save_run()
+    assert (end.step, end.path) == (7, saver.path)
+    assert load_checkpoint(saver.path).training["step"] == 7
+    # the state on disk is not written again
+    mtime = saver.path.stat().st_mtime_ns
+    assert saver.save_run().path == saver.path and saver.path.stat().st_mtime_ns == mtime
+
+
+def test_a_run_without_a_step_saves_nothing(tmp_path):
+    saver = RunSaver(tiny_trainer(), tmp_path / "run.safetensors")
+    result = saver.save_run()
+    assert result.step == 0 and result.path is None and result.error is None
+    assert not saver.path.exists()
+
+
+def test_a_failed_run_saves_its_last_good_step(tmp_path, monkeypatch):
+    trainer = tiny_trainer(max_steps=10)
+    saver = RunSaver(trainer, tmp_path / "run.safetensors", AutosavePolicy(every_steps=2))
+    good_step = Trainer._train_step
+
+    def failing_step(self):
+        if self.step == 3:  # raises before the optimizer step, as a non-finite loss does
+            raise TrainingError("the loss became nan at step 4")
+        return good_step(self)
+
+    monkeypatch.setattr(Trainer, "_train_step", failing_step)
+    with pytest.raises(TrainingError):
+        for _record in trainer.run():
+            saver.autosave()
+    assert load_checkpoint(saver.path).training["step"] == 2  # the autosave at step 2
+    result = saver.save_run()
+    assert (result.step, result.path) == (3, saver.path)
+    saved = load_checkpoint(saver.path)
+    assert saved.training["step"] == 3
+    for name, value in trainer.ema_model.state_dict().items():
+        torch.testing.assert_close(saved.model_state[name], value)
+
+
+def test_a_failed_write_keeps_the_model(tmp_path):
+    trainer = tiny_trainer(max_steps=2)
+    for _record in trainer.run():
+        pass
+    saver = RunSaver(trainer, tmp_path / "missing-folder" / "run.safetensors")
+    result = saver.save_run()
+    assert result.path is None and result.step == 2 and "does not exist" in result.error
+    assert result.checkpoint.training["step"] == 2  # still in memory, to save elsewhere
