@@ -48,6 +48,7 @@ ENGINE_MODULES = (
     "app.panels.forward_panel",
     "app.panels.training_panel",
     "app.panels.playback_panel",
+    "app.panels.sampler_lab_panel",
 )
 
 TORCH_LIBRARY = "libtorch_cpu.so"  # torch's largest shared library (Linux)
