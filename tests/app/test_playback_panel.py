@@ -283,3 +283,27 @@ def test_only_the_choices_that_apply_to_the_model_are_offered(panel, checkpoints
     assert panel.load_checkpoint(checkpoints.points)
     assert [panel.export_view.itemData(i) for i in range(panel.export_view.count())] == ["points"]
     assert not panel.image_choices.isVisible()
+
+
+def test_a_models_own_sampler_fills_the_form(panel, checkpoints):
+    """A model that names its sampler (a diffusers scheduler config: meta["sampler_defaults"])
+    gets it in the form, its options included (DDPM's fixed_large variance), steps at most T."""
+    from dataclasses import replace
+
+    ckpt = load_checkpoint(checkpoints.images)  # T = 100
+    defaults = {
+        "kind": "ddpm",
+        "num_inference_steps": 500,
+        "spacing": "leading",
+        "clip_sample": False,
+        "variance_type": "fixed_large",
+    }
+    ckpt = replace(ckpt, meta={**(ckpt.meta or {}), "sampler_defaults": defaults})
+    set_combo_data(panel.sampler_kind, "ddim")
+    panel.set_trained_checkpoint(ckpt)
+    form = panel.sampler_form
+    assert form.spec.name == "ddpm" and form.option_widget("variance_type").isVisible()
+    sampler = panel.request().sampler
+    assert sampler.options == {"variance_type": "fixed_large"}
+    assert sampler.num_inference_steps == 100 and sampler.spacing == "leading"
+    assert not sampler.clip_sample and form.valid and panel.sample_button.isEnabled()
