@@ -1049,7 +1049,9 @@ class PlaybackPanel(Panel):
                     "num_inference_steps": old.get("num_steps"),
                     "spacing": old.get("spacing"),
                 }
-        if state is not None:
+        if isinstance(state, dict):
+            # x_0 clipping follows the kind of model (`_apply_sampler_defaults`), as before
+            state = {key: value for key, value in state.items() if key != "clip_sample"}
             skipped = self.sampler_form.restore(state)
             if skipped:
                 log.info("Playback's saved sampler settings not restored: %s", skipped)

@@ -19,7 +19,7 @@ from app.worker import live_threads
 from core.checkpoint import build_model_from_checkpoint
 from core.data import default_photo_path
 from core.export import caption_frame
-from core.samplers import SamplerConfig, make_sampler
+from core.samplers import REGISTRY, SamplerConfig, make_sampler
 from core.sampling import sample
 from core.schedule import NoiseSchedule
 from tests.app.conftest import drop_on_window
@@ -117,6 +117,8 @@ def test_settings_and_recent_files_persist(window, tmp_path, qtbot, fake_dialogs
     window.forward.seed.setValue(7)
     window.training.batch.setValue(32)
     window.playback.num_steps.setValue(25)
+    set_combo_data(window.playback.sampler_kind, "ddim")
+    window.playback.sampler_form.option_widget("eta").setValue(0.3)
     window.resize(1000, 700)
     window.close()
     again = MainWindow()
@@ -126,6 +128,7 @@ def test_settings_and_recent_files_persist(window, tmp_path, qtbot, fake_dialogs
     assert again.forward.seed.value() == 7
     assert again.training.batch.value() == 32
     assert again.playback.num_steps.value() == 25
+    assert again.playback.request().sampler.summary() == "DDIM, 25 steps, eta 0.3"
     assert again.settings.value("window/geometry") is not None
     assert again.size().height() == 700
     assert again.recent_menu.isEnabled()
@@ -422,3 +425,22 @@ def test_a_first_launch_fits_the_screen(available, size):
     from app.main_window import first_launch_size
 
     assert first_launch_size(available) == size
+
+
+def test_a_saved_sampler_that_no_longer_exists_is_skipped(qtbot, fake_dialogs):
+    """Settings saved with a sampler this version does not register (or an option it lost)
+    open with core's default sampler and the rest of the saved settings, no error."""
+    from app.settings import make_settings, write_json
+
+    write_json(
+        make_settings(),
+        "PlaybackPanel/sampler",
+        {"kind": "retired-sampler", "num_inference_steps": 30, "options": {"ddim": {"eta": 0.4}}},
+    )
+    window = MainWindow()
+    qtbot.addWidget(window)
+    form = window.playback.sampler_form
+    assert form.spec.name in REGISTRY and form.valid
+    assert form.steps.value() == 30 and form.option_widget("eta", "ddim").value() == 0.4
+    assert fake_dialogs.errors == []
+    window.close()
