@@ -100,7 +100,11 @@ BASE_FPS = 15.0
 GIF_FRAMES = 40
 GAP_PX = 8  # white pixels between the columns of an exported picture
 NO_MODEL = "No model: choose one on the Playback tab."
-GUIDANCE_NOTE = "guidance doubles the actual network calls"
+GUIDANCE_NOTE = (
+    "guidance (scale other than 1) doubles the actual network work: each evaluation runs the "
+    "conditional and the unconditional model"
+)
+GUIDED_SUFFIX = " (×2 with guidance: conditional + unconditional)"
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,12 @@ class LabRequest:
     configs: tuple[SamplerConfig, ...]
     num_samples: int
     seed: int
-    guidance_scale: float
+    guidance_scale: float  # 1 (no guidance) for an unconditional model
+
+    @property
+    def guided(self) -> bool:
+        """Whether every evaluation runs the model twice (conditional and unconditional)."""
+        return self.guidance_scale != 1.0
 
 
 def evaluations_at(config: SamplerConfig, total: int, step: int) -> int:
@@ -435,8 +444,6 @@ class SamplerLabPanel(Panel):
         for widget in (column.box, column.view):
             widget.setParent(None)
             widget.deleteLater()
-        if self.made_with is not None:
-            self.made_with = None  # the stored runs no longer match the columns
         self._draw()
         self._update_buttons()
 
@@ -449,7 +456,7 @@ class SamplerLabPanel(Panel):
             tuple(self.configs()),
             self.num_samples.value(),
             self.seed.value(),
-            self.guidance.value(),
+            self.guidance.value() if self.guidance.isEnabled() else 1.0,
         )
 
     # ------------------------------------------------------------------ model
@@ -587,7 +594,6 @@ class SamplerLabPanel(Panel):
         for column, config, sampler in zip(self.columns, request.configs, samplers):
             column.config, column.total = config, sampler.total_evaluations()
             column.trajectory = Trajectory(max_frames=MAX_FRAMES)
-        guided = self.guidance.isEnabled()
         n_columns = len(request.configs)
 
         def run() -> Iterator[LabFrame]:  # worker thread
@@ -604,7 +610,7 @@ class SamplerLabPanel(Panel):
                     ckpt.sample_shape,
                     generator,
                     labels=labels,
-                    guidance_scale=request.guidance_scale if guided else 1.0,
+                    guidance_scale=request.guidance_scale,
                 ):
                     copy = Frame(frame.step, frame.t, frame.x_t.clone(), frame.pred_x0.clone())
                     yield LabFrame(index, copy)
@@ -684,7 +690,8 @@ class SamplerLabPanel(Panel):
         step = int(column.trajectory.steps[index])
         where = "samples" if t < 0 else f"t = {t}"
         done = evaluations_at(column.config, column.total, step)
-        guided = " (×2 calls: guidance)" if self.guidance.isEnabled() else ""
+        made = self.made_with
+        guided = GUIDED_SUFFIX if made is not None and made.guided else ""
         return (
             f"{column.config.summary()} · {where}",
             f"{done} / {column.total} network evaluations{guided}",

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from app.panels.sampler_lab_panel import (
+    GUIDED_SUFFIX,
     MAX_COLUMNS,
     MIN_COLUMNS,
     PROGRESS_TICKS,
@@ -132,7 +133,10 @@ def test_guidance_doubles_the_calls_and_is_said(lab, qtbot, checkpoints):
     configure(lab, [SamplerConfig("ddim", 2, "trailing"), SamplerConfig("ddpm", 2, "trailing")])
     lab.num_samples.setValue(2)
     run_lab(lab, qtbot)
-    assert "×2 calls: guidance" in lab.columns[0].evaluations.text()
+    assert lab.columns[0].evaluations.text() == "2 / 2 network evaluations" + GUIDED_SUFFIX
+    lab.guidance.setValue(1.0)  # no guidance: one evaluation each
+    run_lab(lab, qtbot)
+    assert lab.columns[0].evaluations.text() == "2 / 2 network evaluations"
 
 
 def test_points_model_draws_every_samplers_paths(lab, qtbot, checkpoints):
@@ -233,3 +237,27 @@ def test_lab_follows_playbacks_model_and_keeps_its_samplers(qtbot, checkpoints, 
     assert again.lab.columns[0].form.config().kind == "ddim"
     assert again.lab.columns[0].form.steps.value() == 7
     again.close()
+
+
+def test_sampling_and_convergence_can_be_cancelled(lab, qtbot, checkpoints):
+    """Cancel stops the worker between frames (or evaluations): what ran so far stays, the
+    buttons come back, nothing is left running."""
+    lab.set_checkpoint(load_checkpoint(checkpoints.images))
+    configure(lab, [SamplerConfig("ddpm", 100, "trailing"), SamplerConfig("ddim", 100, "trailing")])
+    lab.num_samples.setValue(2)
+    with qtbot.waitSignal(lab.runner.cancelled, timeout=60000):
+        assert lab.start_sampling()
+        assert not lab.sample_button.isEnabled() and lab.cancel_button.isEnabled()
+        qtbot.waitUntil(lambda: len(lab.columns[0].trajectory) > 2)
+        lab.cancel_button.click()
+    lab.runner.wait(10)
+    assert not lab.columns[0].trajectory.is_complete or not lab.columns[1].trajectory.is_complete
+    assert lab.sample_button.isEnabled() and not lab.cancel_button.isEnabled()
+    lab.conv_most.setValue(20)
+    with qtbot.waitSignal(lab.convergence_runner.cancelled, timeout=60000):
+        assert lab.start_convergence()
+        assert not lab.conv_button.isEnabled() and lab.conv_cancel.isEnabled()
+        assert not lab.sample_button.isEnabled()  # one Lab job at a time
+        lab.conv_cancel.click()
+    lab.convergence_runner.wait(10)
+    assert lab.conv_button.isEnabled() and not lab.conv_cancel.isEnabled()
