@@ -292,7 +292,6 @@ class SamplerLabPanel(Panel):
         self.columns_layout = QVBoxLayout(self.columns_widget)
         self.columns_layout.setContentsMargins(0, 0, 0, 0)
         settings = control_column((model_box, shared_box, self.columns_widget), min_width=300)
-        self.settings_column = settings
         controls = pinned_below(
             settings,
             button_row(self.add_button, self.remove_button),
@@ -319,8 +318,8 @@ class SamplerLabPanel(Panel):
         self.conv_plot.showGrid(x=True, y=True, alpha=0.25)
         self.conv_plot.setToolTip(
             "Each deterministic sampler's final samples against the reference's, from the "
-            "same noise; slope -1: first order, -2: second order (DDIM and Euler take the "
-            "same first-order step, so their lines coincide)"
+            "same noise; slope -1: first order, -2: second order (samplers that take the same "
+            "step draw the same line)"
         )
         self.conv_plot.setLogMode(x=True, y=True)
         self.conv_plot.setLabel("bottom", "network evaluations per sample")

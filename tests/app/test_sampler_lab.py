@@ -229,6 +229,10 @@ def test_lab_follows_playbacks_model_and_keeps_its_samplers(qtbot, checkpoints, 
     assert lab.checkpoint is window.playback.checkpoint and not lab.checkpoint.is_points
     lab.model_button.click()  # "Choose on Playback" shows the Playback tab
     assert window.tabs.currentWidget() is window.playback
+    window.tabs.setCurrentWidget(lab)
+    window.export_gif_action.trigger()  # File > Export GIF on the Lab's tab: the Lab's GIF
+    assert fake_dialogs.errors[-1] == ("Export", "Nothing to export yet: press Sample all first.")
+    assert window.tabs.currentWidget() is lab
     set_combo_data(lab.columns[0].form.kind, "ddim")
     lab.columns[0].form.steps.setValue(7)
     window.close()
