@@ -89,7 +89,7 @@ def test_columns_equal_core_samples_from_the_same_seed(lab, qtbot, checkpoints):
     configs = [
         SamplerConfig(names[1], 4, "trailing", clip_sample=True),
         SamplerConfig(names[0], 6, "trailing", clip_sample=True),
-        SamplerConfig(names[-1], 3, "trailing", clip_sample=True),
+        SamplerConfig(names[min(2, len(names) - 1)], 3, "trailing", clip_sample=True),
     ]
     configure(lab, configs)
     lab.num_samples.setValue(3)
@@ -112,9 +112,8 @@ def test_columns_equal_core_samples_from_the_same_seed(lab, qtbot, checkpoints):
     for column in lab.columns:
         assert column.frame_index == 0
         assert column.evaluations.text().startswith("0 / ")
-    if all(REGISTRY[c.kind].sampler_class(schedule).init_noise_sigma == 1.0 for c in configs):
-        for other in firsts[1:]:
-            np.testing.assert_array_equal(other, firsts[0])
+    for other in firsts[1:]:  # x_t of the same N(0, I) draw, whatever the sampler's scale
+        assert np.abs(other.astype(int) - firsts[0].astype(int)).max() <= 1  # uint8 rounding
     # half-way: each column's nearest frame, evaluations so far = steps done x per step
     lab.scrub.setValue(PROGRESS_TICKS // 2)
     for column, config in zip(lab.columns, configs):
