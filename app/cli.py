@@ -37,6 +37,7 @@ examples:
   diffusion-studio forward photo.png --gif forward.gif
   diffusion-studio train --data digits --minutes 5 --out digits.safetensors
   diffusion-studio sample --checkpoint digits.safetensors --gif reverse.gif --grid grid.png
+  diffusion-studio samplers                         list the samplers and their options
 
 The maths: alpha_t = 1 - beta_t, alphabar_t = prod_{s<=t} alpha_s (a product), and
 x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps."""
