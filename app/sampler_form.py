@@ -201,6 +201,7 @@ class SamplerForm(QWidget):
             page.setVisible(False)
             layout.addWidget(page)
         layout.addWidget(self.clip_x0)
+        self._align_labels()
 
         # steps (and through them the spacing and Karras choice) are core's to judge
         self.fields = FieldCheck(self, self._check_common)
@@ -210,6 +211,20 @@ class SamplerForm(QWidget):
         self.kind.currentIndexChanged.connect(self._on_kind_changed)
         self.clip_x0.toggled.connect(self._emit_changed)
         self._on_kind_changed()
+
+    def _align_labels(self) -> None:
+        """One label width for the common rows and every option page, so the fields line up
+        whichever sampler is shown."""
+        forms = [self._common_form, *(page.layout() for page in self.pages.values())]
+        labels = []
+        for form in forms:
+            for row in range(form.rowCount()):
+                item = form.itemAt(row, QFormLayout.ItemRole.LabelRole)
+                if item is not None and item.widget() is not None:
+                    labels.append(item.widget())
+        width = max((label.sizeHint().width() for label in labels), default=0)
+        for label in labels:
+            label.setMinimumWidth(width)
 
     # ------------------------------------------------------------------ state
 
