@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QSizePolicy,
     QSlider,
     QTabWidget,
     QVBoxLayout,
@@ -104,7 +105,7 @@ GUIDANCE_NOTE = (
     "guidance (scale other than 1) doubles the actual network work: each evaluation runs the "
     "conditional and the unconditional model"
 )
-GUIDED_SUFFIX = " (×2 with guidance: conditional + unconditional)"
+GUIDED_SUFFIX = " (×2: guided)"
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,10 @@ class LabColumn:
         self.title.setWordWrap(True)
         self.title.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.evaluations = QLabel("–")
+        self.evaluations.setWordWrap(True)
         self.evaluations.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        for label in (self.title, self.evaluations):  # long captions wrap, never widen
+            label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.evaluations.setToolTip(
             "Network evaluations so far / in the whole run (per sample; " + GUIDANCE_NOTE + ")"
         )

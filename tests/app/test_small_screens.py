@@ -6,7 +6,7 @@ a field that has no focus scrolls the panel instead of changing the value."""
 from __future__ import annotations
 
 import pytest
-from PySide6.QtCore import QPoint, QPointF, QRect, Qt
+from PySide6.QtCore import QPoint, QPointF, QRect, QSize, Qt
 from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import QApplication, QScrollArea, QScrollBar, QWidget
 
@@ -163,13 +163,20 @@ def test_sampler_lab_actions_are_on_screen(at_size, screen, checkpoints, qtbot):
     """The Lab with four samplers (the longest settings column) keeps Sample, Cancel, the
     lockstep bar, the exports and the convergence buttons on screen; the views keep room."""
     window = at_size(screen[0], screen[1] - TITLE_BAR)
-    assert window.playback.load_checkpoint(checkpoints.images)
+    assert window.playback.load_checkpoint(checkpoints.conditional)  # guided: longest captions
     panel = window.lab
     window.tabs.setCurrentWidget(panel)
     while panel.add_column() is not None:
         pass
+    panel.num_samples.setValue(2)
+    panel.guidance.setValue(3.0)
+    for column in panel.columns:
+        column.form.steps.setValue(2)
+    with qtbot.waitSignal(panel.runner.finished, timeout=60000):
+        assert panel.start_sampling()  # the captions (evaluations, summaries) are filled in
+    panel.runner.wait(10)
     QApplication.processEvents()
-    assert window.size().height() == screen[1] - TITLE_BAR  # nothing forced the window taller
+    assert window.size() == QSize(screen[0], screen[1] - TITLE_BAR)  # nothing forced it larger
     assert_on_screen(
         window,
         panel.sample_button,
