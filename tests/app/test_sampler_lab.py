@@ -175,8 +175,11 @@ def test_convergence_records_equal_core_and_export_csv(lab, qtbot, checkpoints, 
         )
         if isinstance(r, ConvergenceRecord)
     ]
-    got = [(r.sampler, r.steps, r.evaluations, r.rms_error) for r in lab.records]
-    assert got == [(r.sampler, r.steps, r.evaluations, r.rms_error) for r in expected]
+    got = [(r.sampler, r.steps, r.evaluations, r.is_reference) for r in lab.records]
+    assert got == [(r.sampler, r.steps, r.evaluations, r.is_reference) for r in expected]
+    # the same numbers (up to float rounding: the worker may use another thread count)
+    for mine, core in zip(lab.records, expected):
+        assert mine.rms_error == pytest.approx(core.rms_error, rel=1e-4, abs=1e-7)
     samplers = {r.sampler for r in lab.records if not r.is_reference}
     assert all(REGISTRY[s].deterministic for s in samplers) and "ddim" in samplers
     curves = lab.conv_plot.plotItem.listDataItems()
