@@ -49,7 +49,8 @@ def run(sampler: str, steps: int, n: int, points_n: int) -> Row:
     """One row of the table: `sampler` at `steps` on the digits and the 2-D models."""
     paths = pretrained_checkpoint_paths()
     digits = load_checkpoint(paths["digits"])
-    config = SamplerConfig(sampler, steps, "trailing", clip_sample=True)
+    karras = REGISTRY[sampler].default_karras  # Heun: Karras sigmas (README, "Samplers")
+    config = SamplerConfig(sampler, steps, "trailing", clip_sample=True, karras=karras)
     evaluations = make_sampler(
         config, NoiseSchedule(digits.schedule_config), digits.prediction_type
     ).total_evaluations()
@@ -61,7 +62,8 @@ def run(sampler: str, steps: int, n: int, points_n: int) -> Row:
     for name in TOY_DATASETS:
         ckpt = load_checkpoint(paths[name])
         started = time.perf_counter()
-        points = sample_checkpoint(ckpt, points_n, SamplerConfig(sampler, steps, "trailing"))
+        points_config = SamplerConfig(sampler, steps, "trailing", karras=karras)
+        points = sample_checkpoint(ckpt, points_n, points_config)
         points_s += time.perf_counter() - started
         quality = score_points(points, name)
         precision.append(quality.precision)

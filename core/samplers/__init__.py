@@ -32,7 +32,12 @@ from core.samplers.base import (
     split_prediction,
     split_prediction_at,
 )
-from core.samplers.config import SamplerConfig, default_sampler_config, make_sampler
+from core.samplers.config import (
+    SamplerConfig,
+    default_sampler_config,
+    make_sampler,
+    sampler_defaults,
+)
 from core.samplers.ddim import DDIMOptions, DDIMSampler
 from core.samplers.ddpm import VARIANCE_TYPES, DDPMOptions, DDPMSampler, VarianceType
 
@@ -60,6 +65,7 @@ __all__ = [
     "default_sampler_config",
     "make_sampler",
     "make_timesteps",
+    "sampler_defaults",
     "sampler_spec",
     "spec_for_diffusers_class",
     "split_prediction",

@@ -22,9 +22,9 @@ are all generated from the registry: adding a sampler is one module that registe
 Clipping: when `clip_sample` is on, the x_0 estimate is clamped to [-r, r] and the noise
 estimate is **recomputed from the clamped x_0** (eps = (x_t - sqrt(ab) x_0) / sqrt(1 - ab)), so
 that every update uses one consistent (x_0, eps) pair. Measured on the shipped digits model
-(DDIM 50, guidance 2, 256 samples, benchmarks/README.md "Clipping and guidance"): mixing the
-clipped x_0 with the unclipped eps (diffusers' default `use_clipped_model_output=False`) gives
-47 % confident digits, the consistent pair 98 %.
+(DDIM 50, guidance 2, 256 samples; README "Clipping x_0, with guidance"): mixing the clipped
+x_0 with the unclipped eps (diffusers' default `use_clipped_model_output=False`) gives 50 %
+confident digits (28 % the digit asked for), the consistent pair 99.2 % (100 %).
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ class SamplerSpec:
     evaluations_per_step: network evaluations per step (Heun: 2);
     deterministic: the same noise gives the same samples (at default options);
     karras: it offers Karras sigma spacing (diffusers' `use_karras_sigmas`);
-    default_steps: the step count it is used with by default; paper: the reference it cites;
+    default_steps: the step count it is used with by default (with Karras sigmas when
+    default_karras); paper: the reference it cites;
     diffusers_clip_default: whether its diffusers scheduler clips x_0 when `clip_sample` is
     absent from the config (DDPM, DDIM); diffusers_spacing: the timestep_spacing it uses when
     the config has none ("leading" for DDPM and DDIM, "linspace" for the others).
@@ -134,6 +135,7 @@ class SamplerSpec:
     paper: str = ""
     diffusers_clip_default: bool = False  # its diffusers scheduler clips x_0 by default
     diffusers_spacing: str = "linspace"  # its diffusers scheduler's default timestep_spacing
+    default_karras: bool = False  # Karras sigmas on unless the user says otherwise
 
     def options_from_diffusers(self, scheduler_config: dict[str, Any]) -> dict[str, Any]:
         """The options a diffusers scheduler config sets (keys named as our option fields)."""

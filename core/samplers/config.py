@@ -112,6 +112,15 @@ class SamplerConfig:
         return cls(**common, options=data)
 
 
+def sampler_defaults(name: str, clip_sample: bool) -> SamplerConfig:
+    """A registered sampler as it is used by default: its default step count, trailing
+    spacing, Karras sigmas where it defaults to them, its options' defaults."""
+    spec = sampler_spec(name)
+    return SamplerConfig(
+        name, spec.default_steps, "trailing", clip_sample=clip_sample, karras=spec.default_karras
+    )
+
+
 def default_sampler_config(
     is_points: bool, model_defaults: dict[str, Any] | None = None
 ) -> SamplerConfig:

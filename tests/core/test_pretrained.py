@@ -12,7 +12,7 @@ from core.checkpoint import (
 )
 from core.data import TOY_DATASETS
 from core.guidance import class_labels
-from core.samplers import REGISTRY, SamplerConfig, default_sampler_config
+from core.samplers import REGISTRY, SamplerConfig, default_sampler_config, sampler_defaults
 from core.sampling import sample_checkpoint
 
 EXPECTED = ("digits", *TOY_DATASETS)
@@ -83,16 +83,15 @@ SAMPLER_N = 100  # ten of each digit
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_every_sampler_draws_confident_digits_at_its_default_steps(name):
-    """Each registered sampler at its default step count, with the images' default x_0 clip
+    """Each registered sampler as used by default (`sampler_defaults`: its step count, Karras
+    sigmas where it defaults to them), with the images' default x_0 clip
     and the default guidance (DDIM 50 with the clip gave 47 % before a clipped x_0 came with
     its recomputed eps): >= 95 % of the shipped digits model's samples confidently classified
     and each the digit asked for."""
     from benchmarks.score import digit_quality
 
-    spec = REGISTRY[name]
     ckpt = load_checkpoint(pretrained_checkpoint_paths()["digits"])
-    clip = default_sampler_config(is_points=False).clip_sample
-    config = SamplerConfig(name, spec.default_steps, "trailing", clip_sample=clip)
+    config = sampler_defaults(name, default_sampler_config(is_points=False).clip_sample)
     samples = sample_checkpoint(ckpt, SAMPLER_N, config, seed=0)
     quality = digit_quality(samples, class_labels(10, SAMPLER_N).numpy())
     problems = []
