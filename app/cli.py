@@ -625,13 +625,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _sampler_config(args: argparse.Namespace, ckpt: Any):
     """Settings given on the command line, else the model's own sampler (when the chosen
-    sampler is the model's), else core's defaults. CliError for an option or --karras the
+    sampler is the model's), else the chosen sampler's defaults (`sampler_defaults`: its step
+    count and Karras choice, with the model's clip). CliError for an option or --karras the
     chosen sampler lacks."""
-    from core.samplers import REGISTRY, SamplerConfig
+    from core.samplers import REGISTRY, SamplerConfig, sampler_defaults
     from core.sampling import checkpoint_sampler_config
 
     defaults = checkpoint_sampler_config(ckpt)
     kind = args.sampler or defaults.kind
+    if kind != defaults.kind:
+        defaults = sampler_defaults(kind, defaults.clip_sample)
     spec = REGISTRY[kind]
     own = {f.name for f in fields(spec.options_class)}
     options = dict(defaults.options) if kind == defaults.kind else {}

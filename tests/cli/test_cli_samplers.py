@@ -161,7 +161,8 @@ def test_every_sampler_samples_through_the_cli(capsys, points_ckpt, tmp_path, na
     assert main([*args, *options, "--spacing", "linspace", "--n", "6", "--npy", str(out)]) == 0
     ours = np.load(out)
     assert ours.shape == (6, 2) and np.isfinite(ours).all()
-    config = SamplerConfig(name, 5, "linspace", clip_sample=False)
+    # a sampler other than the model's starts from its own defaults (Heun: Karras sigmas)
+    config = SamplerConfig(name, 5, "linspace", clip_sample=False, karras=spec.default_karras)
     expected = sample_checkpoint(load_checkpoint(points_ckpt), 6, config, seed=0)
     np.testing.assert_array_equal(ours, expected)
     assert spec.label in capsys.readouterr().err  # the sampler it used is named
@@ -169,7 +170,8 @@ def test_every_sampler_samples_through_the_cli(capsys, points_ckpt, tmp_path, na
 
 def test_unset_options_come_from_the_model(tmp_path):
     """A model that names its sampler (as a diffusers folder does) gets its options, unless
-    another sampler is chosen; then that sampler's own defaults apply."""
+    another sampler is chosen; then that sampler's own defaults apply (its step count and
+    Karras choice; the model's clip)."""
     if not {"ddpm", "ddim"} <= set(REGISTRY):
         pytest.skip("needs DDPM and DDIM")
     from app.cli import _sampler_config
@@ -190,7 +192,8 @@ def test_unset_options_come_from_the_model(tmp_path):
     assert config() == own
     assert config("--variance", "fixed_small").options == {"variance_type": "fixed_small"}
     ddim = config("--sampler", "ddim")
-    assert (ddim.kind, ddim.options, ddim.num_inference_steps) == ("ddim", {"eta": 0.0}, 7)
+    assert (ddim.kind, ddim.options, ddim.num_inference_steps) == ("ddim", {"eta": 0.0}, 50)
+    assert config("--sampler", "ddim", "--steps", "7").num_inference_steps == 7
     assert ddim.clip_sample and config("--sampler", "ddim", "--no-clip").clip_sample is False
     assert config("--sampler", "ddim", "--eta", "0.25").options == {"eta": 0.25}
     # our own checkpoints without a sampler: core's default
