@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -58,27 +58,32 @@ from app.widgets import (
 from app.worker import Job, JobControl, JobRunner, JobStatus
 from core import checkpoint as core_checkpoint
 from core.checkpoint import Checkpoint, build_model_from_checkpoint, load_checkpoint
-from core.data import is_builtin_digits, load_image
+from core.data import is_builtin_digits
 from core.diffusers_models import find_diffusers_model
-from core.errors import ConfigError, DiffusionStudioError
+from core.errors import DiffusionStudioError
 from core.export import (
     make_grid,
-    render_points,
-    reverse_caption,
+    reverse_pictures,
     save_gif,
     save_png_frames,
     select_frame_indices,
-    upscale_nearest,
 )
 from core.guidance import (
     DEFAULT_GUIDANCE_SCALE,
     MAX_GUIDANCE_SCALE,
     check_guidance_scale,
-    sampling_labels,
 )
 from core.models import count_parameters
-from core.samplers import SamplerConfig, default_sampler_config, make_sampler
-from core.sampling import MAX_FRAMES, Frame, Trajectory, sample, sampling_timesteps
+from core.samplers import default_sampler_config, make_sampler
+from core.sampling import (
+    MAX_FRAMES,
+    Frame,
+    SampleRequest,
+    Trajectory,
+    prepare_sampling,
+    sampling_timesteps,
+    start_image_tensor,
+)
 from core.schedule import NoiseSchedule
 
 log = logging.getLogger(__name__)
@@ -107,19 +112,8 @@ IMAGE_VIEWS = [
     ("One sample: x_t | x_0 prediction", VIEW_PAIR),
 ]
 POINT_VIEWS = [("Point cloud with trails", VIEW_POINTS)]
-
-
-@dataclass(frozen=True)
-class SampleRequest:
-    """One sampling job's settings."""
-
-    sampler: SamplerConfig
-    num_samples: int
-    seed: int
-    start_image: Path | None
-    start_t: int | None
-    label: int | None = None  # a class-conditional model: one class, None = every class in turn
-    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+# the view each export choice is in core.export.reverse_pictures
+CORE_VIEWS = {VIEW_GRID_XT: "xt", VIEW_GRID_X0: "x0", VIEW_PAIR: "pair", VIEW_POINTS: "xt"}
 
 
 def _copy_frame(frame: Frame) -> Frame:
@@ -709,7 +703,7 @@ class PlaybackPanel(Panel):
                 return False
         try:
             request = self.request()
-            x_start = self._start_tensor(ckpt, request)
+            start_image_tensor(ckpt, request)  # an unreadable start image: said here
         except DiffusionStudioError as exc:
             self.show_problem("Cannot sample", str(exc))
             return False
@@ -724,23 +718,7 @@ class PlaybackPanel(Panel):
         self._made_name = run_name(ckpt, request)
 
         def run() -> Iterator[Frame]:  # worker thread
-            model = build_model_from_checkpoint(ckpt)
-            schedule = NoiseSchedule(ckpt.schedule_config)
-            sampler = make_sampler(request.sampler, schedule, ckpt.prediction_type)
-            generator = torch.Generator().manual_seed(request.seed)
-            labels = sampling_labels(model, request.num_samples, request.label)
-            for frame in sample(
-                model,
-                schedule,
-                sampler,
-                request.num_samples,
-                ckpt.sample_shape,
-                generator,
-                x_start=x_start,
-                t_start=request.start_t,
-                labels=labels,
-                guidance_scale=request.guidance_scale,
-            ):
+            for frame in prepare_sampling(ckpt, request).frames:
                 yield _copy_frame(frame)
 
         def status(frame: Frame) -> JobStatus:
@@ -753,15 +731,6 @@ class PlaybackPanel(Panel):
         self.redraw_timer.start()
         self._update_buttons()
         return True
-
-    def _start_tensor(self, ckpt: Checkpoint, request: SampleRequest) -> torch.Tensor | None:
-        if request.start_image is None:
-            return None
-        if ckpt.is_points:
-            raise ConfigError("'start from an image' needs an image model, not a 2-D point model")
-        channels, height, width = ckpt.sample_shape
-        image = load_image(request.start_image, size=(height, width), channels=channels)
-        return torch.from_numpy(image)
 
     def _on_frame(self, frame: object) -> None:
         if isinstance(frame, Frame) and self.trajectory is not None:
@@ -958,31 +927,19 @@ class PlaybackPanel(Panel):
         if lo > hi:
             lo, hi = hi, lo
         picks = lo + select_frame_indices(hi - lo + 1, self.export_frames.value())
-        view = self.export_view.currentData()
         scale = self.export_scale.value()
-        k = min(self.sample_index.value(), traj.x_t(0).shape[0] - 1)
-        frames = []
-        captions = [reverse_caption(int(traj.timesteps[int(i)])) for i in picks]
-        for i in picks:
-            i = int(i)
-            if traj.is_points:
-                first = max(0, i - TRAIL_FRAMES)
-                trails = np.stack([traj.x_t(j) for j in range(first, i)]) if i > first else None
-                picture = render_points(
-                    traj.x_t(i), size=128 * min(scale, 4), extent=POINT_EXTENT, trails=trails
-                )
-                frames.append(picture)
-                continue
-            if view == VIEW_GRID_X0:
-                picture = make_grid(traj.pred_x0(i), padding=1, pad_value=255)
-            elif view == VIEW_PAIR:
-                picture = make_grid(
-                    np.stack([traj.x_t(i)[k], traj.pred_x0(i)[k]]), padding=1, pad_value=255
-                )
-            else:
-                picture = make_grid(traj.x_t(i), padding=1, pad_value=255)
-            frames.append(upscale_nearest(picture, scale))
-        return frames, captions
+        return reverse_pictures(
+            traj,
+            [int(i) for i in picks],
+            CORE_VIEWS[self.export_view.currentData()],
+            sample_index=self.sample_index.value(),
+            scale=scale,
+            point_size=128 * min(scale, 4),
+            point_extent=POINT_EXTENT,
+            trail_frames=TRAIL_FRAMES,
+            padding=1,
+            pad_value=255,
+        )
 
     def export_gif(self) -> None:
         """Write the chosen frames as a GIF, t written on every frame (in the worker)."""
