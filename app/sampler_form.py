@@ -333,6 +333,8 @@ class SamplerForm(QWidget):
             page.setVisible(name == spec.name)
         self._common_form.setRowVisible(self.karras, spec.karras)
         if not self._updating:
+            # a sampler the user picks comes with its own Karras default (Heun: on)
+            self.karras.setChecked(spec.default_karras)
             self._recheck_all()
 
     def _emit_changed(self) -> None:

@@ -167,7 +167,12 @@ def convergence(
                 "reference by its own noise, not by its accuracy"
             )
     counts = check_step_counts(step_counts, schedule.num_timesteps)
-    runs = [SamplerConfig(n, c, SPACING, clip_sample=clip_sample) for n in samplers for c in counts]
+    # each sampler as it is used by default (Heun on Karras sigmas: `SamplerSpec.default_karras`)
+    runs = [
+        SamplerConfig(n, c, SPACING, clip_sample=clip_sample, karras=REGISTRY[n].default_karras)
+        for n in samplers
+        for c in counts
+    ]
     if reference_samples is None:
         reference = reference or reference_config(schedule, prediction_type, clip_sample)
         runs.insert(0, reference)

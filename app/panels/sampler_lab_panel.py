@@ -90,7 +90,13 @@ from core.guidance import (
     check_guidance_scale,
     sampling_labels,
 )
-from core.samplers import REGISTRY, SamplerConfig, default_sampler_config, make_sampler
+from core.samplers import (
+    REGISTRY,
+    SamplerConfig,
+    default_sampler_config,
+    make_sampler,
+    sampler_defaults,
+)
 from core.sampling import MAX_FRAMES, Frame, Trajectory, sample
 from core.schedule import NoiseSchedule
 
@@ -424,11 +430,8 @@ class SamplerLabPanel(Panel):
         column = LabColumn(len(self.columns))
         used = {c.form.spec.name for c in self.columns}
         name = next((n for n in REGISTRY if n not in used), next(iter(REGISTRY)))
-        spec = REGISTRY[name]
         clip = self.columns[0].form.clip_x0.isChecked() if self.columns else False
-        column.form.set_config(
-            SamplerConfig(name, spec.default_steps, "trailing", clip_sample=clip)
-        )
+        column.form.set_config(sampler_defaults(name, clip))
         self._set_form_model(column.form)
         column.form.changed.connect(self._update_buttons)
         self.columns.append(column)

@@ -141,3 +141,14 @@ def test_saved_settings_round_trip_and_a_vanished_sampler_is_skipped(form, show)
     assert third.option_widget("eta", "ddim").value() == 0.5  # what still fits is restored
     assert third.valid
     assert third.restore("garbage") != []
+
+
+def test_picking_a_sampler_sets_its_karras_default(form):
+    """Heun comes with Karras sigmas ticked (its default: without them its first step on the
+    cosine schedule ruins the samples); a sampler without that default unticks it."""
+    set_combo_data(form.kind, "heun")
+    assert form.karras.isChecked() and form.config().karras
+    set_combo_data(form.kind, "euler")
+    assert not form.karras.isChecked() and not form.config().karras
+    form.karras.setChecked(True)  # the user's own choice stays until the sampler changes
+    assert form.config().karras
