@@ -254,11 +254,8 @@ def test_getting_started_opens_offline_and_walks_every_panel(window, qtbot):
     dialog = window.findChild(GettingStartedDialog)
     assert dialog is not None and dialog.isVisible()
     text = dialog.browser.toPlainText()
-    # The Sampler Lab (issue 15) is not in resources/help/getting-started.html yet: the page
-    # needs a paragraph on it (owned elsewhere); until then it is the one tab left out here.
     for i in range(window.tabs.count()):
-        if window.tabs.tabText(i) != "Sampler Lab":
-            assert window.tabs.tabText(i) in text
+        assert window.tabs.tabText(i) in text
     assert "cumulative product" in text and "Sample" in text and "Start" in text
     window.getting_started_action.trigger()  # again: the same window, not a second one
     assert window.findChildren(GettingStartedDialog) == [dialog]
