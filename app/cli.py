@@ -424,6 +424,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="a .safetensors checkpoint")
     p.add_argument("--out", required=True, type=Path, metavar="CKPT", help="the file to write")
     p.add_argument("--half", action="store_true", help="store the weights as float16")
+    # inspect
+    p = sub.add_parser(
+        "inspect",
+        help="what a model sees and gets wrong at a timestep t, on one image",
+        description="Noise IMAGE (resized to the model) to timestep t with seeded noise and "
+        "show the model's view: x_t, the true and the predicted noise, the predicted x0 and "
+        "the x0 error. Prints the training loss in the model's own parametrisation and the "
+        "x0 / noise mean squared errors at t; --csv writes them for every t.",
+    )
+    p.add_argument("image", type=Path, help="an image file (PNG, JPEG, ...)")
+    p.add_argument(
+        "--checkpoint", required=True, type=Path, metavar="CKPT", help="an image model's checkpoint"
+    )
+    p.add_argument("--t", type=int, metavar="T", help="the timestep, 0..T-1 (default: T // 2)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
+    p.add_argument(
+        "--label",
+        type=int,
+        metavar="K",
+        help="class K for a class-conditional model (default: no label)",
+    )
+    p.add_argument("--png", type=Path, metavar="OUT.png", help="write the row of panels at t")
+    p.add_argument(
+        "--csv",
+        type=Path,
+        metavar="OUT.csv",
+        help="write t, log_snr, loss, x0_mse, eps_mse for every t = 0..T-1",
+    )
+    p.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default="cpu",
+        help="compute device (default: %(default)s)",
+    )
     return parser
 
 
@@ -773,6 +807,52 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from app.progress import ProgressBar
+    from core.checkpoint import load_checkpoint
+    from core.device import resolve_device
+    from core.inspect import (
+        collect_curve,
+        inspect_at,
+        inspect_image,
+        iter_curve,
+        save_curve_csv,
+        setup_from_checkpoint,
+    )
+    from core.inspect_render import save_row_png
+
+    ckpt = load_checkpoint(args.checkpoint)
+    if ckpt.is_points:
+        raise CliError("inspect needs an image model; this checkpoint is a 2-D point model")
+    steps = ckpt.schedule_config.num_timesteps
+    t = steps // 2 if args.t is None else args.t
+    if not 0 <= t < steps:
+        raise CliError(f"--t {t} is out of range: this model's timesteps are 0..{steps - 1}")
+    image = inspect_image(ckpt, args.image)
+    setup = setup_from_checkpoint(
+        ckpt, image, seed=args.seed, label=args.label, device=resolve_device(args.device)
+    )
+    record = inspect_at(setup, t)
+    print(
+        f"t = {t}: log_snr {record.log_snr:.4g}, loss ({record.prediction_type}) "
+        f"{record.loss:.6g}, x0_mse {record.x0_mse:.6g}, eps_mse {record.eps_mse:.6g}"
+    )
+    if args.png is not None:
+        save_row_png(args.png, record)
+        print(f"wrote {args.png}")
+    if args.csv is not None:
+        bar = ProgressBar("inspect")
+        batches = []
+        for batch in iter_curve(setup):
+            batches.append(batch)
+            bar.update(batch.done / batch.total, f"t {batch.done}/{batch.total}")
+        bar.update(1.0, f"t {steps}/{steps}", force=True)
+        bar.close()
+        save_curve_csv(args.csv, collect_curve(setup, batches))
+        print(f"wrote {args.csv} ({steps} rows)")
+    return 0
+
+
 COMMANDS = {
     "schedule": cmd_schedule,
     "forward": cmd_forward,
@@ -780,6 +860,7 @@ COMMANDS = {
     "sample": cmd_sample,
     "samplers": cmd_samplers,
     "export": cmd_export,
+    "inspect": cmd_inspect,
 }
 
 
