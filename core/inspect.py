@@ -37,28 +37,10 @@ from core.samplers import PredictionType
 from core.samplers.base import split_prediction
 from core.schedule import NoiseSchedule
 from core.schedule_table import _cell
+from core.training import training_target
 
 CURVE_BATCH = 50  # timesteps per network evaluation of the curve (T = 1000: 20 progress steps)
 CURVE_COLUMNS = ("t", "log_snr", "loss", "x0_mse", "eps_mse")
-
-
-def training_target(
-    schedule: NoiseSchedule,
-    prediction_type: PredictionType,
-    x0: torch.Tensor,
-    noise: torch.Tensor,
-    t: torch.Tensor,
-) -> torch.Tensor:
-    """What the network is trained to output (core.training's objective): eps (epsilon),
-    v = sqrt(ab_t) eps - sqrt(1 - ab_t) x_0 (v; Salimans & Ho 2022) or x_0 (x0).
-    x0, noise: (B, ...); t: (B,). Returns (B, ...)."""
-    if prediction_type == "epsilon":
-        return noise
-    if prediction_type == "v":
-        return schedule.velocity(x0, noise, t)
-    if prediction_type == "x0":
-        return x0
-    raise ConfigError(f"unknown prediction type {prediction_type!r}")
 
 
 def seeded_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:

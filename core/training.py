@@ -282,6 +282,25 @@ def preset_config(
     return TrainConfig(**base)
 
 
+def training_target(
+    schedule: NoiseSchedule,
+    prediction_type: PredictionType,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+) -> torch.Tensor:
+    """What the network is trained to output (the objective above): eps (epsilon),
+    v = sqrt(ab_t) eps - sqrt(1 - ab_t) x_0 (v; Salimans & Ho 2022) or x_0 (x0).
+    x0, noise: (B, ...); t: (B,). Returns (B, ...)."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v":
+        return schedule.velocity(x0, noise, t)
+    if prediction_type == "x0":
+        return x0
+    raise ConfigError(f"unknown prediction type {prediction_type!r}")
+
+
 @dataclass(frozen=True)
 class TrainProgress:
     """One optimizer step.
@@ -592,12 +611,7 @@ class Trainer:
         labels = self._labels_for(index)
         x0, noise, t_dev = x0.to(self.device), noise.to(self.device), t.to(self.device)
         x_t = self.schedule.add_noise(x0, noise, t_dev)  # DDPM eq. 4
-        if config.prediction_type == "epsilon":
-            target = noise
-        elif config.prediction_type == "v":
-            target = self.schedule.velocity(x0, noise, t_dev)
-        else:
-            target = x0
+        target = training_target(self.schedule, config.prediction_type, x0, noise, t_dev)
         lr = learning_rate_at(config, self.step, self.fraction_done())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
