@@ -43,21 +43,8 @@ from core.samplers.base import (
     register,
     unsupported_settings,
 )
-from core.samplers.sigmas import karras_sigmas, sigma_to_t
+from core.samplers.sigmas import karras_sigmas, schedule_sigmas, sigma_to_t
 from core.schedule import NoiseSchedule
-
-# diffusers' DPM-Solver and UniPC schedulers put alphabar_{T-1} = 2^-24 on a zero-terminal-SNR
-# schedule ("close to 0 without being 0 so first sigma is not inf").
-ZERO_SNR_LAST_ALPHABAR = 2.0**-24
-
-
-def vp_sigma_table(schedule: NoiseSchedule) -> np.ndarray:
-    """s_t = sqrt((1 - alphabar_t) / alphabar_t) for t = 0..T-1, float64 (T,) (diffusers'
-    `sigmas` of these schedulers, with alphabar_{T-1} = 2^-24 on a zero-terminal-SNR schedule)."""
-    alphabar = schedule.alphas_cumprod.double().numpy().copy()
-    if schedule.config.zero_terminal_snr:
-        alphabar[-1] = ZERO_SNR_LAST_ALPHABAR
-    return np.sqrt((1.0 - alphabar) / alphabar)
 
 
 def multistep_timesteps(T: int, n: int, spacing: str) -> np.ndarray:
@@ -118,7 +105,7 @@ class VPMultistepSampler(Sampler):
     ) -> None:
         super().__init__(schedule, prediction_type, clip_sample, clip_range)
         self.karras = bool(karras)
-        self.table = vp_sigma_table(schedule)
+        self.table = schedule_sigmas(schedule)
         self.history: list[Point] = []
         self.set_timesteps(schedule.num_timesteps, "trailing")
 

@@ -46,20 +46,6 @@ from core.samplers.base import (
 from core.samplers.sigmas import karras_sigmas, schedule_sigmas, sigma_to_t
 from core.schedule import NoiseSchedule
 
-# diffusers' stand-in for alphabar_{T-1} = 0 on a zero-terminal-SNR schedule (sigma would be
-# infinite): fp16's smallest subnormal, which gives sigma_max ~ 4096.
-ZERO_SNR_ALPHABAR = 2.0**-24
-
-
-def sigma_table(schedule: NoiseSchedule) -> np.ndarray:
-    """sigma_t for t = 0..T-1, float64 (T,), with alphabar = 0 (zero terminal SNR) read as
-    2^-24 as diffusers does."""
-    alphabar = schedule.alphas_cumprod.double().numpy()
-    if alphabar[-1] > 0:
-        return schedule_sigmas(schedule)
-    alphabar = np.where(alphabar > 0, alphabar, ZERO_SNR_ALPHABAR)
-    return np.sqrt((1.0 - alphabar) / alphabar)
-
 
 class SigmaSampler(Sampler):
     """What the samplers in the sigma scale share: sigmas, timesteps, input scaling, noising.
@@ -93,7 +79,7 @@ class SigmaSampler(Sampler):
         steps = make_timesteps(T, num_inference_steps, spacing).astype(np.float64)
         if spacing == "linspace":
             steps = np.linspace(0.0, T - 1, num_inference_steps)[::-1].copy()
-        table = sigma_table(self.schedule)
+        table = schedule_sigmas(self.schedule)
         sigmas = np.interp(steps, np.arange(T), table)  # linear in sigma between timesteps
         if self.karras:
             # Karras et al. eq. 5 between the spaced sigmas' ends; t interpolated in log sigma

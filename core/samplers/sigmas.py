@@ -13,11 +13,16 @@ import numpy as np
 from core.schedule import NoiseSchedule
 
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5 and Table 1
+# diffusers' stand-in for alphabar_{T-1} = 0 on a zero-terminal-SNR schedule, where sigma would
+# be infinite ("close to 0 without being 0"): fp16's smallest subnormal, sigma_max ~ 4096.
+ZERO_SNR_ALPHABAR = 2.0**-24
 
 
 def schedule_sigmas(schedule: NoiseSchedule) -> np.ndarray:
-    """sigma_t for t = 0..T-1, float64 (T,), ascending."""
+    """sigma_t for t = 0..T-1, float64 (T,), ascending; alphabar = 0 (zero terminal SNR) is
+    read as 2^-24, as diffusers' sigma-based and multistep schedulers do."""
     alphabar = schedule.alphas_cumprod.double().numpy()
+    alphabar = np.where(alphabar > 0, alphabar, ZERO_SNR_ALPHABAR)
     return np.sqrt((1.0 - alphabar) / alphabar)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.samplers.dpm_solver import ZERO_SNR_LAST_ALPHABAR
+from core.samplers.sigmas import ZERO_SNR_ALPHABAR
 from core.sampling import first_step, sample
 from core.schedule import NoiseSchedule, ScheduleConfig
 
@@ -50,7 +50,7 @@ def diffusers_scheduler(
     if tables == "ours":
         alphabar = NoiseSchedule(config).alphas_cumprod.clone()
         if config.zero_terminal_snr:
-            alphabar[-1] = ZERO_SNR_LAST_ALPHABAR  # what diffusers does to its own table
+            alphabar[-1] = ZERO_SNR_ALPHABAR  # what diffusers does to its own table
         ref.alphas_cumprod = alphabar
     ref.set_timesteps(steps)
     if tables == "ours":
