@@ -184,6 +184,7 @@ LINKS: tuple[Link, ...] = (
     Link("training", "model_trained", "playback", "set_trained_checkpoint"),
     Link("training", "open_in_playback", "playback", "open_trained_checkpoint", show=True),
     Link("playback", "model_changed", "lab", "set_checkpoint", _playback_model),
+    Link("playback", "model_changed", "forward", "set_playback_model"),
     Link("lab", "choose_model", "playback", "show_model_choice", show=True),
 )
 

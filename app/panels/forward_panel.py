@@ -5,6 +5,12 @@ seed. Slider position k = 0 shows the clean image x_0; k = 1..T shows timestep i
 All of that maths is `core.forward.ForwardProcess` (the CLI uses the same): it is rebuilt when
 the image, seed or schedule changes, so a slider move is one fused multiply-add over the image
 (x_t_uint8) and one over a fixed pixel subsample for the histogram (x_t_sample).
+
+The "Timestep inspector" tab (issue 16) shows, for a chosen image model, what the network makes
+of this image noised to the slider's t with the panel's seed: `core.inspect.inspect_at` (one
+forward pass per slider move, in the GUI thread) drawn by `core.inspect_render.panel_pictures`,
+and the errors over every t (`core.inspect.iter_curve`, in a worker, recomputed only when the
+image, seed, model or label changes). No model chosen: no torch work at all.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
@@ -26,6 +33,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QSlider,
     QSplitter,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -41,19 +49,37 @@ from app.widgets import (
     Persistent,
     button,
     check_box,
+    combo_box,
     control_column,
     controls_beside_views,
     form_group,
     guard_wheel_in,
     pinned_below,
     pixmap_from_uint8,
+    plot_widget,
+    set_combo_data,
     spin_box,
 )
 from app.worker import Job, JobRunner, JobStatus
-from core.data import default_photo_path, load_image, sample_photo_paths
+from core import checkpoint as core_checkpoint
+from core.checkpoint import Checkpoint, load_checkpoint
+from core.data import default_photo_path, is_builtin_digits, load_image, sample_photo_paths
 from core.errors import DiffusionStudioError
 from core.export import forward_caption, save_gif
 from core.forward import ForwardProcess
+from core.inspect import (
+    CurveBatch,
+    InspectCurve,
+    InspectRecord,
+    InspectSetup,
+    collect_curve,
+    inspect_at,
+    inspect_image,
+    iter_curve,
+    save_curve_csv,
+    setup_from_checkpoint,
+)
+from core.inspect_render import PANEL_CAPTIONS, panel_pictures, save_row_png
 from core.schedule import NoiseSchedule, ScheduleConfig
 
 DISPLAY_MAX_SIDE = 512
@@ -62,6 +88,14 @@ FILMSTRIP_FRAMES = 8
 HIST_RANGE = (-4.0, 4.0)
 HIST_BINS = np.linspace(*HIST_RANGE, 81)
 HIST_TOP = 0.6  # fixed y range 0..0.6 (N(0, 1) peaks at 0.40); widened only when needed
+
+PNG_FILTER = "PNG image (*.png)"
+NO_INSPECT_MODEL = (
+    "The timestep inspector shows what an image model predicts for this image at the "
+    "slider's t. Choose a model above (nothing is computed until then)."
+)
+INSPECT_ERROR_COLORS = {"loss": (31, 119, 180), "x0_mse": (214, 39, 40)}
+LOG_SNR_COLOR = (120, 120, 120)
 
 
 @dataclass(frozen=True)
@@ -89,6 +123,17 @@ class ForwardPanel(Panel):
         self.xt: np.ndarray | None = None  # the displayed x_t, uint8 (H, W) or (H, W, 3)
         self._hist_top = HIST_TOP
         self.export_runner = self.make_export_runner("forward-export")
+        # the timestep inspector: its model list (a Path until first chosen), what it shows
+        self.inspect_models: dict[str, Checkpoint | Path] = {}
+        self.inspect_ckpt: Checkpoint | None = None
+        self.inspect_setup: InspectSetup | None = None
+        self.inspect_record: InspectRecord | None = None
+        self.inspect_curve: InspectCurve | None = None
+        self._curve_batches: list[CurveBatch] = []
+        self._inspect_key: tuple[Any, ...] | None = None  # (model, image, seed, label) shown
+        self.curve_runner = self.make_job_runner(
+            "inspector-curve", self._on_curve_batch, self._on_curve_ended, self._on_curve_failed
+        )
         self._build()
         self._show_schedule()
         self.play_timer = QTimer(self)
@@ -257,11 +302,18 @@ class ForwardPanel(Panel):
         right_layout.setContentsMargins(0, 0, 0, 0)
         right_layout.addWidget(top, 1)
         right_layout.addWidget(self.filmstrip)
+        self.view_tabs = QTabWidget()
+        self.view_tabs.setDocumentMode(True)
+        self.view_tabs.addTab(right, "Noised image")
+        self.view_tabs.addTab(self._build_inspector(), "Timestep inspector")
+        self.view_tabs.setTabToolTip(
+            1, "What a model predicts for this image at t, and its errors over every t"
+        )
 
         settings = control_column((image_box, noise_box, t_box, gif_box), 300)
         # Export GIF and the error line stay on screen under the settings (small screens)
         controls = pinned_below(settings, self.gif_button, self.error)
-        self.splitter = controls_beside_views(self, controls, right)
+        self.splitter = controls_beside_views(self, controls, self.view_tabs)
 
         # The GIF settings and the seed keep their ranges (core has no GIF settings object; the
         # seed's is what the noise generator takes here): a value typed outside one is refused
@@ -272,6 +324,7 @@ class ForwardPanel(Panel):
         self.seed_field = FieldCheck(self)
         self.seed_field.add(self.seed, keep_range=True)
         guard_wheel_in(self)
+        self._add_pretrained_inspect_models()
 
     # ------------------------------------------------------------------ inputs
 
@@ -362,6 +415,7 @@ class ForwardPanel(Panel):
         process = self.process
         if process is None:
             return
+        self._refresh_inspector()
         self._show_numbers(k)
         xt = process.x_t_uint8(k)  # uint8 (H, W, C)
         self.xt = xt[..., 0] if xt.shape[2] == 1 else xt
@@ -417,6 +471,363 @@ class ForwardPanel(Panel):
         if index < len(self.filmstrip_positions):
             self.slider.setValue(self.filmstrip_positions[index])
 
+    # ------------------------------------------------------------------ timestep inspector
+
+    def _build_inspector(self) -> QWidget:
+        """The inspector's tab: model and label, the row of five panels, the numbers, the
+        curve of the errors over t, and its two exports."""
+        self.inspect_model = combo_box(
+            [("None (inspector off)", None)],
+            "The image model to inspect: the bundled ones, and the model chosen on the "
+            "Playback tab",
+        )
+        self.inspect_model.currentIndexChanged.connect(self._on_inspect_model_chosen)
+        self.inspect_label = combo_box(
+            [("no label", None)], "The class label given to a class-conditional model"
+        )
+        self.inspect_label.currentIndexChanged.connect(self._on_inspect_input_changed)
+        self.inspect_png_button = button(
+            "Export PNG…", "Save the row of panels at t, with its numbers, as a PNG"
+        )
+        self.inspect_png_button.clicked.connect(self.export_inspect_png)
+        self.inspect_csv_button = button(
+            "Export CSV…", "Save the curve (t, log-SNR, loss, x0 MSE, eps MSE) as CSV"
+        )
+        self.inspect_csv_button.clicked.connect(self.export_inspect_csv)
+        self.inspect_message = QLabel(NO_INSPECT_MODEL)
+        self.inspect_message.setWordWrap(True)
+        self.inspect_numbers = QLabel()
+        self.inspect_numbers.setTextFormat(Qt.TextFormat.RichText)
+        self.inspect_numbers.setToolTip(
+            "loss: the training loss in the model's own parametrisation (eps, v or x0), "
+            "unweighted; x0 MSE and eps MSE: of the model's x_0 and eps estimates "
+            "([-1, 1] pixel scale)"
+        )
+        choices = QHBoxLayout()
+        choices.addWidget(QLabel("Model"))
+        choices.addWidget(self.inspect_model, 2)
+        choices.addWidget(QLabel("Class"))
+        choices.addWidget(self.inspect_label, 1)
+        choices.addWidget(self.inspect_png_button)
+        choices.addWidget(self.inspect_csv_button)
+
+        self.inspect_views = [ImageView(caption) for caption in PANEL_CAPTIONS]
+        tips = (
+            "x_t: the image (resized to the model) noised to t with the panel's seed",
+            "The true noise eps (shown as eps / 3: +-3 sigma spans black..white)",
+            "The noise the model predicts (same scale as the true noise)",
+            "The x_0 the model predicts, in [-1, 1]",
+            "|predicted x_0 - x_0| on a black-red-yellow-white ramp (1 or more is white)",
+        )
+        row = QHBoxLayout()
+        for view, tip in zip(self.inspect_views, tips):
+            view.setMinimumSize(90, 90)
+            view.setToolTip(tip)
+            row.addWidget(view)
+
+        self.curve_plot = plot_widget(
+            "Errors of this image against t",
+            "The loss and the x0 MSE at every t (same image, same noise), log scale; the "
+            "grey dashes are log-SNR_t (right axis); the vertical line is the slider's t",
+        )
+        self.curve_plot.setMenuEnabled(False)
+        item = self.curve_plot.getPlotItem()
+        item.setLogMode(x=False, y=True)
+        item.setLabel("bottom", "t")
+        item.setLabel("left", "error")
+        item.addLegend(offset=(-10, 10))
+        self.curve_items = {
+            name: self.curve_plot.plot(
+                [], [], pen=pg.mkPen(color, width=2), name="loss" if name == "loss" else "x0 MSE"
+            )
+            for name, color in INSPECT_ERROR_COLORS.items()
+        }
+        # log-SNR on a second axis: its own view box, x linked to the plot's
+        self.snr_view = pg.ViewBox(enableMenu=False)
+        item.showAxis("right")
+        item.scene().addItem(self.snr_view)
+        item.getAxis("right").linkToView(self.snr_view)
+        item.getAxis("right").setLabel("log-SNR")
+        self.snr_view.setXLink(item)
+        self.snr_curve = pg.PlotDataItem(
+            [], [], pen=pg.mkPen(LOG_SNR_COLOR, width=1, style=Qt.PenStyle.DashLine)
+        )
+        self.snr_view.addItem(self.snr_curve)
+        item.vb.sigResized.connect(lambda: self.snr_view.setGeometry(item.vb.sceneBoundingRect()))
+        self.curve_marker = pg.InfiniteLine(0, angle=90, pen=pg.mkPen((0, 0, 0), width=1))
+        self.curve_plot.addItem(self.curve_marker)
+
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(choices)
+        layout.addWidget(self.inspect_message)
+        layout.addLayout(row, 2)
+        layout.addWidget(self.inspect_numbers)
+        layout.addWidget(self.curve_plot, 3)
+        self._clear_inspector(NO_INSPECT_MODEL)
+        return page
+
+    def _add_pretrained_inspect_models(self) -> None:
+        """The bundled models join the inspector's Model list (none is chosen)."""
+        paths = core_checkpoint.pretrained_checkpoint_paths()
+        for name in sorted(paths, key=lambda name: (name != "digits", name)):  # images first
+            path = paths[name]
+            key = f"pretrained:{name}"
+            self.inspect_models[key] = path
+            self.inspect_model.addItem(f"Pretrained: {name}", key)
+
+    def set_playback_model(self, ckpt: Checkpoint | None) -> None:
+        """The model chosen on the Playback tab joins the list as "Playback's model" (chosen
+        here only by the user; no model on Playback takes the entry away)."""
+        key = "playback"
+        index = self.inspect_model.findData(key)
+        if ckpt is None:
+            if index >= 0:
+                self.inspect_model.removeItem(index)  # a current entry: the choice moves on
+            self.inspect_models.pop(key, None)
+            return
+        self.inspect_models[key] = ckpt
+        data = str((ckpt.data or {}).get("name", "model"))
+        label = f"Playback's model ({data}, {ckpt.model_config.kind})"
+        if index < 0:
+            self.inspect_model.addItem(label, key)
+        else:
+            self.inspect_model.setItemText(index, label)
+            if self.inspect_model.currentIndex() == index:
+                self._on_inspect_model_chosen()  # another model under the same entry
+
+    def choose_inspect_model(self, key: str | None) -> bool:
+        """Choose the inspector's model by its key ("pretrained:digits", "playback", None)."""
+        return set_combo_data(self.inspect_model, key)
+
+    def _on_inspect_model_chosen(self, _index: int = 0) -> None:
+        key = self.inspect_model.currentData()
+        model = self.inspect_models.get(key) if key is not None else None
+        if isinstance(model, Path):  # a bundled file, loaded when first chosen
+            try:
+                model = load_checkpoint(model)
+            except DiffusionStudioError as exc:
+                self.inspect_ckpt = None
+                self._clear_inspector(f"Cannot open this model: {exc}")
+                return
+            self.inspect_models[key] = model
+        self.inspect_ckpt = model
+        self._inspect_key = None  # a new model: everything is computed again
+        if model is None:
+            self._clear_inspector(NO_INSPECT_MODEL)
+            return
+        if model.is_points:
+            self._clear_inspector(
+                "The timestep inspector needs an image model: this one is a 2-D point model. "
+                "Choose an image model (such as the pretrained digits) above."
+            )
+            return
+        self._fill_inspect_labels(model)
+        self._refresh_inspector()
+
+    def _fill_inspect_labels(self, model: Checkpoint) -> None:
+        """ "no label" and each class for a class-conditional model (the choice kept where it
+        still exists); an unconditional model takes no label."""
+        classes = int(getattr(model.model_config, "num_classes", 0) or 0)
+        chosen = self.inspect_label.currentData()
+        self.inspect_label.blockSignals(True)
+        self.inspect_label.clear()
+        if classes:
+            digits = is_builtin_digits(str((model.data or {}).get("name")))
+            self.inspect_label.addItem("no label", None)
+            for k in range(classes):
+                self.inspect_label.addItem(str(k) if digits else f"class {k}", k)
+            if chosen is not None and chosen < classes:
+                set_combo_data(self.inspect_label, chosen)
+        else:
+            self.inspect_label.addItem("unconditional (no label)", None)
+        self.inspect_label.setEnabled(bool(classes))
+        self.inspect_label.blockSignals(False)
+
+    def _on_inspect_input_changed(self, _index: int = 0) -> None:
+        self._refresh_inspector()
+
+    def _clear_inspector(self, message: str) -> None:
+        """Nothing inspected: the message says what the inspector needs; no job left running."""
+        if self.curve_runner.is_running:
+            self.curve_runner.cancel()
+        self.inspect_setup = None
+        self.inspect_record = None
+        self.inspect_curve = None
+        self._curve_batches = []
+        self._inspect_key = None
+        self.inspect_message.setText(message)
+        self.inspect_message.setVisible(True)
+        self.inspect_numbers.setText("")
+        for view in self.inspect_views:
+            view.clear_image()
+        self._draw_curve()
+        self.inspect_png_button.setEnabled(False)
+        self.inspect_csv_button.setEnabled(False)
+
+    def inspect_t(self) -> int | None:
+        """The timestep the inspector shows: the slider's t (0 for the clean image), at most
+        the model's T - 1; None while nothing is inspected."""
+        if self.inspect_setup is None:
+            return None
+        return min(self.timestep() or 0, self.inspect_setup.num_timesteps - 1)
+
+    def _refresh_inspector(self) -> None:
+        """Rebuild what is inspected when the model, image, seed or label changed (and start
+        its curve in the worker); then show the row at the slider's t (one forward pass)."""
+        ckpt = self.inspect_ckpt
+        if ckpt is None or ckpt.is_points:
+            return
+        if self.image_path is None or self.process is None:
+            self._clear_inspector("Load an image to inspect.")
+            return
+        label = self.inspect_label.currentData()
+        key = (id(ckpt), str(self.image_path), self.process.seed, label)
+        if key != self._inspect_key:
+            try:
+                image = inspect_image(ckpt, self.image_path)
+                setup = setup_from_checkpoint(ckpt, image, seed=self.process.seed, label=label)
+            except DiffusionStudioError as exc:
+                self._clear_inspector(f"Cannot inspect this image with this model: {exc}")
+                return
+            self.inspect_setup = setup
+            self._inspect_key = key
+            self.inspect_message.setVisible(False)
+            self._start_curve(ckpt, image, self.process.seed, label)
+        self._show_inspect_row()
+
+    def _show_inspect_row(self) -> None:
+        """The five panels, the numbers and the curve's marker at the inspected t."""
+        setup, t = self.inspect_setup, self.inspect_t()
+        if setup is None or t is None:
+            return
+        record = inspect_at(setup, t)
+        self.inspect_record = record
+        for view, picture in zip(self.inspect_views, panel_pictures(record)):
+            view.set_image(picture)
+        self.inspect_numbers.setText(inspect_numbers_text(record, self._inspect_notes(t)))
+        self.curve_marker.setValue(t)
+        self.inspect_png_button.setEnabled(True)
+
+    def _inspect_notes(self, t: int) -> list[str]:
+        """Where the inspector's t or schedule differ from the panel's."""
+        ckpt = self.inspect_ckpt
+        notes = []
+        if ckpt is not None and ckpt.schedule_config != self.schedule.config:
+            notes.append(f"the model's own schedule is used: {describe(ckpt.schedule_config)}")
+        shown = self.timestep()
+        if shown is None:
+            notes.append("the slider shows the clean image: t = 0 is inspected")
+        elif shown != t:
+            notes.append(f"the slider's t = {shown} is past this model's last t = {t}")
+        return notes
+
+    def _start_curve(self, ckpt: Checkpoint, image: Any, seed: int, label: int | None) -> None:
+        """The errors over every t in the worker, with its own copy of the model (a running
+        curve of the previous image, seed, model or label is cancelled)."""
+        self.inspect_curve = None
+        self._curve_batches = []
+        self._draw_curve()
+        self.inspect_csv_button.setEnabled(False)
+
+        def run() -> Iterator[CurveBatch]:
+            return iter_curve(setup_from_checkpoint(ckpt, image, seed=seed, label=label))
+
+        def status(batch: CurveBatch) -> JobStatus:
+            return JobStatus(
+                f"Inspector curve: t {batch.done}/{batch.total}", fraction=batch.done / batch.total
+            )
+
+        self.curve_runner.start(Job("Inspector curve", run, describe=status))
+
+    def _on_curve_batch(self, batch: CurveBatch) -> None:
+        # one record per network evaluation of CURVE_BATCH timesteps (T / 50 records in all)
+        self._curve_batches.append(batch)
+        self._draw_curve()
+
+    def _on_curve_ended(self, *_args: object) -> None:
+        """Finished: the complete curve (what Export CSV writes); cancelled: it stays partial."""
+        setup = self.inspect_setup
+        if setup is not None and self._curve_batches:
+            try:
+                self.inspect_curve = collect_curve(setup, self._curve_batches)
+            except DiffusionStudioError:  # not every t: cancelled part-way
+                self.inspect_curve = None
+        self.inspect_csv_button.setEnabled(self.inspect_curve is not None)
+        self._draw_curve()
+
+    def _on_curve_failed(self, message: str) -> None:
+        self.inspect_message.setText(f"The curve could not be computed: {message}")
+        self.inspect_message.setVisible(True)
+
+    def _draw_curve(self) -> None:
+        """The errors computed so far (all of them once the curve is complete), log-SNR."""
+        batches = sorted(self._curve_batches, key=lambda batch: int(batch.t[0]))
+        if not batches:
+            for curve in self.curve_items.values():
+                curve.setData([], [])
+            self.snr_curve.setData([], [])
+            return
+        t = np.concatenate([batch.t for batch in batches])
+        for name, curve in self.curve_items.items():
+            values = np.concatenate([getattr(batch, name) for batch in batches])
+            curve.setData(t, values)
+        if self.inspect_setup is not None:
+            log_snr = self.inspect_setup.schedule.log_snr.numpy().astype(np.float64)
+            finite = np.isfinite(log_snr)
+            self.snr_curve.setData(np.arange(len(log_snr))[finite], log_snr[finite])
+            self.curve_plot.setXRange(0, len(log_snr) - 1, padding=0.02)
+
+    def export_inspect_png(self) -> None:
+        """Ask for a file name and write the inspector's row at t (core.inspect_render)."""
+        record = self.inspect_record
+        if record is None:
+            self.report_error("Export PNG", "Choose an image model to inspect first.")
+            return
+        path = dialogs.ask_save_path(
+            self, "Export inspector row as PNG", PNG_FILTER, f"{self._inspect_name()}.png"
+        )
+        if path is None:
+            return
+
+        def run() -> Iterator[int]:
+            save_row_png(path, record)
+            yield 1
+
+        self.start_export(self.export_runner, Job("Export inspector PNG", run), path)
+
+    def export_inspect_csv(self) -> None:
+        """Ask for a file name and write the curve over t as CSV (core.inspect)."""
+        curve = self.inspect_curve
+        if curve is None:
+            message = (
+                "Choose an image model to inspect first."
+                if self.inspect_setup is None
+                else "The curve is still being computed: export it when it is complete."
+            )
+            self.report_error("Export CSV", message)
+            return
+        path = dialogs.ask_save_path(
+            self, "Export inspector curve as CSV", dialogs.CSV_FILTER, f"{self._inspect_name()}.csv"
+        )
+        if path is None:
+            return
+
+        def run() -> Iterator[int]:
+            save_curve_csv(path, curve)
+            yield 1
+
+        self.start_export(self.export_runner, Job("Export inspector CSV", run), path)
+
+    def _inspect_name(self) -> str:
+        """A file name stem: 'astronaut_inspect_digits_seed0_t250'."""
+        ckpt = self.inspect_ckpt
+        data = str((ckpt.data or {}).get("name", "model")) if ckpt is not None else "model"
+        stem = self.image_path.stem if self.image_path is not None else "image"
+        seed = self.process.seed if self.process is not None else 0
+        return dialogs.file_stem(f"{stem}_inspect_{data}_seed{seed}_t{self.inspect_t() or 0}")
+
     # ------------------------------------------------------------------ playback
 
     def _on_play_toggled(self, on: bool) -> None:
@@ -444,7 +855,7 @@ class ForwardPanel(Panel):
     # ------------------------------------------------------------------ export
 
     def runners(self) -> list[JobRunner]:
-        return [self.export_runner]
+        return [self.export_runner, self.curve_runner]
 
     def export_gif(self) -> None:
         """Ask for a file name and write the forward trajectory as a GIF (in the worker)."""
@@ -529,6 +940,23 @@ def numbers_table(rows: tuple[tuple[str, str], ...]) -> str:
         )
         + "</table>"
     )
+
+
+def inspect_numbers_text(record: InspectRecord, notes: list[str] = ()) -> str:
+    """The inspector's readout: t, log-SNR, the loss (in the model's parametrisation) and the
+    two MSEs, as core.inspect computed them; then the notes, in italics."""
+    label = "no label" if record.label is None else str(record.label)
+    table = numbers_table(
+        (
+            ("t", str(record.t)),
+            ("log-SNR_t", f"{record.log_snr:.3f}"),
+            (f"loss ({record.prediction_type})", f"{record.loss:.5g}"),
+            ("x0 MSE", f"{record.x0_mse:.5g}"),
+            ("eps MSE", f"{record.eps_mse:.5g}"),
+            ("label", label),
+        )
+    )
+    return table + "".join(f"<i>{note}</i><br>" for note in notes)
 
 
 def _set_int(widget, value) -> None:
