@@ -143,14 +143,21 @@ def column_title(ckpt: Checkpoint, label: int) -> str:
     return str(label) if digits else f"class {label}"
 
 
-def check_sweep(ckpt: Checkpoint, request: SweepRequest) -> int:
-    """Refuse what cannot be swept (ConfigError with the reason); returns the model's K."""
+def sweep_classes(ckpt: Checkpoint) -> int:
+    """The model's number of classes K; ConfigError unless it is a class-conditional image
+    model (the only kind a sweep can show)."""
     count = int(getattr(ckpt.model_config, "num_classes", 0) or 0)
     if count < 1 or ckpt.is_points:
         raise ConfigError(
             "a guidance sweep needs a class-conditional image model (trained with class "
             "labels, such as the pretrained digits); this model is unconditional"
         )
+    return count
+
+
+def check_sweep(ckpt: Checkpoint, request: SweepRequest) -> int:
+    """Refuse what cannot be swept (ConfigError with the reason); returns the model's K."""
+    count = sweep_classes(ckpt)
     if not request.classes:
         raise ConfigError("choose at least one class for the guidance sweep")
     for label in request.classes:

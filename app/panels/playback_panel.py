@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from app import dialogs
+from app.guidance_sweep_view import GuidanceSweepDialog, SweepSource
 from app.panels.base import Panel
 from app.panels.schedule_panel import describe
 from app.sampler_form import SamplerForm
@@ -60,7 +61,7 @@ from core import checkpoint as core_checkpoint
 from core.checkpoint import Checkpoint, build_model_from_checkpoint, load_checkpoint
 from core.data import is_builtin_digits
 from core.diffusers_models import find_diffusers_model
-from core.errors import DiffusionStudioError
+from core.errors import ConfigError, DiffusionStudioError
 from core.export import (
     make_grid,
     reverse_pictures,
@@ -73,6 +74,7 @@ from core.guidance import (
     MAX_GUIDANCE_SCALE,
     check_guidance_scale,
 )
+from core.guidance_sweep import sweep_classes
 from core.models import count_parameters
 from core.samplers import default_sampler_config, make_sampler
 from core.sampling import (
@@ -134,6 +136,10 @@ class PlaybackPanel(Panel):
             "sampling", self._on_frame, self._on_sampling_ended, self._on_sampling_failed
         )
         self.export_runner = self.make_export_runner("playback-export")
+        # the guidance sweep's runs (its window shows them; the status bar tracks the runner)
+        self.sweep_runner = JobRunner("guidance-sweep", self)
+        self.sweep_runner.ended.connect(self._update_buttons)
+        self.sweep_dialog: GuidanceSweepDialog | None = None
         self.models: dict[str, Checkpoint | Path] = {}
         self.checkpoint: Checkpoint | None = None
         self.trajectory: Trajectory | None = None
@@ -209,6 +215,12 @@ class PlaybackPanel(Panel):
             0.5,
         )
         self.guidance.setEnabled(False)
+        self.sweep_button = button(
+            "Guidance sweep…",
+            "For a class-conditional model: a grid of the classes at several guidance scales, "
+            "every row from the same noise, with this sampler and seed",
+        )
+        self.sweep_button.clicked.connect(self.open_guidance_sweep)
         self.seed = spin_box(0, 2**31 - 1, 0, "Seed of the initial noise (and of DDPM's noise)")
         self.from_image = check_box("Start from an image", FROM_IMAGE_TIP)
         self.from_image.toggled.connect(self._update_buttons)
@@ -287,6 +299,7 @@ class PlaybackPanel(Panel):
                 self.sampler_form,
                 ("Class", self.class_label),
                 ("Guidance", self.guidance),
+                self.sweep_button,
                 ("Samples", self.num_samples),
                 ("Seed", self.seed),
                 self.from_image,
@@ -650,7 +663,7 @@ class PlaybackPanel(Panel):
     # ------------------------------------------------------------------ sampling
 
     def runners(self) -> list[JobRunner]:
-        return [self.runner, self.export_runner]
+        return [self.runner, self.export_runner, self.sweep_runner]
 
     def request(self) -> SampleRequest:
         use_image = self.from_image.isChecked()
@@ -785,6 +798,9 @@ class PlaybackPanel(Panel):
         exportable = frames and not running and self.export_fields.valid
         self.gif_button.setEnabled(exportable)
         self.png_button.setEnabled(exportable)
+        self.sweep_button.setEnabled(self._sweepable())
+        if self.sweep_dialog is not None:
+            self.sweep_dialog.update_buttons()
         self._show_staleness()
 
     def _show_staleness(self) -> None:
@@ -910,6 +926,43 @@ class PlaybackPanel(Panel):
                 self.play_button.setChecked(False)
                 return
         self.show_frame(nxt)
+
+    # ------------------------------------------------------------------ guidance sweep
+
+    def _sweepable(self) -> bool:
+        """A guidance sweep needs a class-conditional image model."""
+        if self.checkpoint is None:
+            return False
+        try:
+            sweep_classes(self.checkpoint)
+        except ConfigError:
+            return False
+        return True
+
+    def sweep_source(self) -> SweepSource:
+        """The model, sampler settings and seed a guidance sweep uses now (ConfigError with the
+        reason when the panel cannot sample)."""
+        if self.checkpoint is None:
+            raise ConfigError("choose a model first: train one or open a checkpoint")
+        if not self.sampler_form.valid:
+            raise ConfigError(self.sampler_form.first_problem())
+        return SweepSource(
+            self.checkpoint, self.sampler_form.config(), self.seed.value(), self.model_label()
+        )
+
+    def open_guidance_sweep(self) -> GuidanceSweepDialog:
+        """Show the guidance sweep's window (one per panel, kept with its last grid)."""
+        if self.sweep_dialog is None:
+            self.sweep_dialog = GuidanceSweepDialog(
+                self.sweep_source,
+                self.sweep_runner,
+                lambda job, path: self.start_export(self.export_runner, job, path),
+                self,
+            )
+        self.sweep_dialog.update_buttons()
+        self.sweep_dialog.show()
+        self.sweep_dialog.raise_()
+        return self.sweep_dialog
 
     # ------------------------------------------------------------------ export
 
