@@ -123,13 +123,17 @@ def _sweep_finished() -> None:
         thread, worker, _ = entry
         if thread.isFinished():
             _LIVE.remove(entry)
-            job_garbage.release()
             # The worker lives in the ended thread, whose event loop never runs again, so a
             # deleteLater() there would never happen: the worker and its job (a trainer with
             # its model, optimizer and data) would leak with every run. The thread has ended,
             # so nothing else can touch the worker: delete it now, from here.
+            # Before `release()`: with automatic collection back on, a collection could run
+            # inside ~QObject (PySide6 allocates there) and destroy other garbage Qt objects
+            # while Qt holds the connection lock they need: the test suite hung so, in
+            # QBasicMutex::lockInternal under QAction::~QAction (py-spy, session 7).
             shiboken6.delete(worker)
             thread.deleteLater()
+            job_garbage.release()
 
 
 def wait_for_all_threads(timeout_s: float, owner: object | None = None) -> bool:
