@@ -18,11 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 from core.checkpoint import Checkpoint, build_model_from_checkpoint
 from core.data import is_builtin_digits
 from core.errors import ConfigError
 from core.export import (
+    CAPTION_MAX_PX,
+    CAPTION_MIN_PX,
+    _caption_font,
     _pad_width,
     caption_frame,
     make_grid,
@@ -230,6 +234,24 @@ def _rgb(pixels: np.ndarray) -> np.ndarray:
     return np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels[..., :3]
 
 
+def column_header(titles: tuple[str, ...], cell_width: int, gap: int) -> np.ndarray:
+    """The column titles, each centred over its column, uint8 (band, W, 3), for a grid of
+    columns `cell_width` wide (widened to the widest title) `gap` pixels apart (make_grid's
+    padding). The font is the captions' (Pillow's default) at about a third of a cell."""
+    size = int(min(CAPTION_MAX_PX, max(CAPTION_MIN_PX, cell_width // 3)))
+    font = _caption_font(size)
+    pad = max(2, size // 5)
+    boxes = [ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), t, font=font) for t in titles]
+    width = max([cell_width] + [right - left + 2 * pad for left, _, right, _ in boxes])
+    ascent, descent = font.getmetrics()
+    band = Image.new("L", (len(titles) * (width + gap) + gap, ascent + descent + 2 * pad), 255)
+    draw = ImageDraw.Draw(band)
+    for j, (title, (left, _, right, _)) in enumerate(zip(titles, boxes)):
+        x = gap + j * (width + gap) + (width - (right - left)) // 2 - left
+        draw.text((x, pad), title, fill=0, font=font)
+    return np.repeat(np.asarray(band)[..., None], 3, axis=2)
+
+
 def render_sweep(sweep: GuidanceSweep, cell_px: int = CELL_PX) -> np.ndarray:
     """The sweep as one picture, uint8 (H', W', 3): the description on top, the column
     titles, then each row of cells under its title. Cells are upscaled (nearest) by
@@ -238,17 +260,16 @@ def render_sweep(sweep: GuidanceSweep, cell_px: int = CELL_PX) -> np.ndarray:
     pixels = _rgb(to_uint8_images(sweep.samples.reshape(rows * cols, *sweep.samples.shape[2:])))
     scale = max(1, cell_px // max(pixels.shape[1:3]))
     cells = [upscale_nearest(p, scale) for p in pixels]
-    blank = np.full((1, cells[0].shape[1], 3), 255, dtype=np.uint8)
-    heads = [caption_frame(blank, title) for title in sweep.column_titles]
-    width = max(p.shape[1] for p in cells + heads)  # a wide column title widens every column
-    grids = [make_grid(np.stack([_pad_width(h, width) for h in heads]), cols, CELL_GAP_PX, 255)]
+    header = column_header(sweep.column_titles, cells[0].shape[1], CELL_GAP_PX)
+    width = (header.shape[1] - CELL_GAP_PX) // cols - CELL_GAP_PX  # a wide title widens cells
+    grids = []
     for r in range(rows):
         row = [_pad_width(c, width) for c in cells[r * cols : (r + 1) * cols]]
         grids.append(make_grid(np.stack(row), cols, CELL_GAP_PX, 255))
     # every piece padded on the right to the widest captioned row, so none is re-centred
-    widest = max(caption_frame(g, t).shape[1] for g, t in zip(grids[1:], sweep.row_titles))
-    grids = [_pad_right(g, widest) for g in grids]
-    pieces = [grids[0]] + [caption_frame(g, t) for g, t in zip(grids[1:], sweep.row_titles)]
+    widest = max(caption_frame(g, t).shape[1] for g, t in zip(grids, sweep.row_titles))
+    pieces = [_pad_right(header, widest)]
+    pieces += [caption_frame(_pad_right(g, widest), t) for g, t in zip(grids, sweep.row_titles)]
     return caption_frame(np.concatenate(pieces, axis=0), sweep.description)
 
 
