@@ -105,6 +105,12 @@ def test_cancel_stops_the_sweep_and_keeps_the_last_grid(panel, qtbot, checkpoint
     dialog.runner.wait(10)
     assert dialog.sweep is None and not dialog.export_button.isEnabled()
     assert dialog.sweep_button.isEnabled()
+    # closing the window stops a sweep too
+    with qtbot.waitSignal(dialog.runner.cancelled, timeout=60000):
+        assert dialog.start_sweep()
+        dialog.close()
+    dialog.runner.wait(10)
+    assert dialog.sweep is None
 
 
 def test_export_writes_the_shown_grid_as_png(panel, qtbot, checkpoints, export, tmp_path):

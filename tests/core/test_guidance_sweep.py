@@ -16,6 +16,7 @@ from core.guidance_sweep import (
     GuidanceSweep,
     SweepProgress,
     SweepRequest,
+    column_header,
     guidance_sweep,
     parse_classes,
     parse_scales,
@@ -173,3 +174,15 @@ def test_render_places_every_cell_under_its_captions(tmp_path):
     assert ys[1] - ys[0] > 32 + 10
     path = save_sweep_png(tmp_path / "sweep.png", sweep, cell_px=32)
     np.testing.assert_array_equal(np.asarray(Image.open(path).convert("RGB")), picture)
+
+
+def test_column_titles_are_centred_over_their_columns():
+    band = column_header(("0", "1", "class 12"), cell_width=40, gap=2)
+    assert band.dtype == np.uint8 and band.shape[2] == 3
+    width = (band.shape[1] - 2) // 3 - 2  # 'class 12' is wider than a cell: every column widens
+    assert width > 40 and band.shape[1] == 3 * (width + 2) + 2
+    for j in range(3):
+        left = 2 + j * (width + 2)
+        dark = np.nonzero((band[:, left : left + width, 0] < 128).any(axis=0))[0]
+        assert len(dark) > 0
+        assert abs((dark[0] + dark[-1]) / 2 - (width - 1) / 2) <= 2, j
