@@ -27,6 +27,7 @@ CHECKPOINT_FILTER = (
 )
 CHECKPOINT_SAVE_FILTER = "Checkpoints (*.safetensors)"
 GIF_FILTER = "GIF animation (*.gif)"
+PNG_FILTER = "PNG image (*.png)"
 CSV_FILTER = "CSV table (*.csv)"
 PLOT_FILTER = "PNG image (*.png);;SVG drawing (*.svg)"
 
@@ -43,6 +44,7 @@ FILTER_KINDS = {
     CHECKPOINT_FILTER: CHECKPOINTS,
     CHECKPOINT_SAVE_FILTER: CHECKPOINTS,
     GIF_FILTER: EXPORTS,
+    PNG_FILTER: EXPORTS,
     CSV_FILTER: EXPORTS,
     PLOT_FILTER: EXPORTS,
 }

@@ -36,7 +36,6 @@ from core.guidance_sweep import (
 )
 from core.samplers import SamplerConfig
 
-PNG_FILTER = "PNG image (*.png)"
 DEFAULT_SCALES_TEXT = ", ".join(f"{s:g}" for s in DEFAULT_SCALES)  # "0, 1, 2, 4, 8"
 EXPLAIN = (
     "Each row samples the chosen classes at one guidance scale s, every row from the same "
@@ -208,7 +207,9 @@ class GuidanceSweepDialog(QDialog):
         if sweep is None or self.made_with is None:
             dialogs.show_error(self, "Export", "Nothing to export yet: press Sweep first.")
             return
-        path = dialogs.ask_save_path(self, "Export guidance sweep", PNG_FILTER, self.file_name())
+        path = dialogs.ask_save_path(
+            self, "Export guidance sweep", dialogs.PNG_FILTER, self.file_name()
+        )
         if path is None:
             return
 

@@ -889,7 +889,7 @@ class SamplerLabPanel(Panel):
             return
         picture = side_by_side(self.column_pictures())
         path = dialogs.ask_save_path(
-            self, "Export the Lab as PNG", dialogs.PLOT_FILTER, f"{self._export_name()}.png"
+            self, "Export the Lab as PNG", dialogs.PNG_FILTER, f"{self._export_name()}.png"
         )
         if path is None:
             return
