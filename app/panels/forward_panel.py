@@ -547,7 +547,11 @@ class ForwardPanel(Panel):
         item.showAxis("right")
         item.scene().addItem(self.snr_view)
         item.getAxis("right").linkToView(self.snr_view)
-        item.getAxis("right").setLabel("log-SNR")
+        right_axis = item.getAxis("right")
+        right_axis.setLogMode(False, False)  # the plot's log y is for the errors only
+        right_axis.setLabel("log-SNR")
+        right_axis.enableAutoSIPrefix(False)
+        item.getAxis("bottom").enableAutoSIPrefix(False)
         self.snr_view.setXLink(item)
         self.snr_curve = pg.PlotDataItem(
             [], [], pen=pg.mkPen(LOG_SNR_COLOR, width=1, style=Qt.PenStyle.DashLine)
@@ -557,14 +561,20 @@ class ForwardPanel(Panel):
         self.curve_marker = pg.InfiniteLine(0, angle=90, pen=pg.mkPen((0, 0, 0), width=1))
         self.curve_plot.addItem(self.curve_marker)
 
+        # the row, the numbers and the curve: shown only while something is inspected
+        self.inspect_body = QWidget()
+        body = QVBoxLayout(self.inspect_body)
+        body.setContentsMargins(0, 0, 0, 0)
+        body.addLayout(row, 2)
+        body.addWidget(self.inspect_numbers)
+        body.addWidget(self.curve_plot, 3)
         page = QWidget()
         layout = QVBoxLayout(page)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(choices)
         layout.addWidget(self.inspect_message)
-        layout.addLayout(row, 2)
-        layout.addWidget(self.inspect_numbers)
-        layout.addWidget(self.curve_plot, 3)
+        layout.addWidget(self.inspect_body, 1)
+        layout.addStretch(0)
         self._clear_inspector(NO_INSPECT_MODEL)
         return page
 
@@ -659,6 +669,7 @@ class ForwardPanel(Panel):
         self._inspect_key = None
         self.inspect_message.setText(message)
         self.inspect_message.setVisible(True)
+        self.inspect_body.setVisible(False)
         self.inspect_numbers.setText("")
         for view in self.inspect_views:
             view.clear_image()
@@ -694,6 +705,7 @@ class ForwardPanel(Panel):
             self.inspect_setup = setup
             self._inspect_key = key
             self.inspect_message.setVisible(False)
+            self.inspect_body.setVisible(True)
             self._start_curve(ckpt, image, self.process.seed, label)
         self._show_inspect_row()
 

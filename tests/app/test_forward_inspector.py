@@ -82,6 +82,7 @@ def test_no_model_computes_nothing_and_says_what_it_needs(panel, picture):
     assert not panel.curve_runner.is_running
     assert panel.inspect_message.text() == NO_INSPECT_MODEL
     assert all(view.image is None for view in panel.inspect_views)
+    assert not panel.inspect_message.isHidden() and panel.inspect_body.isHidden()
     assert not panel.inspect_png_button.isEnabled()
 
 
@@ -92,6 +93,7 @@ def test_point_model_shows_the_message_not_a_dialog(panel, picture, checkpoints,
     assert "needs an image model" in panel.inspect_message.text()
     assert "2-D point model" in panel.inspect_message.text()
     assert panel.inspect_setup is None and not panel.curve_runner.is_running
+    assert panel.inspect_body.isHidden()
     assert fake_dialogs.errors == []
 
 
@@ -99,6 +101,7 @@ def test_shown_numbers_and_panels_are_cores(panel, picture, checkpoints, qtbot):
     assert panel.load_image(picture)
     ckpt = choose(panel, checkpoints.images, qtbot, seed=3)
     setup = core_setup(ckpt, picture, seed=3)
+    assert not panel.inspect_body.isHidden() and panel.inspect_message.isHidden()
     for t in (0, 40, 99):
         panel.slider.setValue(t + 1)  # slider position k shows t = k - 1
         assert panel.inspect_t() == t
