@@ -89,7 +89,6 @@ HIST_RANGE = (-4.0, 4.0)
 HIST_BINS = np.linspace(*HIST_RANGE, 81)
 HIST_TOP = 0.6  # fixed y range 0..0.6 (N(0, 1) peaks at 0.40); widened only when needed
 
-PNG_FILTER = "PNG image (*.png)"
 NO_INSPECT_MODEL = (
     "The timestep inspector shows what an image model predicts for this image at the "
     "slider's t. Choose a model above (nothing is computed until then)."
@@ -755,6 +754,8 @@ class ForwardPanel(Panel):
 
     def _on_curve_batch(self, batch: CurveBatch) -> None:
         # one record per network evaluation of CURVE_BATCH timesteps (T / 50 records in all)
+        if self.inspect_setup is None:  # a cancelled curve's last records: nothing inspected
+            return
         self._curve_batches.append(batch)
         self._draw_curve()
 
@@ -798,7 +799,7 @@ class ForwardPanel(Panel):
             self.report_error("Export PNG", "Choose an image model to inspect first.")
             return
         path = dialogs.ask_save_path(
-            self, "Export inspector row as PNG", PNG_FILTER, f"{self._inspect_name()}.png"
+            self, "Export inspector row as PNG", dialogs.PNG_FILTER, f"{self._inspect_name()}.png"
         )
         if path is None:
             return

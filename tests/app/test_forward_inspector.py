@@ -235,3 +235,15 @@ def test_playback_model_reaches_the_inspector_list(window, checkpoints):
     assert index >= 0 and "Playback's model" in forward.inspect_model.itemText(index)
     assert forward.inspect_models["playback"] is playback.checkpoint
     assert forward.inspect_model.currentData() is None  # listed, not chosen for the user
+
+
+def test_choosing_no_model_stops_the_curve(panel, picture, checkpoints, qtbot):
+    assert panel.load_image(picture)
+    panel.set_playback_model(load_checkpoint(checkpoints.images))
+    assert panel.choose_inspect_model("playback")
+    assert panel.curve_runner.is_running  # the curve is computed in the worker
+    assert panel.choose_inspect_model(None)
+    qtbot.waitUntil(lambda: not panel.curve_runner.is_running, timeout=60000)
+    assert panel.inspect_curve is None and panel.inspect_setup is None
+    assert panel.inspect_message.text() == NO_INSPECT_MODEL
+    assert all(item.xData is None for item in panel.curve_items.values())  # nothing drawn
