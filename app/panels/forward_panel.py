@@ -669,6 +669,7 @@ class ForwardPanel(Panel):
         self.inspect_message.setText(message)
         self.inspect_message.setVisible(True)
         self.inspect_body.setVisible(False)
+        self.inspect_label.setEnabled(False)  # a model's classes are listed when it is chosen
         self.inspect_numbers.setText("")
         for view in self.inspect_views:
             view.clear_image()
