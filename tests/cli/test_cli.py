@@ -348,6 +348,10 @@ def test_interrupt_saves_the_run(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a test run started in the background by a shell (`make test &`) inherits SIGINT
+        # ignored, and Python then installs no KeyboardInterrupt handler: give the child the
+        # default disposition, as a terminal's Ctrl-C would find it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not out.exists() and time.monotonic() < deadline:
