@@ -188,7 +188,7 @@ def reverse_caption(t: int) -> str:
     return "x_0 (final)" if t < 0 else f"t = {t}"
 
 
-def _caption_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def caption_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     """Pillow's default font at `size` pixels (its fixed bitmap font without FreeType)."""
     try:
         return ImageFont.load_default(size=size)
@@ -211,7 +211,7 @@ def caption_frame(frame: Any, text: str) -> np.ndarray:
         raise ExportError(f"a caption must be text, got {text!r}")
     height, width = array.shape[:2]
     size = int(min(CAPTION_MAX_PX, max(CAPTION_MIN_PX, width // 10)))
-    font = _caption_font(size)
+    font = caption_font(size)
     left, _top, right, _bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox(
         (0, 0), text, font=font
     )
@@ -313,7 +313,7 @@ def save_gif(
         arrays = caption_frames(arrays, captions, scale)
         scale = 1  # done: the captions are drawn at the final size
         width = max(a.shape[1] for a in arrays)  # a wider caption widened its frame
-        arrays = [_pad_width(a, width) for a in arrays]
+        arrays = [pad_to_width(a, width) for a in arrays]
 
     frame_cs = max(2, round(100.0 / fps))
     durations_cs = [frame_cs] * len(arrays)
@@ -349,7 +349,7 @@ def save_gif(
     return len(pictures)
 
 
-def _pad_width(array: np.ndarray, width: int) -> np.ndarray:
+def pad_to_width(array: np.ndarray, width: int) -> np.ndarray:
     """Centre a frame on white up to `width` columns (frames of one GIF share one size)."""
     extra = width - array.shape[1]
     if extra <= 0:

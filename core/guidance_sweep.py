@@ -26,10 +26,10 @@ from core.errors import ConfigError
 from core.export import (
     CAPTION_MAX_PX,
     CAPTION_MIN_PX,
-    _caption_font,
-    _pad_width,
+    caption_font,
     caption_frame,
     make_grid,
+    pad_to_width,
     save_png,
     to_uint8_images,
     upscale_nearest,
@@ -239,7 +239,7 @@ def column_header(titles: tuple[str, ...], cell_width: int, gap: int) -> np.ndar
     columns `cell_width` wide (widened to the widest title) `gap` pixels apart (make_grid's
     padding). The font is the captions' (Pillow's default) at about a third of a cell."""
     size = int(min(CAPTION_MAX_PX, max(CAPTION_MIN_PX, cell_width // 3)))
-    font = _caption_font(size)
+    font = caption_font(size)
     pad = max(2, size // 5)
     boxes = [ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), t, font=font) for t in titles]
     width = max([cell_width] + [right - left + 2 * pad for left, _, right, _ in boxes])
@@ -264,7 +264,7 @@ def render_sweep(sweep: GuidanceSweep, cell_px: int = CELL_PX) -> np.ndarray:
     width = (header.shape[1] - CELL_GAP_PX) // cols - CELL_GAP_PX  # a wide title widens cells
     grids = []
     for r in range(rows):
-        row = [_pad_width(c, width) for c in cells[r * cols : (r + 1) * cols]]
+        row = [pad_to_width(c, width) for c in cells[r * cols : (r + 1) * cols]]
         grids.append(make_grid(np.stack(row), cols, CELL_GAP_PX, 255))
     # every piece padded on the right to the widest captioned row, so none is re-centred
     widest = max(caption_frame(g, t).shape[1] for g, t in zip(grids, sweep.row_titles))

@@ -36,7 +36,7 @@ from core.guidance import class_labels, num_classes
 from core.samplers import PredictionType
 from core.samplers.base import split_prediction
 from core.schedule import NoiseSchedule
-from core.schedule_table import _cell
+from core.schedule_table import csv_cell
 from core.training import training_target
 
 CURVE_BATCH = 50  # timesteps per network evaluation of the curve (T = 1000: 20 progress steps)
@@ -307,7 +307,9 @@ def curve_columns(curve: InspectCurve) -> dict[str, list[str]]:
     where alphabar_t = 0) is an empty cell, as in core.schedule_table."""
     return {
         "t": [str(int(t)) for t in curve.t],
-        **{name: [_cell(v) for v in getattr(curve, name).tolist()] for name in CURVE_COLUMNS[1:]},
+        **{
+            name: [csv_cell(v) for v in getattr(curve, name).tolist()] for name in CURVE_COLUMNS[1:]
+        },
     }
 
 

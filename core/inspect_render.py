@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from core.export import (
-    _pad_width,
     caption_frame,
     make_grid,
+    pad_to_width,
     save_png,
     to_uint8_images,
     upscale_nearest,
@@ -78,7 +78,7 @@ def render_row(record: InspectRecord, panel_px: int = PANEL_PX) -> np.ndarray:
     ]
     width = max(frame.shape[1] for frame in framed)  # a wide caption widened its panel
     row = make_grid(
-        np.stack([_pad_width(frame, width) for frame in framed]),
+        np.stack([pad_to_width(frame, width) for frame in framed]),
         ncols=len(framed),
         padding=PANEL_GAP_PX,
         pad_value=255,

@@ -50,7 +50,7 @@ def column_prefixes(configs: Sequence[ScheduleConfig]) -> list[str]:
     return unique
 
 
-def _cell(value: float) -> str:
+def csv_cell(value: float) -> str:
     """A float as its shortest round-trip text; no finite value -> an empty cell."""
     return repr(float(value)) if math.isfinite(value) else ""
 
@@ -70,7 +70,7 @@ def schedule_columns(schedules: Sequence[NoiseSchedule]) -> dict[str, list[str]]
         table = schedule.table()
         missing = [""] * (rows - schedule.num_timesteps)
         for key in CURVE_KEYS:
-            columns[prefix + key] = [_cell(v) for v in table[key].tolist()] + missing
+            columns[prefix + key] = [csv_cell(v) for v in table[key].tolist()] + missing
     return columns
 
 
