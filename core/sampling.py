@@ -49,9 +49,9 @@ class Frame:
 def first_step(sampler: Sampler, t_start: int | None) -> int:
     """The index of the first step to run: 0, or when starting from a noised image the first
     step whose timestep is at or below t_start."""
-    timesteps = [sampler.frame_timestep(i) for i in range(len(sampler.timesteps))]
     if t_start is None:
         return 0
+    timesteps = [sampler.frame_timestep(i) for i in range(len(sampler.timesteps))]
     for i, t in enumerate(timesteps):
         if t <= t_start:
             return i
