@@ -16,8 +16,8 @@ from dataclasses import MISSING, Field, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from core import __version__
-from core.errors import DiffusionStudioError, ExportError
+from diffusion_studio.core import __version__
+from diffusion_studio.core.errors import DiffusionStudioError, ExportError
 
 PROG = "diffusion-studio"
 EXIT_USER_ERROR = 2
@@ -68,7 +68,7 @@ def _positive_float(text: str) -> float:
 
 
 def _add_schedule_options(p: argparse.ArgumentParser, default_kind: str = "linear") -> None:
-    from core.schedule import SCHEDULE_KINDS
+    from diffusion_studio.core.schedule import SCHEDULE_KINDS
 
     g = p.add_argument_group("noise schedule")
     g.add_argument(
@@ -121,7 +121,7 @@ class SamplerOptionFlag:
 
 def sampler_option_flags() -> list[SamplerOptionFlag]:
     """The sampler option flags, generated from the registry's options dataclasses."""
-    from core.samplers import REGISTRY
+    from diffusion_studio.core.samplers import REGISTRY
 
     found: dict[str, SamplerOptionFlag] = {}
     for spec in REGISTRY.values():
@@ -164,7 +164,7 @@ def _option_argument(option: SamplerOptionFlag) -> dict[str, Any]:
 
 def _add_sampler_options(p: argparse.ArgumentParser) -> None:
     """--sampler, --steps, --spacing, --karras, --clip and one flag per sampler option."""
-    from core.samplers import REGISTRY, TIMESTEP_SPACINGS
+    from diffusion_studio.core.samplers import REGISTRY, TIMESTEP_SPACINGS
 
     g = p.add_argument_group(
         "sampler",
@@ -199,11 +199,11 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.data import TOY_DATASETS
-    from core.device import DEVICE_CHOICES
-    from core.guidance import DEFAULT_GUIDANCE_SCALE
-    from core.samplers import PREDICTION_TYPES
-    from core.training import MODEL_SIZES
+    from diffusion_studio.core.data import TOY_DATASETS
+    from diffusion_studio.core.device import DEVICE_CHOICES
+    from diffusion_studio.core.guidance import DEFAULT_GUIDANCE_SCALE
+    from diffusion_studio.core.samplers import PREDICTION_TYPES
+    from diffusion_studio.core.training import MODEL_SIZES
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -465,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _schedule_from_args(args: argparse.Namespace):
-    from core.schedule import NoiseSchedule, ScheduleConfig
+    from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 
     return NoiseSchedule(
         ScheduleConfig(args.kind, args.steps, args.beta_start, args.beta_end, args.zero_snr)
@@ -473,7 +473,7 @@ def _schedule_from_args(args: argparse.Namespace):
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from core.schedule_table import save_schedule_csv
+    from diffusion_studio.core.schedule_table import save_schedule_csv
 
     schedule = _schedule_from_args(args)
     path = save_schedule_csv(args.out, [schedule])
@@ -482,9 +482,9 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def cmd_forward(args: argparse.Namespace) -> int:
-    from core.data import load_image
-    from core.export import forward_caption, save_gif, save_png_frames
-    from core.forward import ForwardProcess
+    from diffusion_studio.core.data import load_image
+    from diffusion_studio.core.export import forward_caption, save_gif, save_png_frames
+    from diffusion_studio.core.forward import ForwardProcess
 
     if args.gif is None and args.png_dir is None:
         raise CliError("nothing to write: give --gif FILE and/or --png-dir FOLDER")
@@ -508,9 +508,9 @@ def cmd_forward(args: argparse.Namespace) -> int:
 
 
 def _train_config(args: argparse.Namespace):
-    from core.checkpoint import load_checkpoint
-    from core.schedule import ScheduleConfig
-    from core.training import preset_config, resume_config
+    from diffusion_studio.core.checkpoint import load_checkpoint
+    from diffusion_studio.core.schedule import ScheduleConfig
+    from diffusion_studio.core.training import preset_config, resume_config
 
     if args.resume is not None:
         ckpt = load_checkpoint(args.resume)
@@ -578,10 +578,10 @@ def skipped_summary(skipped: tuple[str, ...] | list[str], loaded: int) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from app.progress import ProgressBar, format_seconds
-    from core.errors import CheckpointError, TrainingError
-    from core.training import Trainer
-    from core.training_session import DEFAULT_AUTOSAVE_S, AutosavePolicy, RunSaver
+    from diffusion_studio.app.progress import ProgressBar, format_seconds
+    from diffusion_studio.core.errors import CheckpointError, TrainingError
+    from diffusion_studio.core.training import Trainer
+    from diffusion_studio.core.training_session import DEFAULT_AUTOSAVE_S, AutosavePolicy, RunSaver
 
     out = args.out
     same_as_resume = args.resume is not None and out.resolve() == args.resume.resolve()
@@ -662,8 +662,8 @@ def _sampler_config(args: argparse.Namespace, ckpt: Any):
     sampler is the model's), else the chosen sampler's defaults (`sampler_defaults`: its step
     count and Karras choice, with the model's clip). CliError for an option or --karras the
     chosen sampler lacks."""
-    from core.samplers import REGISTRY, SamplerConfig, sampler_defaults
-    from core.sampling import checkpoint_sampler_config
+    from diffusion_studio.core.samplers import REGISTRY, SamplerConfig, sampler_defaults
+    from diffusion_studio.core.sampling import checkpoint_sampler_config
 
     defaults = checkpoint_sampler_config(ckpt)
     kind = args.sampler or defaults.kind
@@ -700,7 +700,7 @@ def _sampler_config(args: argparse.Namespace, ckpt: Any):
 
 def cmd_samplers(args: argparse.Namespace) -> int:
     """Print the sampler registry as a table."""
-    from core.samplers import REGISTRY
+    from diffusion_studio.core.samplers import REGISTRY
 
     flags = sampler_option_flags()
     header = ("name", "label", "evals/step", "deterministic", "karras", "steps", "options")
@@ -728,11 +728,10 @@ def cmd_samplers(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
-
-    from app.progress import ProgressBar
-    from core.checkpoint import load_checkpoint
-    from core.device import resolve_device
-    from core.export import (
+    from diffusion_studio.app.progress import ProgressBar
+    from diffusion_studio.core.checkpoint import load_checkpoint
+    from diffusion_studio.core.device import resolve_device
+    from diffusion_studio.core.export import (
         make_grid,
         reverse_pictures,
         save_gif,
@@ -741,8 +740,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         to_uint8_images,
         upscale_nearest,
     )
-    from core.guidance import DEFAULT_GUIDANCE_SCALE, num_classes
-    from core.sampling import SampleRequest, Trajectory, prepare_sampling
+    from diffusion_studio.core.guidance import DEFAULT_GUIDANCE_SCALE, num_classes
+    from diffusion_studio.core.sampling import SampleRequest, Trajectory, prepare_sampling
 
     if args.gif is None and args.grid is None and args.npy is None:
         raise CliError("nothing to write: give --gif, --grid and/or --npy")
@@ -798,7 +797,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from core.checkpoint import for_sampling, load_checkpoint, save_checkpoint
+    from diffusion_studio.core.checkpoint import for_sampling, load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
     path = save_checkpoint(args.out, for_sampling(ckpt, half=args.half))
@@ -808,10 +807,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from app.progress import ProgressBar
-    from core.checkpoint import load_checkpoint
-    from core.device import resolve_device
-    from core.inspect import (
+    from diffusion_studio.app.progress import ProgressBar
+    from diffusion_studio.core.checkpoint import load_checkpoint
+    from diffusion_studio.core.device import resolve_device
+    from diffusion_studio.core.inspect import (
         collect_curve,
         inspect_at,
         inspect_image,
@@ -819,7 +818,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         save_curve_csv,
         setup_from_checkpoint,
     )
-    from core.inspect_render import save_row_png
+    from diffusion_studio.core.inspect_render import save_row_png
 
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt.is_points:
@@ -911,16 +910,16 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_USER_ERROR
-        from app.gui_env import prepare_gui_threading
+        from diffusion_studio.app.gui_env import prepare_gui_threading
 
         prepare_gui_threading()  # before torch is imported (by the window's engine loader)
-        from app.main_window import run_app
+        from diffusion_studio.app.main_window import run_app
 
         return run_app(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.self_check:
-        from app.self_check import run_self_check
+        from diffusion_studio.app.self_check import run_self_check
 
         return run_self_check()
     if args.command is None:

@@ -28,27 +28,26 @@ import threading
 import traceback
 from pathlib import Path
 
+import diffusion_studio.app.qt_compat  # noqa: F401  (its probe makes QObjects: GUI thread, before any emit)
+from diffusion_studio.app.garbage import job_garbage
 from PySide6.QtCore import QObject, Qt, Signal
-
-import app.qt_compat  # noqa: F401  (its probe makes QObjects: GUI thread, before any emit)
-from app.garbage import job_garbage
 
 log = logging.getLogger(__name__)
 
 # In import order; the main window needs every one of them before it builds a panel.
 ENGINE_MODULES = (
     "torch",
-    "core.checkpoint",
-    "core.data",
-    "core.diffusers_models",
-    "app.worker",
+    "diffusion_studio.core.checkpoint",
+    "diffusion_studio.core.data",
+    "diffusion_studio.core.diffusers_models",
+    "diffusion_studio.app.worker",
     "pyqtgraph",
-    "app.widgets",
-    "app.panels.schedule_panel",
-    "app.panels.forward_panel",
-    "app.panels.training_panel",
-    "app.panels.playback_panel",
-    "app.panels.sampler_lab_panel",
+    "diffusion_studio.app.widgets",
+    "diffusion_studio.app.panels.schedule_panel",
+    "diffusion_studio.app.panels.forward_panel",
+    "diffusion_studio.app.panels.training_panel",
+    "diffusion_studio.app.panels.playback_panel",
+    "diffusion_studio.app.panels.sampler_lab_panel",
 )
 
 TORCH_LIBRARY = "libtorch_cpu.so"  # torch's largest shared library (Linux)

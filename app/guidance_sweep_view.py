@@ -13,15 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtGui import QCloseEvent
-from PySide6.QtWidgets import QDialog, QLabel, QLineEdit, QVBoxLayout, QWidget
-
-from app import dialogs
-from app.widgets import ErrorLabel, ImageView, button, button_row, check_box, form_group
-from app.worker import Job, JobControl, JobRunner, JobStatus
-from core.checkpoint import Checkpoint
-from core.errors import DiffusionStudioError
-from core.guidance_sweep import (
+from diffusion_studio.app import dialogs
+from diffusion_studio.app.widgets import (
+    ErrorLabel,
+    ImageView,
+    button,
+    button_row,
+    check_box,
+    form_group,
+)
+from diffusion_studio.app.worker import Job, JobControl, JobRunner, JobStatus
+from diffusion_studio.core.checkpoint import Checkpoint
+from diffusion_studio.core.errors import DiffusionStudioError
+from diffusion_studio.core.guidance_sweep import (
     DEFAULT_SCALES,
     GuidanceSweep,
     SweepProgress,
@@ -34,7 +38,9 @@ from core.guidance_sweep import (
     save_sweep_png,
     sweep_classes,
 )
-from core.samplers import SamplerConfig
+from diffusion_studio.core.samplers import SamplerConfig
+from PySide6.QtGui import QCloseEvent
+from PySide6.QtWidgets import QDialog, QLabel, QLineEdit, QVBoxLayout, QWidget
 
 DEFAULT_SCALES_TEXT = ", ".join(f"{s:g}" for s in DEFAULT_SCALES)  # "0, 1, 2, 4, 8"
 EXPLAIN = (

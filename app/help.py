@@ -11,7 +11,7 @@ GETTING_STARTED = ("help", "getting-started.html")
 
 def getting_started_html() -> str:
     """The page's HTML, from the shipped resources."""
-    from core.resources import resource_path
+    from diffusion_studio.core.resources import resource_path
 
     return resource_path(*GETTING_STARTED).read_text(encoding="utf-8")
 

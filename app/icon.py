@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 def app_icon() -> QIcon:
     """The application icon from resources/icons (every size shipped); a null QIcon when the
     icons are missing (the window then has the platform's default icon)."""
-    from core.resources import resource_path
+    from diffusion_studio.core.resources import resource_path
 
     icon = QIcon()
     for size in ICON_SIZES:

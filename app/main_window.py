@@ -27,6 +27,20 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from diffusion_studio import core
+from diffusion_studio.app import dialogs
+from diffusion_studio.app.engine_loader import EngineLoader
+from diffusion_studio.app.help import GettingStartedDialog
+from diffusion_studio.app.icon import app_icon
+from diffusion_studio.app.settings import (
+    APPLICATION,
+    add_recent_file,
+    configure_application,
+    make_settings,
+    recent_files,
+    remove_recent_file,
+    write_json,
+)
 from PySide6.QtCore import (
     QByteArray,
     QEvent,
@@ -49,29 +63,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-import core
-from app import dialogs
-from app.engine_loader import EngineLoader
-from app.help import GettingStartedDialog
-from app.icon import app_icon
-from app.settings import (
-    APPLICATION,
-    add_recent_file,
-    configure_application,
-    make_settings,
-    recent_files,
-    remove_recent_file,
-    write_json,
-)
-
 if TYPE_CHECKING:
-    from app.panels.base import Panel
-    from app.panels.forward_panel import ForwardPanel
-    from app.panels.playback_panel import PlaybackPanel
-    from app.panels.sampler_lab_panel import SamplerLabPanel
-    from app.panels.schedule_panel import SchedulesPanel
-    from app.panels.training_panel import TrainingPanel
-    from app.worker import JobRunner
+    from diffusion_studio.app.panels.base import Panel
+    from diffusion_studio.app.panels.forward_panel import ForwardPanel
+    from diffusion_studio.app.panels.playback_panel import PlaybackPanel
+    from diffusion_studio.app.panels.sampler_lab_panel import SamplerLabPanel
+    from diffusion_studio.app.panels.schedule_panel import SchedulesPanel
+    from diffusion_studio.app.panels.training_panel import TrainingPanel
+    from diffusion_studio.app.worker import JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -111,21 +110,21 @@ PANELS: tuple[PanelSpec, ...] = (
     PanelSpec(
         "schedules",
         "Schedules",
-        "app.panels.schedule_panel",
+        "diffusion_studio.app.panels.schedule_panel",
         "SchedulesPanel",
         "Noise schedules: beta_t, alphabar_t = prod alpha_s, SNR",
     ),
     PanelSpec(
         "forward",
         "Forward",
-        "app.panels.forward_panel",
+        "diffusion_studio.app.panels.forward_panel",
         "ForwardPanel",
         "The forward process on an image: x_t at any t",
     ),
     PanelSpec(
         "training",
         "Training",
-        "app.panels.training_panel",
+        "diffusion_studio.app.panels.training_panel",
         "TrainingPanel",
         "Train a small diffusion model and watch its loss and samples",
         ("Start", "Ctrl+Return"),
@@ -133,7 +132,7 @@ PANELS: tuple[PanelSpec, ...] = (
     PanelSpec(
         "playback",
         "Playback",
-        "app.panels.playback_panel",
+        "diffusion_studio.app.panels.playback_panel",
         "PlaybackPanel",
         "Sample from a model and play the reverse process back",
         ("Sample", "Ctrl+R"),
@@ -141,7 +140,7 @@ PANELS: tuple[PanelSpec, ...] = (
     PanelSpec(
         "lab",
         "Sampler Lab",
-        "app.panels.sampler_lab_panel",
+        "diffusion_studio.app.panels.sampler_lab_panel",
         "SamplerLabPanel",
         "Several samplers side by side from the same noise, and their convergence",
         ("Sample all", "Ctrl+Shift+R"),
@@ -193,9 +192,9 @@ PathKind = Literal["model folder", "image folder", "checkpoint", "image"]
 
 def path_kind(path: Path) -> PathKind | None:
     """What the app opens `path` as, or None (not something it opens). Imports the engine."""
-    from core.checkpoint import CHECKPOINT_SUFFIX, LEGACY_SUFFIXES
-    from core.data import IMAGE_SUFFIXES
-    from core.diffusers_models import find_diffusers_model
+    from diffusion_studio.core.checkpoint import CHECKPOINT_SUFFIX, LEGACY_SUFFIXES
+    from diffusion_studio.core.data import IMAGE_SUFFIXES
+    from diffusion_studio.core.diffusers_models import find_diffusers_model
 
     if find_diffusers_model(path) is not None:  # a diffusers model folder (or its file)
         return "model folder"
@@ -266,7 +265,9 @@ class JobStatusBar(QObject):
             for w in widgets:
                 w.hide()
             return
-        from app.widgets import format_duration  # a runner exists: the engine is loaded
+        from diffusion_studio.app.widgets import (
+            format_duration,  # a runner exists: the engine is loaded
+        )
 
         for w in widgets:
             w.show()
@@ -473,7 +474,7 @@ class MainWindow(QMainWindow):
             self.removeAction(action)
             action.deleteLater()
         self._loading_actions = []
-        from app.worker import configure_torch_threads
+        from diffusion_studio.app.worker import configure_torch_threads
 
         configure_torch_threads()  # in the GUI thread, before it runs any torch operation
         if not self._closed:
@@ -816,8 +817,8 @@ class MainWindow(QMainWindow):
         if kind == "image":
             self.tabs.setCurrentWidget(self.forward)
             return self.forward.load_image(path)
-        from core.checkpoint import CHECKPOINT_SUFFIX, LEGACY_SUFFIXES
-        from core.data import IMAGE_SUFFIXES
+        from diffusion_studio.core.checkpoint import CHECKPOINT_SUFFIX, LEGACY_SUFFIXES
+        from diffusion_studio.core.data import IMAGE_SUFFIXES
 
         self._error(
             "Cannot open",
@@ -927,7 +928,7 @@ def make_application() -> QApplication:
     For scripts and benchmarks that build the window at once; run_app sets the threads once
     the engine has loaded."""
     app = make_qt_application()
-    from app.worker import configure_torch_threads
+    from diffusion_studio.app.worker import configure_torch_threads
 
     configure_torch_threads()
     return app
@@ -947,7 +948,7 @@ def first_launch_size(available: tuple[int, int]) -> tuple[int, int]:
 def run_app(paths: list[str]) -> int:
     """Start the GUI, open `paths` (images, image folders, checkpoints) once the engine is
     loaded, run the event loop."""
-    from app.garbage import after_startup
+    from diffusion_studio.app.garbage import after_startup
 
     app = make_qt_application()
     window = MainWindow()
@@ -961,8 +962,8 @@ def run_app(paths: list[str]) -> int:
     for path in paths:
         window.open_path_when_ready(path)
     code = app.exec()
-    if "app.worker" in sys.modules:  # the engine was loaded: jobs may have run
-        from app.worker import wait_for_all_threads
+    if "diffusion_studio.app.worker" in sys.modules:  # the engine was loaded: jobs may have run
+        from diffusion_studio.app.worker import wait_for_all_threads
 
         if not wait_for_all_threads(CLOSE_TIMEOUT_S):
             # A job ignored its cancel flag: leave without destroying a running QThread.

@@ -20,10 +20,7 @@ import math
 from dataclasses import MISSING, Field, fields
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QVBoxLayout, QWidget
-
-from app.widgets import (
+from diffusion_studio.app.widgets import (
     FieldCheck,
     NumberBox,
     check_box,
@@ -32,7 +29,7 @@ from app.widgets import (
     set_combo_data,
     spin_box,
 )
-from core.samplers import (
+from diffusion_studio.core.samplers import (
     REGISTRY,
     TIMESTEP_SPACINGS,
     PredictionType,
@@ -40,7 +37,9 @@ from core.samplers import (
     SamplerSpec,
     make_sampler,
 )
-from core.schedule import NoiseSchedule, ScheduleConfig
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QVBoxLayout, QWidget
 
 log = logging.getLogger(__name__)
 

@@ -72,12 +72,11 @@ def grab(window, path: Path) -> None:
 
 def shoot(out: Path, train_steps: int) -> None:
     import torch
-
-    from app import dialogs
-    from app.main_window import MainWindow, make_application
-    from app.widgets import set_combo_data
-    from core.data import sample_photo_paths
-    from core.samplers import sampler_defaults
+    from diffusion_studio.app import dialogs
+    from diffusion_studio.app.main_window import MainWindow, make_application
+    from diffusion_studio.app.widgets import set_combo_data
+    from diffusion_studio.core.data import sample_photo_paths
+    from diffusion_studio.core.samplers import sampler_defaults
 
     make_application()
     torch.set_num_threads(os.cpu_count() or 1)  # nobody is using the window: all cores train
@@ -181,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="diffusion-studio-screenshots-") as tmp:
-        from app.settings import DATA_DIR_ENV
+        from diffusion_studio.app.settings import DATA_DIR_ENV
 
         os.environ[DATA_DIR_ENV] = str(Path(tmp) / "data")
         from PySide6.QtCore import QSettings

@@ -18,14 +18,14 @@ ICON_NAME = "diffusion-studio"
 
 
 def _check_digits() -> str:
-    from core.data import load_digits
+    from diffusion_studio.core.data import load_digits
 
     images, labels = load_digits()
     return f"{images.shape[0]} images, {len(set(labels.tolist()))} classes"
 
 
 def _check_photos() -> str:
-    from core.data import load_image, sample_photo_paths
+    from diffusion_studio.core.data import load_image, sample_photo_paths
 
     paths = sample_photo_paths()
     if not paths:
@@ -35,9 +35,8 @@ def _check_photos() -> str:
 
 
 def _check_icons() -> str:
+    from diffusion_studio.core.resources import resource_path
     from PIL import Image
-
-    from core.resources import resource_path
 
     resource_path("icons", f"{ICON_NAME}.svg")
     for size in ICON_SIZES:
@@ -49,11 +48,10 @@ def _check_icons() -> str:
 
 def _check_sampling() -> str:
     import torch
-
-    from core.models import UNetConfig, build_model
-    from core.samplers import SamplerConfig, make_sampler
-    from core.sampling import sample
-    from core.schedule import NoiseSchedule
+    from diffusion_studio.core.models import UNetConfig, build_model
+    from diffusion_studio.core.samplers import SamplerConfig, make_sampler
+    from diffusion_studio.core.sampling import sample
+    from diffusion_studio.core.schedule import NoiseSchedule
 
     schedule = NoiseSchedule.from_kind("cosine", 100)
     model = build_model(UNetConfig(channels=(8, 16), attention_heads=2))
@@ -67,7 +65,7 @@ def _check_sampling() -> str:
 
 def _check_training() -> str:
     """Two optimizer steps of a small model: the optimizer pulls in parts of torch lazily."""
-    from core.training import Trainer, preset_config
+    from diffusion_studio.core.training import Trainer, preset_config
 
     config = preset_config("digits", "small", max_steps=2, batch_size=4, device="cpu")
     losses = [r.loss for r in Trainer(config).run() if hasattr(r, "loss")]
@@ -78,15 +76,14 @@ def _check_training() -> str:
 
 def _check_pretrained() -> str:
     import torch
-
-    from core.checkpoint import (
+    from diffusion_studio.core.checkpoint import (
         build_model_from_checkpoint,
         load_checkpoint,
         pretrained_checkpoint_paths,
     )
-    from core.samplers import SamplerConfig, make_sampler
-    from core.sampling import sample
-    from core.schedule import NoiseSchedule
+    from diffusion_studio.core.samplers import SamplerConfig, make_sampler
+    from diffusion_studio.core.sampling import sample
+    from diffusion_studio.core.schedule import NoiseSchedule
 
     paths = pretrained_checkpoint_paths()
     if not paths:
@@ -108,13 +105,12 @@ def _check_qt() -> str:
     builds the main window with all its panels (settings and data in a temporary folder)."""
     import tempfile
 
+    from diffusion_studio.app.main_window import MainWindow
+    from diffusion_studio.app.settings import DATA_DIR_ENV
+    from diffusion_studio.core.resources import resource_path
     from PySide6.QtCore import QSettings
     from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication
-
-    from app.main_window import MainWindow
-    from app.settings import DATA_DIR_ENV
-    from core.resources import resource_path
 
     qt_app = QApplication.instance()
     if qt_app is None:
@@ -146,7 +142,7 @@ def _check_qt() -> str:
 
 
 def _check_diffusers() -> str:
-    from core.diffusers_models import diffusers_available
+    from diffusion_studio.core.diffusers_models import diffusers_available
 
     return "installed" if diffusers_available() else "not installed (optional)"
 

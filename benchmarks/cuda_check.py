@@ -18,16 +18,15 @@ import sys
 import time
 
 import torch
-
-from core.checkpoint import (
+from diffusion_studio.core.checkpoint import (
     build_model_from_checkpoint,
     load_checkpoint,
     pretrained_checkpoint_paths,
 )
-from core.device import resolve_device
-from core.samplers import SamplerConfig
-from core.sampling import sample_checkpoint
-from core.training import Trainer, preset_config
+from diffusion_studio.core.device import resolve_device
+from diffusion_studio.core.samplers import SamplerConfig
+from diffusion_studio.core.sampling import sample_checkpoint
+from diffusion_studio.core.training import Trainer, preset_config
 
 
 def _ms_per_step(device: str, batch: int, steps: int = 30) -> float:

@@ -24,11 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusion_studio.core.data import (
+    DIGITS_HELD_OUT,
+    DIGITS_SPLIT_SEED,
+    digits_split_order,
+    load_digits,
+)
+from diffusion_studio.core.errors import CheckpointError
 from safetensors.torch import load_file, save_file
 from torch import nn
-
-from core.data import DIGITS_HELD_OUT, DIGITS_SPLIT_SEED, digits_split_order, load_digits
-from core.errors import CheckpointError
 
 WEIGHTS_PATH = Path(__file__).resolve().parent / "digit_classifier.safetensors"
 SPLIT_SEED = DIGITS_SPLIT_SEED

@@ -51,8 +51,8 @@ def _wait_until(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
 
 
 def _new_window():
-    from app.garbage import after_startup
-    from app.main_window import MainWindow
+    from diffusion_studio.app.garbage import after_startup
+    from diffusion_studio.app.main_window import MainWindow
 
     window = MainWindow()
     window.show()
@@ -63,8 +63,8 @@ def _new_window():
 
 def sampling_cycles_rss_growth_mb(cycles: int) -> float:
     """RSS growth (MB) over `cycles` sampling start/stop cycles, after a warm-up."""
-    from app.widgets import set_combo_data
-    from core.checkpoint import pretrained_checkpoint_paths
+    from diffusion_studio.app.widgets import set_combo_data
+    from diffusion_studio.core.checkpoint import pretrained_checkpoint_paths
 
     window = _new_window()
     playback = window.playback
@@ -106,9 +106,9 @@ def sampling_cycles_rss_growth_mb(cycles: int) -> float:
 def close_seconds(during: str) -> float:
     """Seconds from close() (answered Yes) to no worker thread left, during `during`:
     "training" or "sampling"."""
-    from app.widgets import set_combo_data
-    from app.worker import live_threads, wait_for_all_threads
-    from core.checkpoint import pretrained_checkpoint_paths
+    from diffusion_studio.app.widgets import set_combo_data
+    from diffusion_studio.app.worker import live_threads, wait_for_all_threads
+    from diffusion_studio.core.checkpoint import pretrained_checkpoint_paths
 
     window = _new_window()
     if during == "training":
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     qt_application()
-    from app import dialogs
+    from diffusion_studio.app import dialogs
 
     errors: list[str] = []
     dialogs.show_error = lambda _parent, title, message: errors.append(f"{title}: {message}")

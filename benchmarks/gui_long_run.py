@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     every = args.every if args.every else min(30.0, max(1.0, run_s / 30.0))
 
     qt_application()
-    from app import dialogs
-    from app.garbage import after_startup
-    from app.main_window import MainWindow
-    from app.panels import training_panel
-    from app.widgets import set_combo_data
+    from diffusion_studio.app import dialogs
+    from diffusion_studio.app.garbage import after_startup
+    from diffusion_studio.app.main_window import MainWindow
+    from diffusion_studio.app.panels import training_panel
+    from diffusion_studio.app.widgets import set_combo_data
 
     errors: list[str] = []
     dialogs.show_error = lambda _parent, title, message: errors.append(f"{title}: {message}")

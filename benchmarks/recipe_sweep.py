@@ -132,9 +132,9 @@ def long_variants(minutes: float) -> list[Variant]:
 
 
 def train_config(v: Variant, cpu_minutes: float, device: str):
-    from core.models import UNetConfig
-    from core.schedule import ScheduleConfig
-    from core.training import preset_config
+    from diffusion_studio.core.models import UNetConfig
+    from diffusion_studio.core.schedule import ScheduleConfig
+    from diffusion_studio.core.training import preset_config
 
     channels, heads, layers = ARCHS[v.arch]
     model = UNetConfig(
@@ -169,13 +169,17 @@ def train_config(v: Variant, cpu_minutes: float, device: str):
 def run_variant(v: Variant, cpu_minutes: float, device: str, n: int, out: str) -> list[dict]:
     """Train one variant, sample with each sampler, score; one record per sampler."""
     import torch
+    from diffusion_studio.core.checkpoint import (
+        build_model_from_checkpoint,
+        for_sampling,
+        save_checkpoint,
+    )
+    from diffusion_studio.core.samplers import SamplerConfig, make_sampler
+    from diffusion_studio.core.sampling import sample
+    from diffusion_studio.core.schedule import NoiseSchedule
+    from diffusion_studio.core.training import Trainer
 
     from benchmarks.score import score_samples
-    from core.checkpoint import build_model_from_checkpoint, for_sampling, save_checkpoint
-    from core.samplers import SamplerConfig, make_sampler
-    from core.sampling import sample
-    from core.schedule import NoiseSchedule
-    from core.training import Trainer
 
     torch.set_num_threads(1)
     config = train_config(v, cpu_minutes, device)
@@ -225,8 +229,7 @@ def run_variant(v: Variant, cpu_minutes: float, device: str, n: int, out: str) -
 def measure_cpu(batches: tuple[int, ...] = (32, 64, 128)) -> None:
     """Print CPU ms per step for every arch and batch (2 torch threads)."""
     import torch
-
-    from core.training import Trainer
+    from diffusion_studio.core.training import Trainer
 
     torch.set_num_threads(2)
     for arch in ARCHS:

@@ -85,24 +85,25 @@ def run_child(where: str, setup: str, cores: int, seconds: float) -> dict:
 
 def child_cli(seconds: float) -> dict:
     import torch
+    from diffusion_studio.core.training import preset_config
 
     from benchmarks.speed_gui_load import run_headless
-    from core.training import preset_config
 
     config = preset_config("digits")
     return run_headless(config, seconds, torch.get_num_threads(), min(5.0, seconds / 5))
 
 
 def child_app(seconds: float) -> dict:
-    from app.gui_env import prepare_gui_threading
+    from diffusion_studio.app.gui_env import prepare_gui_threading
 
     prepare_gui_threading()  # as the app does, before torch is imported
     from benchmarks.speed_common import process_events_for, qt_application
 
     app = qt_application()  # the app's thread set-up, as run_app
-    from app.main_window import MainWindow
+    from diffusion_studio.app.main_window import MainWindow
+    from diffusion_studio.core.training import TrainPreview, TrainProgress
+
     from benchmarks.speed_gui_load import throughput
-    from core.training import TrainPreview, TrainProgress
 
     window = MainWindow()
     window.show()

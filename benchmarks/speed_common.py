@@ -185,7 +185,7 @@ def qt_application():
     from PySide6.QtCore import QSettings
 
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(folder / "cfg"))
-    from app.main_window import make_application
+    from diffusion_studio.app.main_window import make_application
 
     return make_application()
 

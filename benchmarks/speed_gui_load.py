@@ -41,13 +41,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.gui_env import prepare_gui_threading
+from diffusion_studio.app.gui_env import prepare_gui_threading
 
 if __name__ == "__main__":
     prepare_gui_threading()  # as the app does, before torch is imported
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from diffusion_studio.core.training import TrainConfig, Trainer, TrainPreview, TrainProgress  # noqa: E402
 
 from benchmarks.speed_common import (  # noqa: E402
     SUMMARY_HEADER,
@@ -60,7 +61,6 @@ from benchmarks.speed_common import (  # noqa: E402
     summary_row,
     write_json,
 )
-from core.training import TrainConfig, Trainer, TrainPreview, TrainProgress  # noqa: E402
 
 PROBE_MS = 5
 DRIFT_WARNING_PCT = 5.0  # headless halves further apart than this: the ratio is not reliable
@@ -188,7 +188,7 @@ class Probe:
 # GUI-thread slots whose duration is logged (wrapped on the class before the window is
 # built, so the signal connections call the wrappers); missing names are skipped.
 TRACED_SLOTS = {
-    "app.panels.training_panel.TrainingPanel": (
+    "diffusion_studio.app.panels.training_panel.TrainingPanel": (
         "_on_timer",
         "_redraw_curves",
         "_redraw_scatter",
@@ -196,8 +196,8 @@ TRACED_SLOTS = {
         "_update_stats",
         "_on_progressed",
     ),
-    "app.main_window.JobStatusBar": ("refresh",),
-    "app.worker.JobRunner": ("_on_worker_progressed",),
+    "diffusion_studio.app.main_window.JobStatusBar": ("refresh",),
+    "diffusion_studio.app.worker.JobRunner": ("_on_worker_progressed",),
     "pyqtgraph.widgets.GraphicsView.GraphicsView": ("paintEvent",),  # every plot's paint
 }
 
@@ -277,13 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     warmup_s = min(5.0, args.seconds / 5)
 
     app = qt_application()  # sets the app's thread counts, as run_app does
-    from app.worker import job_threads, set_job_threads
+    from diffusion_studio.app.worker import job_threads, set_job_threads
 
     if args.app_threads:
         set_job_threads(args.app_threads)
     app_threads = job_threads()
-    from app.garbage import after_startup, job_garbage
-    from app.main_window import MainWindow
+    from diffusion_studio.app.garbage import after_startup, job_garbage
+    from diffusion_studio.app.main_window import MainWindow
 
     slots = SlotTimer()
     slots.install()

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusion_studio.core.data import load_digits
+from diffusion_studio.core.sampling import Frame, Trajectory
 
 from benchmarks.speed_common import (
     MB,
@@ -42,8 +44,6 @@ from benchmarks.speed_common import (
     summary_row,
     write_json,
 )
-from core.data import load_digits
-from core.sampling import Frame, Trajectory
 
 TARGET_FPS = 60.0
 LATE_FACTOR = 1.5
@@ -92,8 +92,8 @@ def measure_memory(samples: int, frames: int) -> tuple[Trajectory, dict[str, flo
 
 
 def measure_playback(trajectory: Trajectory, seconds: float) -> dict[str, object]:
-    from app.panels.playback_panel import PlaybackPanel
-    from app.widgets import set_combo_data
+    from diffusion_studio.app.panels.playback_panel import PlaybackPanel
+    from diffusion_studio.app.widgets import set_combo_data
 
     app = qt_application()
     panel = PlaybackPanel()

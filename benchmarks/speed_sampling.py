@@ -32,15 +32,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusion_studio.core.guidance import DEFAULT_GUIDANCE_SCALE, num_classes, sampling_labels
+from diffusion_studio.core.models import build_model, count_parameters
+from diffusion_studio.core.samplers import PredictionType, SamplerConfig, make_sampler
+from diffusion_studio.core.sampling import Trajectory, sample
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
+from diffusion_studio.core.threads import AdaptiveThreads
 from torch import nn
 
 from benchmarks.speed_common import Target, print_table, print_targets, write_json
-from core.guidance import DEFAULT_GUIDANCE_SCALE, num_classes, sampling_labels
-from core.models import build_model, count_parameters
-from core.samplers import PredictionType, SamplerConfig, make_sampler
-from core.sampling import Trajectory, sample
-from core.schedule import NoiseSchedule, ScheduleConfig
-from core.threads import AdaptiveThreads
 
 REFERENCE_UNET = {
     "_class_name": "UNet2DModel",
@@ -67,12 +67,12 @@ class Subject:
 
 
 def our_model() -> Subject:
-    from core.checkpoint import (
+    from diffusion_studio.core.checkpoint import (
         build_model_from_checkpoint,
         load_checkpoint,
         pretrained_checkpoint_paths,
     )
-    from core.training import preset_config
+    from diffusion_studio.core.training import preset_config
 
     path = pretrained_checkpoint_paths().get("digits")
     if path is not None:
@@ -98,8 +98,8 @@ def our_model() -> Subject:
 
 
 def reference_model() -> Subject:
-    from core.diffusers_models import DiffusersUNet
-    from core.models import DiffusersUNetConfig
+    from diffusion_studio.core.diffusers_models import DiffusersUNet
+    from diffusion_studio.core.models import DiffusersUNetConfig
 
     torch.manual_seed(0)
     model = DiffusersUNet(DiffusersUNetConfig(config=REFERENCE_UNET)).eval()

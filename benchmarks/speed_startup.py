@@ -59,11 +59,11 @@ DRIVER = """
 import time
 t0 = time.perf_counter()
 import json, os, sys
-from app.cli import main                      # what the diffusion-studio script imports
+from diffusion_studio.app.cli import main                      # what the diffusion-studio script imports
 t_cli = time.perf_counter()
-from app.gui_env import prepare_gui_threading
+from diffusion_studio.app.gui_env import prepare_gui_threading
 prepare_gui_threading()
-from app.main_window import MainWindow, make_qt_application   # what main() imports for the GUI
+from diffusion_studio.app.main_window import MainWindow, make_qt_application   # what main() imports for the GUI
 t_import = time.perf_counter()
 torch_before_show = "torch" in sys.modules
 from PySide6.QtCore import QSettings, QTimer

@@ -22,13 +22,12 @@ import time
 
 import numpy as np
 import torch
-
-from core.checkpoint import load_checkpoint
-from core.data import TOY_DATASETS, toy_points
-from core.quality import PointQuality, point_quality
-from core.sampling import sample_checkpoint
-from core.schedule import ScheduleConfig
-from core.training import Trainer, preset_config
+from diffusion_studio.core.checkpoint import load_checkpoint
+from diffusion_studio.core.data import TOY_DATASETS, toy_points
+from diffusion_studio.core.quality import PointQuality, point_quality
+from diffusion_studio.core.sampling import sample_checkpoint
+from diffusion_studio.core.schedule import ScheduleConfig
+from diffusion_studio.core.training import Trainer, preset_config
 
 DATA_SEED = 1
 

@@ -25,18 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusion_studio.core import __version__
+from diffusion_studio.core.diffusers_models import find_diffusers_model, load_diffusers_checkpoint
+from diffusion_studio.core.errors import CheckpointError, DiffusionStudioError
+from diffusion_studio.core.files import atomic_write
+from diffusion_studio.core.models import ModelConfig, build_model, model_config_from_dict
+from diffusion_studio.core.resources import resources_dir
+from diffusion_studio.core.samplers import PREDICTION_TYPES, PredictionType
+from diffusion_studio.core.schedule import ScheduleConfig
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 from torch import nn
-
-from core import __version__
-from core.diffusers_models import find_diffusers_model, load_diffusers_checkpoint
-from core.errors import CheckpointError, DiffusionStudioError
-from core.files import atomic_write
-from core.models import ModelConfig, build_model, model_config_from_dict
-from core.resources import resources_dir
-from core.samplers import PREDICTION_TYPES, PredictionType
-from core.schedule import ScheduleConfig
 
 FORMAT_NAME = "diffusion-studio"
 FORMAT_VERSION = 1

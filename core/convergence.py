@@ -29,14 +29,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from diffusion_studio.core.checkpoint import Checkpoint, build_model_from_checkpoint
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.guidance import sampling_labels
+from diffusion_studio.core.samplers import REGISTRY, PredictionType, SamplerConfig, make_sampler
+from diffusion_studio.core.sampling import sample
+from diffusion_studio.core.schedule import NoiseSchedule
 from torch import nn
-
-from core.checkpoint import Checkpoint, build_model_from_checkpoint
-from core.errors import ConfigError
-from core.guidance import sampling_labels
-from core.samplers import REGISTRY, PredictionType, SamplerConfig, make_sampler
-from core.sampling import sample
-from core.schedule import NoiseSchedule
 
 # Samplers tried as the reference, most accurate per network evaluation first (see above);
 # a name not registered is skipped, and any deterministic sampler serves when none is.
@@ -234,7 +233,7 @@ def checkpoint_convergence(
     `default_step_counts`; a class-conditional model draws every class in turn (guided with
     `guidance_scale`); clip_sample: None = core's default for the kind of model (images
     clipped, points not: `default_sampler_config`)."""
-    from core.samplers import default_sampler_config
+    from diffusion_studio.core.samplers import default_sampler_config
 
     schedule = NoiseSchedule(ckpt.schedule_config)
     model = build_model_from_checkpoint(ckpt, device)

@@ -21,11 +21,10 @@ from typing import BinaryIO, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusion_studio.core import memory
+from diffusion_studio.core.errors import ConfigError, DataError, ImageLoadError
+from diffusion_studio.core.resources import resource_path
 from PIL import Image, ImageOps, UnidentifiedImageError
-
-from core import memory
-from core.errors import ConfigError, DataError, ImageLoadError
-from core.resources import resource_path
 
 # --------------------------------------------------------------------------- digits
 

@@ -44,18 +44,17 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from torch import nn
-
-from core.errors import CheckpointError, ConfigError, ExportError
-from core.models import DiffusersUNetConfig, ModelConfig, UNetConfig
-from core.samplers import (
+from diffusion_studio.core.errors import CheckpointError, ConfigError, ExportError
+from diffusion_studio.core.models import DiffusersUNetConfig, ModelConfig, UNetConfig
+from diffusion_studio.core.samplers import (
     TIMESTEP_SPACINGS,
     PredictionType,
     SamplerConfig,
     sampler_spec,
     spec_for_diffusers_class,
 )
-from core.schedule import ScheduleConfig
+from diffusion_studio.core.schedule import ScheduleConfig
+from torch import nn
 
 __all__ = [
     "DIFFUSERS_CONFIG",
@@ -335,7 +334,9 @@ def load_diffusers_checkpoint(path: str | Path) -> Any:
     without an equivalent here are listed in `meta["notes"]`.
     Raises CheckpointError for anything that is missing, unsupported or damaged.
     """
-    from core.checkpoint import Checkpoint  # imported here: core.checkpoint imports this module
+    from diffusion_studio.core.checkpoint import (
+        Checkpoint,  # imported here: core.checkpoint imports this module
+    )
 
     path = Path(path).expanduser()
     found = find_diffusers_model(path)

@@ -19,10 +19,9 @@ from typing import IO, Any, Protocol
 
 import numpy as np
 import torch
+from diffusion_studio.core.errors import ExportError
+from diffusion_studio.core.files import atomic_write
 from PIL import Image, ImageDraw, ImageFont
-
-from core.errors import ExportError
-from core.files import atomic_write
 
 # ----------------------------------------------------------------------------- arrays
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from core.errors import DiffusionStudioError
+from diffusion_studio.core.errors import DiffusionStudioError
 
 
 def atomic_write(

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from core.errors import ConfigError
-from core.export import select_frame_indices
-from core.schedule import NoiseSchedule
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.export import select_frame_indices
+from diffusion_studio.core.schedule import NoiseSchedule
 
 HIST_SAMPLES = 65536  # at most this many values in x_t_sample (a pixel-value histogram)
 

@@ -26,18 +26,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusion_studio.core.checkpoint import Checkpoint, build_model_from_checkpoint
+from diffusion_studio.core.data import load_image
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.export import save_csv
+from diffusion_studio.core.guidance import class_labels, num_classes
+from diffusion_studio.core.samplers import PredictionType
+from diffusion_studio.core.samplers.base import split_prediction
+from diffusion_studio.core.schedule import NoiseSchedule
+from diffusion_studio.core.schedule_table import csv_cell
+from diffusion_studio.core.training import training_target
 from torch import nn
-
-from core.checkpoint import Checkpoint, build_model_from_checkpoint
-from core.data import load_image
-from core.errors import ConfigError
-from core.export import save_csv
-from core.guidance import class_labels, num_classes
-from core.samplers import PredictionType
-from core.samplers.base import split_prediction
-from core.schedule import NoiseSchedule
-from core.schedule_table import csv_cell
-from core.training import training_target
 
 CURVE_BATCH = 50  # timesteps per network evaluation of the curve (T = 1000: 20 progress steps)
 CURVE_COLUMNS = ("t", "log_snr", "loss", "x0_mse", "eps_mse")

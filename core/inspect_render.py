@@ -13,8 +13,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-
-from core.export import (
+from diffusion_studio.core.export import (
     caption_frame,
     make_grid,
     pad_to_width,
@@ -22,7 +21,7 @@ from core.export import (
     to_uint8_images,
     upscale_nearest,
 )
-from core.inspect import InspectRecord
+from diffusion_studio.core.inspect import InspectRecord
 
 NOISE_SIGMAS = 3.0  # noise panels show eps / 3: +-3 standard deviations fill black..white
 ERROR_MAX = 1.0  # an x_0 error of 1 (half the [-1, 1] range) or more is white in the heatmap

@@ -22,9 +22,8 @@ from typing import Any, Literal, Union
 
 import torch
 import torch.nn.functional as F
+from diffusion_studio.core.errors import ConfigError
 from torch import nn
-
-from core.errors import ConfigError
 
 __all__ = [
     "DiffusersUNetConfig",
@@ -673,7 +672,9 @@ def build_model(config: ModelConfig) -> nn.Module:
     if isinstance(config, MLPConfig):
         return MLPDenoiser(config)
     if isinstance(config, DiffusersUNetConfig):
-        from core.diffusers_models import DiffusersUNet  # imports diffusers: only when needed
+        from diffusion_studio.core.diffusers_models import (
+            DiffusersUNet,  # imports diffusers: only when needed
+        )
 
         return DiffusersUNet(config)
     raise ConfigError(f"not a model config: {config!r}")

@@ -21,7 +21,7 @@ def resources_dir() -> Path:
         candidate = Path(bundle_root) / "resources"
         if candidate.is_dir():
             return candidate
-    return Path(str(importlib_resources.files("resources")))
+    return Path(str(importlib_resources.files("diffusion_studio.resources")))
 
 
 def resource_path(*parts: str) -> Path:

@@ -15,21 +15,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
-from core.checkpoint import Checkpoint, build_model_from_checkpoint
-from core.data import load_image
-from core.errors import ConfigError
-from core.export import to_uint8_images
-from core.guidance import (
+from diffusion_studio.core.checkpoint import Checkpoint, build_model_from_checkpoint
+from diffusion_studio.core.data import load_image
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.export import to_uint8_images
+from diffusion_studio.core.guidance import (
     DEFAULT_GUIDANCE_SCALE,
     check_guidance_scale,
     guided_output,
     sampling_labels,
 )
-from core.samplers import Sampler, SamplerConfig, default_sampler_config, make_sampler
-from core.schedule import NoiseSchedule
-from core.threads import AdaptiveThreads
+from diffusion_studio.core.samplers import (
+    Sampler,
+    SamplerConfig,
+    default_sampler_config,
+    make_sampler,
+)
+from diffusion_studio.core.schedule import NoiseSchedule
+from diffusion_studio.core.threads import AdaptiveThreads
+from torch import nn
 
 
 @dataclass(frozen=True)

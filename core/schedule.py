@@ -18,8 +18,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
-
-from core.errors import ConfigError
+from diffusion_studio.core.errors import ConfigError
 
 ScheduleKind = Literal["linear", "scaled_linear", "cosine", "sigmoid"]
 SCHEDULE_KINDS: tuple[str, ...] = get_args(ScheduleKind)

@@ -19,9 +19,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.errors import ConfigError
-from core.export import save_csv
-from core.schedule import NoiseSchedule, ScheduleConfig
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.export import save_csv
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 
 CURVE_KEYS = ("beta", "alpha_bar", "sqrt_alpha_bar", "sqrt_one_minus_alpha_bar", "log_snr")
 

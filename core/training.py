@@ -32,25 +32,30 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import nn
-
-from core.checkpoint import Checkpoint, save_checkpoint
-from core.data import Dataset, make_dataset
-from core.device import resolve_device
-from core.errors import ConfigError, TrainingError
-from core.guidance import DEFAULT_GUIDANCE_SCALE, sampling_labels
-from core.memory import check_training_memory
-from core.models import MLPConfig, ModelConfig, UNetConfig, build_model, model_config_from_dict
-from core.samplers import (
+from diffusion_studio.core.checkpoint import Checkpoint, save_checkpoint
+from diffusion_studio.core.data import Dataset, make_dataset
+from diffusion_studio.core.device import resolve_device
+from diffusion_studio.core.errors import ConfigError, TrainingError
+from diffusion_studio.core.guidance import DEFAULT_GUIDANCE_SCALE, sampling_labels
+from diffusion_studio.core.memory import check_training_memory
+from diffusion_studio.core.models import (
+    MLPConfig,
+    ModelConfig,
+    UNetConfig,
+    build_model,
+    model_config_from_dict,
+)
+from diffusion_studio.core.samplers import (
     PREDICTION_TYPES,
     PredictionType,
     SamplerConfig,
     default_sampler_config,
     make_sampler,
 )
-from core.sampling import sample
-from core.schedule import NoiseSchedule, ScheduleConfig
-from core.threads import AdaptiveThreads, ThreadState
+from diffusion_studio.core.sampling import sample
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
+from diffusion_studio.core.threads import AdaptiveThreads, ThreadState
+from torch import nn
 
 ModelSize = Literal["small", "default", "large"]
 MODEL_SIZES: tuple[str, ...] = ("small", "default", "large")
@@ -250,7 +255,7 @@ def preset_config(
     data: str = "digits", size: ModelSize = "default", **overrides: Any
 ) -> TrainConfig:
     """A ready-to-run TrainConfig for a data source and model size; keyword overrides win."""
-    from core.data import TOY_DATASETS, is_builtin_digits
+    from diffusion_studio.core.data import TOY_DATASETS, is_builtin_digits
 
     base: dict[str, Any]
     if data in TOY_DATASETS:

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.checkpoint import Checkpoint, save_checkpoint
-from core.errors import ConfigError, DiffusionStudioError
-from core.training import Trainer
+from diffusion_studio.core.checkpoint import Checkpoint, save_checkpoint
+from diffusion_studio.core.errors import ConfigError, DiffusionStudioError
+from diffusion_studio.core.training import Trainer
 
 DEFAULT_AUTOSAVE_S = 60.0  # at least once a minute, unless told otherwise
 

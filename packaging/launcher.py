@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import sys
 
-from app.cli import main
+from diffusion_studio.app.cli import main
 
 if __name__ == "__main__":
     multiprocessing.freeze_support()  # a frozen program must call this before anything else

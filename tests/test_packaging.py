@@ -14,9 +14,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from diffusion_studio.core.resources import resource_path
 from PIL import Image
-
-from core.resources import resource_path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
@@ -121,9 +120,8 @@ def _setuptools_builds_wheels() -> bool:
     return (major, minor) >= (70, 1)
 
 
-def test_wheel_contains_resources_and_entry_point(tmp_path):
-    """`pip wheel .` carries the data, photos and icons (built from a copy: the checkout stays
-    clean), declares the command and the diffusers extra."""
+def _build_wheel(tmp_path: Path) -> Path:
+    """`pip wheel .` from a copy of the checkout (the checkout stays clean): the wheel's path."""
     source = tmp_path / "src"
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
@@ -144,18 +142,99 @@ def test_wheel_contains_resources_and_entry_point(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = out.glob("diffusion_studio-*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    return _build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def _top_level_names(names: set[str]) -> set[str]:
+    """The import names a wheel installs: its top-level folders and modules (not its metadata)."""
+    tops = {name.split("/")[0] for name in names}
+    return {top.removesuffix(".py") for top in tops if not top.endswith((".dist-info", ".data"))}
+
+
+def test_wheel_contains_resources_and_entry_point(wheel):
+    """The wheel carries the data, photos and icons, declares the command and the diffusers
+    extra, and installs one top-level import name (issue 19: no `core`, `app`, `resources`)."""
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
         meta_text = archive.read(metadata).decode()
         entry_points = archive.read(metadata.replace("METADATA", "entry_points.txt")).decode()
-    expected = {"resources/data/digits.npz", "resources/icons/diffusion-studio.svg"}
-    expected |= {f"resources/icons/diffusion-studio-{s}.png" for s in ICON_SIZES}
-    expected |= {f"resources/photos/{p.name}" for p in (ROOT / "resources" / "photos").iterdir()}
+    assert _top_level_names(names) == {"diffusion_studio"}
+    shipped = "diffusion_studio/resources"
+    expected = {f"{shipped}/data/digits.npz", f"{shipped}/icons/diffusion-studio.svg"}
+    expected |= {f"{shipped}/icons/diffusion-studio-{s}.png" for s in ICON_SIZES}
+    expected |= {f"{shipped}/photos/{p.name}" for p in (ROOT / "resources" / "photos").iterdir()}
     assert expected <= names, sorted(expected - names)
-    assert "core/diffusers_models.py" in names and "app/cli.py" in names
-    assert "diffusion-studio = app.cli:main" in entry_points
+    expected_modules = {
+        f"diffusion_studio/{path.relative_to(ROOT).as_posix()}"
+        for package in ("core", "app")
+        for path in (ROOT / package).rglob("*.py")
+    }
+    assert expected_modules <= names, sorted(expected_modules - names)
+    assert "diffusion_studio/__init__.py" not in names  # a namespace package: nothing to collide
+    assert "diffusion-studio = diffusion_studio.app.cli:main" in entry_points
     assert "Provides-Extra: diffusers" in meta_text
+
+
+@pytest.mark.slow  # a fresh venv, the wheel installed into it, and the self-check (torch, Qt)
+def test_wheel_in_a_fresh_venv_passes_self_check(wheel, tmp_path):
+    """`pip install` of the wheel into a fresh venv: the command and `python -m` both run the
+    self-check from the installed files (not the checkout). The dependencies come from this
+    venv through a .pth line, so nothing is downloaded."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    import torch  # where this venv keeps the dependencies
+
+    dependencies = Path(torch.__file__).resolve().parent.parent
+    (Path(site) / "dependencies.pth").write_text(f"{dependencies}\n")
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", site]
+        + [str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "HOME": str(tmp_path)}
+    env.pop("PYTHONPATH", None)
+    located = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import diffusion_studio.core as c, sys; print(c.__file__);"
+            "print(any(m in sys.modules for m in ('core', 'app', 'resources')))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert located.returncode == 0, located.stderr
+    core_file, stray = located.stdout.split()
+    assert Path(core_file).is_relative_to(site) and stray == "False"
+    result = subprocess.run(
+        [str(python), "-m", "diffusion_studio.app", "--self-check"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "self-check passed" in result.stdout
 
 
 # ----------------------------------------------------------------------------- self-check
@@ -164,7 +243,7 @@ def test_wheel_contains_resources_and_entry_point(tmp_path):
 @pytest.mark.slow  # imports torch, Qt and the GUI, trains and samples: several seconds
 def test_self_check_passes_headless(capsys, monkeypatch):
     monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
-    from app.self_check import CHECKS, run_self_check
+    from diffusion_studio.app.self_check import CHECKS, run_self_check
 
     assert run_self_check() == 0
     out = capsys.readouterr().out
@@ -175,8 +254,9 @@ def test_self_check_passes_headless(capsys, monkeypatch):
 
 def test_self_check_reports_a_missing_resource(capsys, monkeypatch, tmp_path):
     """A bundle without its icons must fail the self-check, and say which check failed."""
-    import app.self_check as self_check
-    import core.resources
+    import diffusion_studio.app.self_check as self_check
+    import diffusion_studio.core.resources  # noqa: F401
+    from diffusion_studio import core
 
     monkeypatch.setattr(core.resources, "resources_dir", lambda: tmp_path)
     monkeypatch.setattr(self_check, "CHECKS", [("icons", self_check._check_icons)])
@@ -216,3 +296,24 @@ def test_bundle_builds_and_passes_self_check(tmp_path):
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert csv.read_text().splitlines()[0].startswith("t,")
+
+
+def test_no_module_imports_the_old_top_level_names():
+    """Every import of the project's own code goes through `diffusion_studio.` (issue 19): an
+    `import core` would load a second copy of a module from the checkout, with its own registry."""
+    import ast
+
+    offenders = []
+    for folder in ("core", "app", "tests", "benchmarks", "packaging"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    if name.split(".")[0] in ("core", "app", "resources"):
+                        offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
+    assert offenders == []

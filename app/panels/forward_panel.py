@@ -23,25 +23,10 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PIL import Image
-from PySide6.QtCore import QSettings, QSize, Qt, QTimer, Signal
-from PySide6.QtWidgets import (
-    QComboBox,
-    QGridLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QSlider,
-    QSplitter,
-    QTabWidget,
-    QVBoxLayout,
-    QWidget,
-)
-
-from app import dialogs
-from app.panels.base import Panel
-from app.panels.schedule_panel import describe
-from app.widgets import (
+from diffusion_studio.app import dialogs
+from diffusion_studio.app.panels.base import Panel
+from diffusion_studio.app.panels.schedule_panel import describe
+from diffusion_studio.app.widgets import (
     ClickableLabel,
     ErrorLabel,
     FieldCheck,
@@ -60,14 +45,19 @@ from app.widgets import (
     set_combo_data,
     spin_box,
 )
-from app.worker import Job, JobRunner, JobStatus
-from core import checkpoint as core_checkpoint
-from core.checkpoint import Checkpoint, load_checkpoint
-from core.data import default_photo_path, is_builtin_digits, load_image, sample_photo_paths
-from core.errors import DiffusionStudioError
-from core.export import forward_caption, save_gif
-from core.forward import ForwardProcess
-from core.inspect import (
+from diffusion_studio.app.worker import Job, JobRunner, JobStatus
+from diffusion_studio.core import checkpoint as core_checkpoint
+from diffusion_studio.core.checkpoint import Checkpoint, load_checkpoint
+from diffusion_studio.core.data import (
+    default_photo_path,
+    is_builtin_digits,
+    load_image,
+    sample_photo_paths,
+)
+from diffusion_studio.core.errors import DiffusionStudioError
+from diffusion_studio.core.export import forward_caption, save_gif
+from diffusion_studio.core.forward import ForwardProcess
+from diffusion_studio.core.inspect import (
     CurveBatch,
     InspectCurve,
     InspectRecord,
@@ -79,8 +69,22 @@ from core.inspect import (
     save_curve_csv,
     setup_from_checkpoint,
 )
-from core.inspect_render import PANEL_CAPTIONS, panel_pictures, save_row_png
-from core.schedule import NoiseSchedule, ScheduleConfig
+from diffusion_studio.core.inspect_render import PANEL_CAPTIONS, panel_pictures, save_row_png
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
+from PIL import Image
+from PySide6.QtCore import QSettings, QSize, Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QSlider,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 DISPLAY_MAX_SIDE = 512
 THUMB_SIDE = 96

@@ -16,25 +16,13 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 import torch
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtWidgets import (
-    QGridLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QSlider,
-    QStackedWidget,
-    QVBoxLayout,
-    QWidget,
-)
-
-from app import dialogs
-from app.guidance_sweep_view import GuidanceSweepDialog, SweepSource
-from app.panels.base import Panel
-from app.panels.schedule_panel import describe
-from app.sampler_form import SamplerForm
-from app.settings import read_json, write_json
-from app.widgets import (
+from diffusion_studio.app import dialogs
+from diffusion_studio.app.guidance_sweep_view import GuidanceSweepDialog, SweepSource
+from diffusion_studio.app.panels.base import Panel
+from diffusion_studio.app.panels.schedule_panel import describe
+from diffusion_studio.app.sampler_form import SamplerForm
+from diffusion_studio.app.settings import read_json, write_json
+from diffusion_studio.app.widgets import (
     POINT_EXTENT,
     REDRAW_INTERVAL_MS,
     ErrorLabel,
@@ -56,28 +44,32 @@ from app.widgets import (
     set_combo_data,
     spin_box,
 )
-from app.worker import Job, JobControl, JobRunner, JobStatus
-from core import checkpoint as core_checkpoint
-from core.checkpoint import Checkpoint, build_model_from_checkpoint, load_checkpoint
-from core.data import is_builtin_digits
-from core.diffusers_models import find_diffusers_model
-from core.errors import ConfigError, DiffusionStudioError
-from core.export import (
+from diffusion_studio.app.worker import Job, JobControl, JobRunner, JobStatus
+from diffusion_studio.core import checkpoint as core_checkpoint
+from diffusion_studio.core.checkpoint import (
+    Checkpoint,
+    build_model_from_checkpoint,
+    load_checkpoint,
+)
+from diffusion_studio.core.data import is_builtin_digits
+from diffusion_studio.core.diffusers_models import find_diffusers_model
+from diffusion_studio.core.errors import ConfigError, DiffusionStudioError
+from diffusion_studio.core.export import (
     make_grid,
     reverse_pictures,
     save_gif,
     save_png_frames,
     select_frame_indices,
 )
-from core.guidance import (
+from diffusion_studio.core.guidance import (
     DEFAULT_GUIDANCE_SCALE,
     MAX_GUIDANCE_SCALE,
     check_guidance_scale,
 )
-from core.guidance_sweep import sweep_classes
-from core.models import count_parameters
-from core.samplers import default_sampler_config, make_sampler
-from core.sampling import (
+from diffusion_studio.core.guidance_sweep import sweep_classes
+from diffusion_studio.core.models import count_parameters
+from diffusion_studio.core.samplers import default_sampler_config, make_sampler
+from diffusion_studio.core.sampling import (
     MAX_FRAMES,
     Frame,
     SampleRequest,
@@ -86,7 +78,18 @@ from core.sampling import (
     sampling_timesteps,
     start_image_tensor,
 )
-from core.schedule import NoiseSchedule
+from diffusion_studio.core.schedule import NoiseSchedule
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QSlider,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 log = logging.getLogger(__name__)
 

@@ -22,24 +22,11 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 import torch
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtWidgets import (
-    QGridLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QSizePolicy,
-    QSlider,
-    QTabWidget,
-    QVBoxLayout,
-    QWidget,
-)
-
-from app import dialogs
-from app.panels.base import Panel
-from app.sampler_form import SamplerForm
-from app.settings import read_json, write_json
-from app.widgets import (
+from diffusion_studio.app import dialogs
+from diffusion_studio.app.panels.base import Panel
+from diffusion_studio.app.sampler_form import SamplerForm
+from diffusion_studio.app.settings import read_json, write_json
+from diffusion_studio.app.widgets import (
     POINT_EXTENT,
     REDRAW_INTERVAL_MS,
     ErrorLabel,
@@ -61,9 +48,9 @@ from app.widgets import (
     scatter_item,
     spin_box,
 )
-from app.worker import Job, JobControl, JobRunner, JobStatus
-from core.checkpoint import Checkpoint, build_model_from_checkpoint
-from core.convergence import (
+from diffusion_studio.app.worker import Job, JobControl, JobRunner, JobStatus
+from diffusion_studio.core.checkpoint import Checkpoint, build_model_from_checkpoint
+from diffusion_studio.core.convergence import (
     ConvergenceProgress,
     ConvergenceRecord,
     check_step_counts,
@@ -74,8 +61,8 @@ from core.convergence import (
     reference_config,
     step_counts_up_to,
 )
-from core.errors import DiffusionStudioError
-from core.export import (
+from diffusion_studio.core.errors import DiffusionStudioError
+from diffusion_studio.core.export import (
     caption_frame,
     make_grid,
     render_points,
@@ -84,21 +71,33 @@ from core.export import (
     save_png,
     upscale_nearest,
 )
-from core.guidance import (
+from diffusion_studio.core.guidance import (
     DEFAULT_GUIDANCE_SCALE,
     MAX_GUIDANCE_SCALE,
     check_guidance_scale,
     sampling_labels,
 )
-from core.samplers import (
+from diffusion_studio.core.samplers import (
     REGISTRY,
     SamplerConfig,
     default_sampler_config,
     make_sampler,
     sampler_defaults,
 )
-from core.sampling import MAX_FRAMES, Frame, Trajectory, sample
-from core.schedule import NoiseSchedule
+from diffusion_studio.core.sampling import MAX_FRAMES, Frame, Trajectory, sample
+from diffusion_studio.core.schedule import NoiseSchedule
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QSizePolicy,
+    QSlider,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 MIN_COLUMNS, MAX_COLUMNS = 2, 4
 PROGRESS_TICKS = 1000  # the lockstep slider's resolution

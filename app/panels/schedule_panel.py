@@ -12,24 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-from pyqtgraph import exporters
-from PySide6.QtCore import QRectF, QSettings, Qt, Signal
-from PySide6.QtGui import QPainter
-from PySide6.QtSvg import QSvgGenerator
-from PySide6.QtWidgets import (
-    QFrame,
-    QGroupBox,
-    QLabel,
-    QScrollArea,
-    QVBoxLayout,
-    QWidget,
-)
-
-from app import dialogs
-from app.axes import IntegerAxis
-from app.panels.base import Panel
-from app.settings import read_json, write_json
-from app.widgets import (
+from diffusion_studio.app import dialogs
+from diffusion_studio.app.axes import IntegerAxis
+from diffusion_studio.app.panels.base import Panel
+from diffusion_studio.app.settings import read_json, write_json
+from diffusion_studio.app.widgets import (
     ErrorLabel,
     FieldCheck,
     Persistent,
@@ -44,9 +31,26 @@ from app.widgets import (
     set_combo_data,
     spin_box,
 )
-from core.errors import DiffusionStudioError
-from core.schedule import MAX_TIMESTEPS, SCHEDULE_KINDS, NoiseSchedule, ScheduleConfig
-from core.schedule_table import save_schedule_csv
+from diffusion_studio.core.errors import DiffusionStudioError
+from diffusion_studio.core.schedule import (
+    MAX_TIMESTEPS,
+    SCHEDULE_KINDS,
+    NoiseSchedule,
+    ScheduleConfig,
+)
+from diffusion_studio.core.schedule_table import save_schedule_csv
+from pyqtgraph import exporters
+from PySide6.QtCore import QRectF, QSettings, Qt, Signal
+from PySide6.QtGui import QPainter
+from PySide6.QtSvg import QSvgGenerator
+from PySide6.QtWidgets import (
+    QFrame,
+    QGroupBox,
+    QLabel,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
 KIND_TIPS = {
     "linear": "beta_t rises linearly from beta_start to beta_end (DDPM, Ho et al. 2020)",

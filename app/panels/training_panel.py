@@ -26,21 +26,11 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 import torch
-from PIL import Image
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtWidgets import (
-    QGridLayout,
-    QGroupBox,
-    QLabel,
-    QStackedWidget,
-    QWidget,
-)
-
-from app import dialogs
-from app.axes import use_integer_ticks
-from app.panels.base import Panel
-from app.settings import checkpoints_dir
-from app.widgets import (
+from diffusion_studio.app import dialogs
+from diffusion_studio.app.axes import use_integer_ticks
+from diffusion_studio.app.panels.base import Panel
+from diffusion_studio.app.settings import checkpoints_dir
+from diffusion_studio.app.widgets import (
     REDRAW_INTERVAL_MS,
     ErrorLabel,
     FieldCheck,
@@ -61,15 +51,15 @@ from app.widgets import (
     set_combo_data,
     spin_box,
 )
-from app.worker import Job, JobRunner, JobStatus
-from core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from core.data import DIGIT_SOURCES, TOY_DATASETS, list_image_files, toy_points
-from core.errors import ConfigError, DataError, DiffusionStudioError, TrainingError
-from core.export import make_grid, to_uint8_images
-from core.models import MLPConfig, build_model, count_parameters
-from core.samplers import PREDICTION_TYPES
-from core.schedule import SCHEDULE_KINDS, ScheduleConfig
-from core.training import (
+from diffusion_studio.app.worker import Job, JobRunner, JobStatus
+from diffusion_studio.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from diffusion_studio.core.data import DIGIT_SOURCES, TOY_DATASETS, list_image_files, toy_points
+from diffusion_studio.core.errors import ConfigError, DataError, DiffusionStudioError, TrainingError
+from diffusion_studio.core.export import make_grid, to_uint8_images
+from diffusion_studio.core.models import MLPConfig, build_model, count_parameters
+from diffusion_studio.core.samplers import PREDICTION_TYPES
+from diffusion_studio.core.schedule import SCHEDULE_KINDS, ScheduleConfig
+from diffusion_studio.core.training import (
     MODEL_SIZES,
     TrainConfig,
     TrainControl,
@@ -80,7 +70,16 @@ from core.training import (
     preset_config,
     resume_config,
 )
-from core.training_session import AutosavePolicy, RunSaver, SaveResult
+from diffusion_studio.core.training_session import AutosavePolicy, RunSaver, SaveResult
+from PIL import Image
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QStackedWidget,
+    QWidget,
+)
 
 FOLDER = "folder"
 FOLDER_IMAGE_SIZE = 32  # the image size first offered for a folder of images

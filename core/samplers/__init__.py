@@ -1,6 +1,6 @@
 """Reverse-process samplers: one module per family, one registry entry per sampler.
 
-    from core.samplers import REGISTRY, SamplerConfig, make_sampler
+    from diffusion_studio.core.samplers import REGISTRY, SamplerConfig, make_sampler
     sampler = make_sampler(SamplerConfig("ddim", 50, "trailing"), schedule, "epsilon")
 
 `base` holds the interface and the registry, `config` the SamplerConfig; each family module
@@ -9,13 +9,13 @@ Equations are cited in each module.
 """
 
 # Each family module registers its samplers; this order is the order they are listed in.
-from core.samplers import ddpm  # noqa: F401, I001
-from core.samplers import ddim  # noqa: F401, I001
-from core.samplers import euler  # noqa: F401, I001
-from core.samplers import heun  # noqa: F401, I001
-from core.samplers import dpm_solver  # noqa: F401, I001
-from core.samplers import unipc  # noqa: F401, I001
-from core.samplers.base import (
+from diffusion_studio.core.samplers import ddpm  # noqa: F401, I001
+from diffusion_studio.core.samplers import ddim  # noqa: F401, I001
+from diffusion_studio.core.samplers import euler  # noqa: F401, I001
+from diffusion_studio.core.samplers import heun  # noqa: F401, I001
+from diffusion_studio.core.samplers import dpm_solver  # noqa: F401, I001
+from diffusion_studio.core.samplers import unipc  # noqa: F401, I001
+from diffusion_studio.core.samplers.base import (
     PREDICTION_TYPES,
     REGISTRY,
     TIMESTEP_SPACINGS,
@@ -32,14 +32,19 @@ from core.samplers.base import (
     split_prediction,
     split_prediction_at,
 )
-from core.samplers.config import (
+from diffusion_studio.core.samplers.config import (
     SamplerConfig,
     default_sampler_config,
     make_sampler,
     sampler_defaults,
 )
-from core.samplers.ddim import DDIMOptions, DDIMSampler
-from core.samplers.ddpm import VARIANCE_TYPES, DDPMOptions, DDPMSampler, VarianceType
+from diffusion_studio.core.samplers.ddim import DDIMOptions, DDIMSampler
+from diffusion_studio.core.samplers.ddpm import (
+    VARIANCE_TYPES,
+    DDPMOptions,
+    DDPMSampler,
+    VarianceType,
+)
 
 SAMPLER_KINDS: tuple[str, ...] = tuple(REGISTRY)
 

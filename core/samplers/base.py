@@ -36,9 +36,8 @@ from typing import Any, ClassVar, Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
-
-from core.errors import ConfigError
-from core.schedule import NoiseSchedule
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.schedule import NoiseSchedule
 
 PredictionType = Literal["epsilon", "v", "x0"]
 PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)

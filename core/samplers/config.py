@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from core.errors import ConfigError
-from core.samplers.base import (
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.samplers.base import (
     PREDICTION_TYPES,
     REGISTRY,
     TIMESTEP_SPACINGS,
@@ -19,7 +19,7 @@ from core.samplers.base import (
     check_options,
     sampler_spec,
 )
-from core.schedule import NoiseSchedule
+from diffusion_studio.core.schedule import NoiseSchedule
 
 COMMON_KEYS = ("kind", "num_inference_steps", "spacing", "clip_sample", "clip_range", "karras")
 # Written by every sampler's dict before samplers had options of their own (DDPM's dicts held

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from core.errors import ConfigError
-from core.samplers.base import (
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.samplers.base import (
     PredictionType,
     Sampler,
     SamplerSpec,
@@ -22,7 +21,7 @@ from core.samplers.base import (
     option,
     register,
 )
-from core.schedule import NoiseSchedule
+from diffusion_studio.core.schedule import NoiseSchedule
 
 
 @dataclass(frozen=True)

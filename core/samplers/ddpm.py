@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import torch
-
-from core.samplers.base import (
+from diffusion_studio.core.samplers.base import (
     PredictionType,
     Sampler,
     SamplerSpec,
@@ -22,7 +21,7 @@ from core.samplers.base import (
     option,
     register,
 )
-from core.schedule import NoiseSchedule
+from diffusion_studio.core.schedule import NoiseSchedule
 
 VarianceType = Literal["fixed_small", "fixed_large"]
 VARIANCE_TYPES: tuple[str, ...] = get_args(VarianceType)

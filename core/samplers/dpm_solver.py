@@ -29,9 +29,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-
-from core.errors import ConfigError
-from core.samplers.base import (
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.samplers.base import (
     TIMESTEP_SPACINGS,
     PredictionType,
     Sampler,
@@ -43,8 +42,8 @@ from core.samplers.base import (
     register,
     unsupported_settings,
 )
-from core.samplers.sigmas import karras_sigmas, schedule_sigmas, sigma_to_t
-from core.schedule import NoiseSchedule
+from diffusion_studio.core.samplers.sigmas import karras_sigmas, schedule_sigmas, sigma_to_t
+from diffusion_studio.core.schedule import NoiseSchedule
 
 
 def multistep_timesteps(T: int, n: int, spacing: str) -> np.ndarray:

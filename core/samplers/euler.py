@@ -30,9 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from core.errors import ConfigError
-from core.samplers.base import (
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.samplers.base import (
     PredictionType,
     Sampler,
     SamplerSpec,
@@ -43,8 +42,8 @@ from core.samplers.base import (
     register,
     unsupported_settings,
 )
-from core.samplers.sigmas import karras_sigmas, schedule_sigmas, sigma_to_t
-from core.schedule import NoiseSchedule
+from diffusion_studio.core.samplers.sigmas import karras_sigmas, schedule_sigmas, sigma_to_t
+from diffusion_studio.core.schedule import NoiseSchedule
 
 
 class SigmaSampler(Sampler):

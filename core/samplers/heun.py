@@ -20,9 +20,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from core.samplers.base import ModelFn, SamplerSpec, StepOutput, register, unsupported_settings
-from core.samplers.euler import SigmaSampler
+from diffusion_studio.core.samplers.base import (
+    ModelFn,
+    SamplerSpec,
+    StepOutput,
+    register,
+    unsupported_settings,
+)
+from diffusion_studio.core.samplers.euler import SigmaSampler
 
 
 class HeunSampler(SigmaSampler):

@@ -9,8 +9,7 @@ in float64.
 from __future__ import annotations
 
 import numpy as np
-
-from core.schedule import NoiseSchedule
+from diffusion_studio.core.schedule import NoiseSchedule
 
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5 and Table 1
 # diffusers' stand-in for alphabar_{T-1} = 0 on a zero-terminal-SNR schedule, where sigma would

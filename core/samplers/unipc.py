@@ -19,9 +19,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-
-from core.errors import ConfigError
-from core.samplers.base import (
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.samplers.base import (
     PredictionType,
     SamplerSpec,
     StepOutput,
@@ -29,8 +28,8 @@ from core.samplers.base import (
     register,
     unsupported_settings,
 )
-from core.samplers.dpm_solver import VPMultistepSampler
-from core.schedule import NoiseSchedule
+from diffusion_studio.core.samplers.dpm_solver import VPMultistepSampler
+from diffusion_studio.core.schedule import NoiseSchedule
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from diffusion_studio.app import dialogs
+from diffusion_studio.core.checkpoint import save_checkpoint
+from diffusion_studio.core.models import UNetConfig
+from diffusion_studio.core.schedule import ScheduleConfig
+from diffusion_studio.core.training import Trainer, preset_config
 from PIL import Image
 from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
-
-from app import dialogs
-from core.checkpoint import save_checkpoint
-from core.models import UNetConfig
-from core.schedule import ScheduleConfig
-from core.training import Trainer, preset_config
 
 
 class FakeDialogs:
@@ -84,7 +83,7 @@ def app_dirs(tmp_path, monkeypatch):
 def no_bundled_models(monkeypatch):
     """The tests do not depend on which pretrained models resources/models holds (a test that
     wants some patches this again)."""
-    monkeypatch.setattr("core.checkpoint.pretrained_checkpoint_paths", lambda: {})
+    monkeypatch.setattr("diffusion_studio.core.checkpoint.pretrained_checkpoint_paths", lambda: {})
 
 
 @pytest.fixture(autouse=True)
@@ -113,8 +112,8 @@ def no_thread_left(qapp):
     yield
     import gc
 
-    from app.garbage import job_garbage
-    from app.worker import live_threads, wait_for_all_threads
+    from diffusion_studio.app.garbage import job_garbage
+    from diffusion_studio.app.worker import live_threads, wait_for_all_threads
 
     left = [t.objectName() for t in live_threads()]
     wait_for_all_threads(20.0)  # do not let a stray thread crash the next test
@@ -159,7 +158,7 @@ def export(qtbot, fake_dialogs):
 @pytest.fixture
 def window(qtbot, fake_dialogs):
     """The main window, shown; closed at the end (answering Yes if a job still runs)."""
-    from app.main_window import MainWindow
+    from diffusion_studio.app.main_window import MainWindow
 
     win = MainWindow()
     qtbot.addWidget(win)

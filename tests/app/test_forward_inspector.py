@@ -8,11 +8,9 @@ import csv
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from app.panels.forward_panel import NO_INSPECT_MODEL, ForwardPanel
-from core.checkpoint import load_checkpoint
-from core.inspect import (
+from diffusion_studio.app.panels.forward_panel import NO_INSPECT_MODEL, ForwardPanel
+from diffusion_studio.core.checkpoint import load_checkpoint
+from diffusion_studio.core.inspect import (
     CURVE_COLUMNS,
     inspect_at,
     inspect_curve,
@@ -20,7 +18,8 @@ from core.inspect import (
     seeded_noise,
     setup_from_checkpoint,
 )
-from core.inspect_render import panel_pictures, render_row
+from diffusion_studio.core.inspect_render import panel_pictures, render_row
+from PIL import Image
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""app.garbage: cyclic garbage collection only in the GUI thread while jobs run, and the
+"""diffusion_studio.app.garbage: cyclic garbage collection only in the GUI thread while jobs run, and the
 app's start-up freeze."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import subprocess
 import sys
 import threading
 
-from app.garbage import JobGarbage, collect_if_due, job_garbage
-from app.worker import Job, JobRunner
+from diffusion_studio.app.garbage import JobGarbage, collect_if_due, job_garbage
+from diffusion_studio.app.worker import Job, JobRunner
 
 
 class Cycle:

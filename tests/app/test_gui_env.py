@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from app import gui_env
+from diffusion_studio.app import gui_env
 
 
 def test_the_wait_policy_is_passive_except_on_linux():
@@ -38,15 +38,15 @@ def test_the_gui_entry_sets_the_wait_policy_before_torch_is_imported():
     code = (
         "import os, sys, types\n"
         "import app.gui_env\n"
-        "app.gui_env.gui_wait_policy = lambda platform: 'PASSIVE'\n"
-        "stub = types.ModuleType('app.main_window')\n"
+        "diffusion_studio.app.gui_env.gui_wait_policy = lambda platform: 'PASSIVE'\n"
+        "stub = types.ModuleType('diffusion_studio.app.main_window')\n"
         "def run_app(paths):\n"
         "    print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n"
         "    return 0\n"
         "stub.run_app = run_app\n"
-        "sys.modules['app.main_window'] = stub\n"
+        "sys.modules['diffusion_studio.app.main_window'] = stub\n"
         "import app.cli\n"
-        "app.cli._display_available = lambda: True\n"
+        "diffusion_studio.app.cli._display_available = lambda: True\n"
         "sys.exit(app.cli.main([]))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}

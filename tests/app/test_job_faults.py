@@ -16,14 +16,14 @@ import threading
 import time
 from pathlib import Path
 
+import diffusion_studio.core.checkpoint  # noqa: F401
 import numpy as np
 import pytest
-
-import core.checkpoint
-from app.settings import recent_files
-from app.widgets import set_combo_data
-from app.worker import live_threads, wait_for_all_threads
-from core.checkpoint import load_checkpoint
+from diffusion_studio import core
+from diffusion_studio.app.settings import recent_files
+from diffusion_studio.app.widgets import set_combo_data
+from diffusion_studio.app.worker import live_threads, wait_for_all_threads
+from diffusion_studio.core.checkpoint import load_checkpoint
 
 # Issue 6's goal, every worker thread gone within 2 s of close, is timed by
 # `python -m benchmarks.gui_limits` (benchmarks/README.md): the tests here check the events

@@ -10,8 +10,12 @@ from __future__ import annotations
 import gc
 import threading
 
+import diffusion_studio.app.panels.training_panel as training_module
+import diffusion_studio.app.worker as worker
 import numpy as np
 import pytest
+from diffusion_studio.app.widgets import set_combo_data
+from diffusion_studio.app.worker import live_threads
 from PySide6.QtCore import (
     QAbstractAnimation,
     QCoreApplication,
@@ -21,11 +25,6 @@ from PySide6.QtCore import (
     QThread,
     QTimer,
 )
-
-import app.panels.training_panel as training_module
-import app.worker as worker
-from app.widgets import set_combo_data
-from app.worker import live_threads
 
 _LEFT = Qt.MouseButton.LeftButton
 
@@ -150,7 +149,7 @@ def test_long_gui_training_keeps_history_and_previews_bounded(window, qtbot, fak
 def test_ended_jobs_release_their_worker_and_trainer(window, qtbot, checkpoints):
     """A run that ended leaves no worker object behind, and so no Trainer (with its model,
     optimizer and data) and no sampling job: memory does not grow run after run."""
-    from core.training import Trainer
+    from diffusion_studio.core.training import Trainer
 
     def alive(kind) -> int:
         settle()

@@ -8,20 +8,20 @@ import sys
 import numpy as np
 import pytest
 import torch
+from diffusion_studio.app.main_window import MainWindow
+from diffusion_studio.app.widgets import set_combo_data
+from diffusion_studio.app.worker import live_threads
+from diffusion_studio.core.checkpoint import build_model_from_checkpoint
+from diffusion_studio.core.data import default_photo_path
+from diffusion_studio.core.export import caption_frame
+from diffusion_studio.core.samplers import REGISTRY, SamplerConfig, make_sampler
+from diffusion_studio.core.sampling import sample
+from diffusion_studio.core.schedule import NoiseSchedule
 from PIL import Image
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QLabel
 
-from app.main_window import MainWindow
-from app.widgets import set_combo_data
-from app.worker import live_threads
-from core.checkpoint import build_model_from_checkpoint
-from core.data import default_photo_path
-from core.export import caption_frame
-from core.samplers import REGISTRY, SamplerConfig, make_sampler
-from core.sampling import sample
-from core.schedule import NoiseSchedule
 from tests.app.conftest import drop_on_window
 
 
@@ -231,7 +231,7 @@ def test_the_title_names_the_open_image_or_model(window, tmp_path, checkpoints):
 def test_what_the_app_shows_by_itself_is_not_a_file_the_user_opened(window, tmp_path):
     """The bundled photo (or the last image, restored) names no window and joins no list; the
     sample-photo box shows no sample for the user's own image."""
-    from app.settings import recent_files
+    from diffusion_studio.app.settings import recent_files
 
     window.ensure_all_panels()  # Forward restores its image; Playback builds it too
     assert window.forward.image_path == default_photo_path()
@@ -248,7 +248,7 @@ def test_what_the_app_shows_by_itself_is_not_a_file_the_user_opened(window, tmp_
 
 
 def test_getting_started_opens_offline_and_walks_every_panel(window, qtbot):
-    from app.help import GettingStartedDialog
+    from diffusion_studio.app.help import GettingStartedDialog
 
     window.getting_started_action.trigger()
     dialog = window.findChild(GettingStartedDialog)
@@ -275,7 +275,7 @@ def test_missing_icons_do_not_stop_the_app(monkeypatch, qtbot):
     def missing(*parts):
         raise FileNotFoundError(f"shipped resource not found: {'/'.join(parts)}")
 
-    monkeypatch.setattr("core.resources.resource_path", missing)
+    monkeypatch.setattr("diffusion_studio.core.resources.resource_path", missing)
     again = MainWindow()
     qtbot.addWidget(again)
     assert again.windowIcon().isNull()
@@ -386,7 +386,7 @@ def test_a_real_diffusers_folder_plays_back(window, tmp_path, qtbot, fake_dialog
 
 
 def test_open_in_playback_shows_the_trained_model_there(window, qtbot, checkpoints):
-    from core.checkpoint import load_checkpoint
+    from diffusion_studio.core.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoints.points)
     window.tabs.setCurrentWidget(window.training)
@@ -397,7 +397,7 @@ def test_open_in_playback_shows_the_trained_model_there(window, qtbot, checkpoin
 
 def test_a_finished_training_keeps_playbacks_frames(window, qtbot, checkpoints):
     """The trained model joins Playback's list; it does not replace frames the user made."""
-    from core.checkpoint import load_checkpoint
+    from diffusion_studio.core.checkpoint import load_checkpoint
 
     playback = window.playback
     assert playback.load_checkpoint(checkpoints.points)
@@ -419,7 +419,7 @@ def test_a_finished_training_keeps_playbacks_frames(window, qtbot, checkpoints):
     [((1920, 1040), (1360, 860)), ((1280, 720), (1280, 680)), ((1366, 728), (1360, 688))],
 )
 def test_a_first_launch_fits_the_screen(available, size):
-    from app.main_window import first_launch_size
+    from diffusion_studio.app.main_window import first_launch_size
 
     assert first_launch_size(available) == size
 
@@ -427,7 +427,7 @@ def test_a_first_launch_fits_the_screen(available, size):
 def test_a_saved_sampler_that_no_longer_exists_is_skipped(qtbot, fake_dialogs):
     """Settings saved with a sampler this version does not register (or an option it lost)
     open with core's default sampler and the rest of the saved settings, no error."""
-    from app.settings import make_settings, write_json
+    from diffusion_studio.app.settings import make_settings, write_json
 
     write_json(
         make_settings(),

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from diffusion_studio.app import dialogs
+from diffusion_studio.app.panels.playback_panel import (
+    NO_FRAMES,
+    POINTS_START,
+    VIEW_PAIR,
+    PlaybackPanel,
+)
+from diffusion_studio.app.widgets import set_combo_data
+from diffusion_studio.core.checkpoint import load_checkpoint
+from diffusion_studio.core.data import default_photo_path
+from diffusion_studio.core.export import caption_frame, reverse_caption
+from diffusion_studio.core.sampling import sample_checkpoint
 from PIL import Image
-
-from app import dialogs
-from app.panels.playback_panel import NO_FRAMES, POINTS_START, VIEW_PAIR, PlaybackPanel
-from app.widgets import set_combo_data
-from core.checkpoint import load_checkpoint
-from core.data import default_photo_path
-from core.export import caption_frame, reverse_caption
-from core.sampling import sample_checkpoint
 
 
 @pytest.fixture
@@ -136,12 +140,14 @@ def test_sampler_defaults_are_ddpm_100_trailing_clipped_for_images(panel, checkp
 def bundled(monkeypatch, checkpoints):
     """Pretend resources/models holds two pretrained models (tiny checkpoints)."""
     paths = {"moons": checkpoints.points, "digits": checkpoints.images}
-    monkeypatch.setattr("core.checkpoint.pretrained_checkpoint_paths", lambda: dict(paths))
+    monkeypatch.setattr(
+        "diffusion_studio.core.checkpoint.pretrained_checkpoint_paths", lambda: dict(paths)
+    )
     return paths
 
 
 def test_first_launch_chooses_the_pretrained_digits_model(bundled, qtbot, fake_dialogs):
-    from app.main_window import MainWindow
+    from diffusion_studio.app.main_window import MainWindow
 
     window = MainWindow()
     qtbot.addWidget(window)
@@ -166,7 +172,9 @@ def test_first_launch_chooses_the_pretrained_digits_model(bundled, qtbot, fake_d
 def test_a_broken_bundled_model_is_reported(monkeypatch, tmp_path, qtbot, fake_dialogs):
     broken = tmp_path / "digits.safetensors"
     broken.write_bytes(b"not a checkpoint")
-    monkeypatch.setattr("core.checkpoint.pretrained_checkpoint_paths", lambda: {"digits": broken})
+    monkeypatch.setattr(
+        "diffusion_studio.core.checkpoint.pretrained_checkpoint_paths", lambda: {"digits": broken}
+    )
     p = PlaybackPanel()
     qtbot.addWidget(p)
     assert fake_dialogs.errors[-1][0] == "Cannot open pretrained model"

@@ -9,9 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from app.panels.sampler_lab_panel import (
+from diffusion_studio.app.panels.sampler_lab_panel import (
     GUIDED_SUFFIX,
     MAX_COLUMNS,
     MIN_COLUMNS,
@@ -19,12 +17,13 @@ from app.panels.sampler_lab_panel import (
     SamplerLabPanel,
     frame_at,
 )
-from app.widgets import set_combo_data
-from core.checkpoint import build_model_from_checkpoint, load_checkpoint
-from core.convergence import ConvergenceRecord, checkpoint_convergence
-from core.samplers import REGISTRY, SamplerConfig, make_sampler
-from core.sampling import sample
-from core.schedule import NoiseSchedule
+from diffusion_studio.app.widgets import set_combo_data
+from diffusion_studio.core.checkpoint import build_model_from_checkpoint, load_checkpoint
+from diffusion_studio.core.convergence import ConvergenceRecord, checkpoint_convergence
+from diffusion_studio.core.samplers import REGISTRY, SamplerConfig, make_sampler
+from diffusion_studio.core.sampling import sample
+from diffusion_studio.core.schedule import NoiseSchedule
+from PIL import Image
 
 
 @pytest.fixture
@@ -33,7 +32,7 @@ def lab(show):
 
 
 def core_final(ckpt, config: SamplerConfig, n: int, seed: int) -> np.ndarray:
-    """core.sampling.sample's final samples of `config` from a generator seeded with `seed`."""
+    """diffusion_studio.core.sampling.sample's final samples of `config` from a generator seeded with `seed`."""
     schedule = NoiseSchedule(ckpt.schedule_config)
     sampler = make_sampler(config, schedule, ckpt.prediction_type)
     model = build_model_from_checkpoint(ckpt)
@@ -220,7 +219,7 @@ def test_exports_png_and_gif(lab, qtbot, checkpoints, tmp_path, export, fake_dia
 
 
 def test_lab_follows_playbacks_model_and_keeps_its_samplers(qtbot, checkpoints, fake_dialogs):
-    from app.main_window import MainWindow
+    from diffusion_studio.app.main_window import MainWindow
 
     window = MainWindow()
     qtbot.addWidget(window)

@@ -6,10 +6,9 @@ import csv
 
 import numpy as np
 import pytest
-
-from app.panels.schedule_panel import CURVES, SchedulesPanel
-from app.widgets import set_combo_data
-from core.schedule import NoiseSchedule, ScheduleConfig
+from diffusion_studio.app.panels.schedule_panel import CURVES, SchedulesPanel
+from diffusion_studio.app.widgets import set_combo_data
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 
 
 @pytest.fixture

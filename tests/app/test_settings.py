@@ -6,9 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from diffusion_studio.app.settings import (
+    APP_ID,
+    DATA_DIR_ENV,
+    checkpoints_dir,
+    configure_application,
+    data_dir,
+)
 from PySide6.QtCore import QCoreApplication
-
-from app.settings import APP_ID, DATA_DIR_ENV, checkpoints_dir, configure_application, data_dir
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="XDG_DATA_HOME is Linux's")

@@ -6,11 +6,10 @@ a field that has no focus scrolls the panel instead of changing the value."""
 from __future__ import annotations
 
 import pytest
+from diffusion_studio.app.panels.playback_panel import PlaybackPanel
 from PySide6.QtCore import QPoint, QPointF, QRect, QSize, Qt
 from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import QApplication, QScrollArea, QScrollBar, QWidget
-
-from app.panels.playback_panel import PlaybackPanel
 
 TITLE_BAR = 40  # a window manager's title bar: what a maximised window loses of the screen
 SCREENS = [(1280, 720), (1366, 768)]
@@ -144,7 +143,7 @@ def test_wheel_over_an_unfocused_field_scrolls_the_panel(show, checkpoints, qtbo
 def test_every_field_of_every_panel_ignores_the_wheel_unless_focused(window):
     """Fields made by app.widgets' helpers (all panels) and the panels' own combo boxes and
     sliders carry the wheel guard."""
-    from app.widgets import GUARDED_FIELDS
+    from diffusion_studio.app.widgets import GUARDED_FIELDS
 
     unguarded = [
         f"{panel.title}: {type(w).__name__} {w.toolTip()[:40]!r}"

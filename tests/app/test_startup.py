@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from diffusion_studio.app.main_window import LOADING_TEXT, PANEL_NAMES, LoadingPage, MainWindow
+from diffusion_studio.core.checkpoint import load_checkpoint
+from diffusion_studio.core.data import default_photo_path
 from PIL import Image
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
-
-from app.main_window import LOADING_TEXT, PANEL_NAMES, LoadingPage, MainWindow
-from core.checkpoint import load_checkpoint
-from core.data import default_photo_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,7 +28,7 @@ DRIVER = """
 import json, sys
 from PySide6.QtCore import QEvent, QObject, QTimer
 from PySide6.QtWidgets import QApplication, QWidget
-import app.main_window as mw
+import diffusion_studio.app.main_window as mw
 
 events = []
 
@@ -67,7 +66,7 @@ def watched_show(window):
     events.append(["shown", window.isVisible(), "torch" in sys.modules])
 
 mw.MainWindow.show = watched_show
-from app.cli import main
+from diffusion_studio.app.cli import main
 code = main(sys.argv[1:])
 print(json.dumps({"code": code, "events": events}))
 """
@@ -114,9 +113,11 @@ def slow_engine(monkeypatch):
     """The engine loads in the background thread, as in the app, until the test sets the
     returned event."""
     release = threading.Event()
-    monkeypatch.setattr("app.engine_loader.torch_already_imported", lambda: False)
-    monkeypatch.setattr("app.engine_loader.preload_torch_library", lambda: False)
-    monkeypatch.setattr("app.engine_loader.import_engine_modules", lambda: release.wait(60))
+    monkeypatch.setattr("diffusion_studio.app.engine_loader.torch_already_imported", lambda: False)
+    monkeypatch.setattr("diffusion_studio.app.engine_loader.preload_torch_library", lambda: False)
+    monkeypatch.setattr(
+        "diffusion_studio.app.engine_loader.import_engine_modules", lambda: release.wait(60)
+    )
     yield release
     release.set()
 
@@ -216,9 +217,9 @@ def test_an_engine_that_fails_to_load_says_so(qtbot, monkeypatch, fake_dialogs):
     def broken() -> None:
         raise ImportError("no module named 'torch'")
 
-    monkeypatch.setattr("app.engine_loader.torch_already_imported", lambda: False)
-    monkeypatch.setattr("app.engine_loader.preload_torch_library", lambda: False)
-    monkeypatch.setattr("app.engine_loader.import_engine_modules", broken)
+    monkeypatch.setattr("diffusion_studio.app.engine_loader.torch_already_imported", lambda: False)
+    monkeypatch.setattr("diffusion_studio.app.engine_loader.preload_torch_library", lambda: False)
+    monkeypatch.setattr("diffusion_studio.app.engine_loader.import_engine_modules", broken)
     window = MainWindow()
     qtbot.addWidget(window)
     window.show()

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from app.panels.training_panel import TrainingPanel
-from app.widgets import set_combo_data
-from core.checkpoint import load_checkpoint
-from core.training import preset_config
+from diffusion_studio.app.panels.training_panel import TrainingPanel
+from diffusion_studio.app.widgets import set_combo_data
+from diffusion_studio.core.checkpoint import load_checkpoint
+from diffusion_studio.core.training import preset_config
 
 
 @pytest.fixture
@@ -188,7 +187,7 @@ def test_a_batch_too_big_for_memory_is_refused_with_the_largest_that_fits(
     """Out of memory: with 1 GB free, batch 60000 of digits is refused before the first
     step (core.memory's estimate), the message names the largest batch that fits, and the
     panel can start again."""
-    from core import memory
+    from diffusion_studio.core import memory
 
     monkeypatch.setattr(memory, "available_memory", lambda device: 1024**3)
     tiny(panel, "digits", steps=2)
@@ -224,7 +223,7 @@ def test_while_training_the_curves_redraw_at_most_every_live_redraw_s(panel, mon
     """Records arriving faster than LIVE_REDRAW_S redraw the curves once per LIVE_REDRAW_S
     while a job runs (each paint takes the training thread's CPU and GIL); when no job runs
     they are drawn on the next tick."""
-    from app.panels import training_panel
+    from diffusion_studio.app.panels import training_panel
 
     clock = [100.0]
     monkeypatch.setattr(training_panel.time, "monotonic", lambda: clock[0])
@@ -336,7 +335,7 @@ def test_the_end_of_a_run_says_done_and_where_and_opens_in_playback(panel, qtbot
 def test_the_final_preview_is_announced_in_the_panel_and_the_status_bar(panel, tmp_path):
     """The record before the final preview says one follows: the outcome line and the job's
     status say "Sampling the final preview…" (a busy bar, no ETA), then the checkpoint is saved."""
-    from core.training import TrainPreview, TrainProgress
+    from diffusion_studio.core.training import TrainPreview, TrainProgress
 
     config = panel.build_config()
     job = panel._make_job(config, None, tmp_path / "a.safetensors", "digits")
@@ -382,8 +381,8 @@ def test_stop_says_at_which_step_and_where_it_is_saved(panel, qtbot):
 def test_a_failed_run_saves_its_last_good_step(panel, qtbot, monkeypatch, fake_dialogs):
     """A TrainingError (the loss became NaN) at step 4: steps 1-3 were good, their weights are
     saved and named in the outcome line, and Open in Playback offers them."""
-    from core.errors import TrainingError
-    from core.training import Trainer
+    from diffusion_studio.core.errors import TrainingError
+    from diffusion_studio.core.training import Trainer
 
     good_step = Trainer._train_step
 
@@ -417,10 +416,10 @@ def test_a_failed_run_keeps_its_last_good_step_when_saving_fails(
 ):
     """The loss becomes NaN at step 4 and the autosave folder cannot be written: the last good
     step (3) stays in memory, the outcome line says so, and Save Checkpoint As saves it."""
-    from app import dialogs
-    from app.panels import training_panel
-    from core.errors import TrainingError
-    from core.training import Trainer
+    from diffusion_studio.app import dialogs
+    from diffusion_studio.app.panels import training_panel
+    from diffusion_studio.core.errors import TrainingError
+    from diffusion_studio.core.training import Trainer
 
     good_step = Trainer._train_step
 
@@ -449,7 +448,7 @@ def test_a_failed_run_keeps_its_last_good_step_when_saving_fails(
 
 
 def test_save_checkpoint_as_suggests_the_runs_own_name(panel, qtbot, tmp_path, monkeypatch):
-    from app import dialogs
+    from diffusion_studio.app import dialogs
 
     run_to_end(panel, qtbot, "moons", steps=5)
     asked = []

@@ -10,11 +10,10 @@ import time
 
 import pytest
 import torch
+from diffusion_studio.app import worker
+from diffusion_studio.app.worker import Job, JobControl, JobRunner, live_threads
+from diffusion_studio.core.errors import ConfigError
 from PySide6.QtCore import Qt
-
-from app import worker
-from app.worker import Job, JobControl, JobRunner, live_threads
-from core.errors import ConfigError
 
 
 def counting(n: int, delay: float = 0.0):

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from diffusion_studio.core.checkpoint import load_checkpoint
 from PIL import Image
-
-from core.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def run(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), QT_QPA_PLATFORM="offscreen")
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "diffusion_studio.app.cli", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -275,7 +274,7 @@ def test_sigkill_during_training_never_leaves_a_broken_checkpoint(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "app.cli",
+        "diffusion_studio.app.cli",
         "train",
         "--data",
         "moons",
@@ -332,7 +331,7 @@ def test_interrupt_saves_the_run(tmp_path):
         [
             sys.executable,
             "-m",
-            "app.cli",
+            "diffusion_studio.app.cli",
             "train",
             "--data",
             "moons",
@@ -392,7 +391,7 @@ def run_without_display(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     }
     env["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "diffusion_studio.app.cli", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -529,7 +528,7 @@ def test_train_refuses_a_batch_too_big_for_memory_before_allocating_it(tmp_path)
     has) is refused by the memory estimate before the first step: one line naming the batch
     and the largest batch that fits, exit 2, and the process stays small (no huge allocation;
     its peak RSS as the OS counts it)."""
-    from core.training import MAX_BATCH_SIZE
+    from diffusion_studio.core.training import MAX_BATCH_SIZE
 
     folder = tmp_path / "big"
     folder.mkdir()

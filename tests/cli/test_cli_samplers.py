@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from diffusion_studio.app.cli import build_parser, main, sampler_option_flags
+from diffusion_studio.core.checkpoint import load_checkpoint
+from diffusion_studio.core.samplers import REGISTRY, SamplerConfig
+from diffusion_studio.core.sampling import Trajectory, sample_checkpoint
 from PIL import Image
 
-from app.cli import build_parser, main, sampler_option_flags
-from core.checkpoint import load_checkpoint
-from core.samplers import REGISTRY, SamplerConfig
-from core.sampling import Trajectory, sample_checkpoint
 from tests.cli.tiny_models import T, save_tiny_checkpoint
 
 
@@ -174,7 +174,7 @@ def test_unset_options_come_from_the_model(tmp_path):
     Karras choice; the model's clip)."""
     if not {"ddpm", "ddim"} <= set(REGISTRY):
         pytest.skip("needs DDPM and DDIM")
-    from app.cli import _sampler_config
+    from diffusion_studio.app.cli import _sampler_config
 
     own = SamplerConfig(
         "ddpm", 7, "leading", clip_sample=True, options={"variance_type": "fixed_large"}
@@ -236,9 +236,8 @@ def test_gif_views(images_ckpt, points_ckpt, tmp_path):
 
 def test_reverse_pictures_carry_their_t():
     import torch
-
-    from core.export import reverse_pictures
-    from core.sampling import Frame
+    from diffusion_studio.core.export import reverse_pictures
+    from diffusion_studio.core.sampling import Frame
 
     trajectory = Trajectory()
     for step, t in enumerate([90, 60, 30, 0, -1]):

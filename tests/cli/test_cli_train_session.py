@@ -6,11 +6,10 @@ from __future__ import annotations
 import signal
 
 import pytest
-
-from app.cli import main
-from core.checkpoint import load_checkpoint
-from core.errors import TrainingError
-from core.training import Trainer
+from diffusion_studio.app.cli import main
+from diffusion_studio.core.checkpoint import load_checkpoint
+from diffusion_studio.core.errors import TrainingError
+from diffusion_studio.core.training import Trainer
 
 
 @pytest.fixture(autouse=True)
@@ -48,10 +47,11 @@ def test_a_failed_run_saves_its_last_good_step(tmp_path, capsys, fails_at_step_4
 def test_a_failed_run_says_when_its_last_good_step_cannot_be_saved(
     tmp_path, capsys, fails_at_step_4, monkeypatch
 ):
-    import core.training_session
+    import diffusion_studio.core.training_session  # noqa: F401
+    from diffusion_studio import core
 
     def refuse(path, ckpt):
-        from core.errors import CheckpointError
+        from diffusion_studio.core.errors import CheckpointError
 
         raise CheckpointError(f"cannot write '{path}': the disk is full")
 

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from core.checkpoint import Checkpoint, save_checkpoint
-from core.models import MLPConfig, UNetConfig, build_model
-from core.schedule import ScheduleConfig
+from diffusion_studio.core.checkpoint import Checkpoint, save_checkpoint
+from diffusion_studio.core.models import MLPConfig, UNetConfig, build_model
+from diffusion_studio.core.schedule import ScheduleConfig
 
 T = 50  # timesteps of our tiny checkpoints
 

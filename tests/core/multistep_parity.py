@@ -13,10 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from core.samplers.sigmas import ZERO_SNR_ALPHABAR
-from core.sampling import first_step, sample
-from core.schedule import NoiseSchedule, ScheduleConfig
+from diffusion_studio.core.samplers.sigmas import ZERO_SNR_ALPHABAR
+from diffusion_studio.core.sampling import first_step, sample
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 
 DIFFUSERS_PREDICTION = {"epsilon": "epsilon", "v": "v_prediction", "x0": "sample"}
 DIFFUSERS_KIND = {"linear": "linear", "cosine": "squaredcos_cap_v2"}

@@ -15,11 +15,10 @@ from typing import ClassVar
 
 import pytest
 import torch
-
-from core.errors import ConfigError
-from core.samplers import REGISTRY, SamplerConfig, make_sampler, sampler_spec
-from core.sampling import first_step, sample
-from core.schedule import NoiseSchedule, ScheduleConfig
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.samplers import REGISTRY, SamplerConfig, make_sampler, sampler_spec
+from diffusion_studio.core.sampling import first_step, sample
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 
 SHAPE = (4, 1, 3, 3)
 

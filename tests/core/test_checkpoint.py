@@ -9,9 +9,7 @@ import struct
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
-from core.checkpoint import (
+from diffusion_studio.core.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
     build_model_from_checkpoint,
@@ -19,9 +17,10 @@ from core.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from core.errors import CheckpointError
-from core.models import MLPConfig, UNetConfig, build_model
-from core.schedule import ScheduleConfig
+from diffusion_studio.core.errors import CheckpointError
+from diffusion_studio.core.models import MLPConfig, UNetConfig, build_model
+from diffusion_studio.core.schedule import ScheduleConfig
+from safetensors.torch import save_file
 
 
 def make_ckpt(model_config=None) -> Checkpoint:

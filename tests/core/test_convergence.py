@@ -1,4 +1,4 @@
-"""core.convergence on a model whose exact answer is known: 2-D Gaussian data N(mu, s^2 I),
+"""diffusion_studio.core.convergence on a model whose exact answer is known: 2-D Gaussian data N(mu, s^2 I),
 for which the ideal noise prediction and the probability-flow ODE's solution have closed forms.
 
 With z = x_t / sqrt(alphabar_t) and sigma_t^2 = (1 - alphabar_t) / alphabar_t, the ideal
@@ -14,9 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-from core.convergence import (
+from diffusion_studio.core.convergence import (
     ConvergenceProgress,
     ConvergenceRecord,
     checkpoint_convergence,
@@ -28,11 +26,12 @@ from core.convergence import (
     reference_config,
     step_counts_up_to,
 )
-from core.errors import ConfigError
-from core.export import save_csv
-from core.samplers import REGISTRY
-from core.samplers.sigmas import schedule_sigmas
-from core.schedule import NoiseSchedule, ScheduleConfig
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.export import save_csv
+from diffusion_studio.core.samplers import REGISTRY
+from diffusion_studio.core.samplers.sigmas import schedule_sigmas
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
+from torch import nn
 
 MU = torch.tensor([0.5, -0.3])
 S = 0.5
@@ -159,7 +158,7 @@ def test_only_deterministic_samplers_and_valid_step_counts(schedule):
 
 
 def test_a_checkpoint_and_the_csv_table(tmp_path):
-    from core.training import Trainer, preset_config
+    from diffusion_studio.core.training import Trainer, preset_config
 
     trainer = Trainer(
         preset_config("moons", "small", max_steps=5, max_minutes=None, device="cpu", num_points=64)

@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusion_studio.core import data
+from diffusion_studio.core.errors import ConfigError, DataError, ImageLoadError
 from PIL import Image
-
-from core import data
-from core.errors import ConfigError, DataError, ImageLoadError
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -789,7 +788,7 @@ def test_folder_too_big_for_memory_is_refused_before_decoding(
     """Three 64x64 RGB images need 2 x 3 x 3 x 64 x 64 x 4 bytes (held twice while stacked):
     with less free than that, the folder is refused with the sizes and what to do, and no
     image is decoded."""
-    from core import memory
+    from diffusion_studio.core import memory
 
     for i in range(3):
         Image.new("RGB", (64, 64), (i, i, i)).save(tmp_path / f"{i}.png")
@@ -803,7 +802,7 @@ def test_folder_too_big_for_memory_is_refused_before_decoding(
 
 def test_digits_train_leaves_out_the_held_out_thousand() -> None:
     """`digits-train` is the built-in digits minus the 1,000 the quality checks hold out."""
-    from core.data import DIGITS_HELD_OUT, digits_split_order, load_digits
+    from diffusion_studio.core.data import DIGITS_HELD_OUT, digits_split_order, load_digits
 
     images, _ = load_digits()
     train = data.make_dataset("digits-train")

@@ -10,14 +10,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-from core.checkpoint import (
+from diffusion_studio.core.checkpoint import (
     Checkpoint,
     build_model_from_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from core.diffusers_models import (
+from diffusion_studio.core.diffusers_models import (
     DIFFUSERS_CONFIG,
     DIFFUSERS_WEIGHTS,
     SCHEDULER_CONFIG,
@@ -27,17 +26,17 @@ from core.diffusers_models import (
     is_diffusers_model,
     scheduler_settings,
 )
-from core.errors import CheckpointError, ConfigError, ExportError
-from core.models import (
+from diffusion_studio.core.errors import CheckpointError, ConfigError, ExportError
+from diffusion_studio.core.models import (
     DiffusersUNetConfig,
     MLPConfig,
     UNetConfig,
     build_model,
     model_config_from_dict,
 )
-from core.samplers import SamplerConfig, make_sampler
-from core.sampling import sample
-from core.schedule import NoiseSchedule, ScheduleConfig
+from diffusion_studio.core.samplers import SamplerConfig, make_sampler
+from diffusion_studio.core.sampling import sample
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 
 T = 100
 UNET_KWARGS = {
@@ -364,7 +363,7 @@ def test_saved_in_our_format_loads_again(diffusers, tmp_path):
 
 
 def test_cli_samples_a_diffusers_folder(diffusers, tmp_path):
-    from app.cli import main
+    from diffusion_studio.app.cli import main
 
     unet = _tiny_unet(diffusers, 3)
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=T)

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusion_studio.core import export
+from diffusion_studio.core.errors import ExportError
 from PIL import Image
-
-from core import export
-from core.errors import ExportError
 
 
 def _gif_frames(path: Path) -> tuple[list[np.ndarray], list[int], dict]:
@@ -359,7 +358,7 @@ def test_save_gif_with_captions_scales_first_then_writes_t(tmp_path: Path) -> No
 
 def _trajectory(points: bool):
     """A 4-frame run (t = 30, 20, 10, final) whose x_t is step/4 and x_0 prediction -x_t."""
-    from core.sampling import Frame, Trajectory
+    from diffusion_studio.core.sampling import Frame, Trajectory
 
     trajectory = Trajectory()
     for step, t in enumerate([30, 20, 10, -1]):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from core.errors import ConfigError
-from core.export import to_uint8_images
-from core.forward import HIST_SAMPLES, ForwardProcess
-from core.schedule import NoiseSchedule, ScheduleConfig
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.export import to_uint8_images
+from diffusion_studio.core.forward import HIST_SAMPLES, ForwardProcess
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 
 
 def make_image(shape=(3, 12, 20), seed=0) -> np.ndarray:

@@ -8,22 +8,21 @@ import sys
 
 import pytest
 import torch
-
-from core.checkpoint import load_checkpoint, save_checkpoint
-from core.data import Dataset
-from core.errors import ConfigError
-from core.guidance import (
+from diffusion_studio.core.checkpoint import load_checkpoint, save_checkpoint
+from diffusion_studio.core.data import Dataset
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.guidance import (
     DEFAULT_GUIDANCE_SCALE,
     class_labels,
     guided_output,
     num_classes,
     sampling_labels,
 )
-from core.models import UNet, UNetConfig
-from core.samplers import SamplerConfig, make_sampler
-from core.sampling import sample, sample_checkpoint
-from core.schedule import NoiseSchedule, ScheduleConfig
-from core.training import TrainConfig, Trainer, preset_config
+from diffusion_studio.core.models import UNet, UNetConfig
+from diffusion_studio.core.samplers import SamplerConfig, make_sampler
+from diffusion_studio.core.sampling import sample, sample_checkpoint
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
+from diffusion_studio.core.training import TrainConfig, Trainer, preset_config
 
 SMALL = dict(in_channels=1, image_size=8, channels=(16, 32), attention_heads=0, pixel_unshuffle=2)
 

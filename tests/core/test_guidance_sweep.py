@@ -7,12 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from core.checkpoint import Checkpoint, build_model_from_checkpoint
-from core.errors import ConfigError
-from core.export import to_uint8_images
-from core.guidance_sweep import (
+from diffusion_studio.core.checkpoint import Checkpoint, build_model_from_checkpoint
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.export import to_uint8_images
+from diffusion_studio.core.guidance_sweep import (
     GuidanceSweep,
     SweepProgress,
     SweepRequest,
@@ -24,10 +22,11 @@ from core.guidance_sweep import (
     run_guidance_sweep,
     save_sweep_png,
 )
-from core.models import UNet, UNetConfig
-from core.samplers import SamplerConfig, make_sampler
-from core.sampling import sample
-from core.schedule import NoiseSchedule, ScheduleConfig
+from diffusion_studio.core.models import UNet, UNetConfig
+from diffusion_studio.core.samplers import SamplerConfig, make_sampler
+from diffusion_studio.core.sampling import sample
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
+from PIL import Image
 
 SMALL = dict(in_channels=1, image_size=8, channels=(8, 8), attention_heads=0, norm_groups=4)
 DDIM = SamplerConfig("ddim", 4, "trailing")

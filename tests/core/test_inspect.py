@@ -9,14 +9,15 @@ import csv
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torch import nn
-
-from core.checkpoint import Checkpoint, load_checkpoint, pretrained_checkpoint_paths
-from core.data import DIGITS_HELD_OUT, Dataset, digits_split_order, load_digits
-from core.errors import ConfigError
-from core.forward import ForwardProcess
-from core.inspect import (
+from diffusion_studio.core.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    pretrained_checkpoint_paths,
+)
+from diffusion_studio.core.data import DIGITS_HELD_OUT, Dataset, digits_split_order, load_digits
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.forward import ForwardProcess
+from diffusion_studio.core.inspect import (
     CURVE_COLUMNS,
     InspectSetup,
     collect_curve,
@@ -28,10 +29,12 @@ from core.inspect import (
     seeded_noise,
     setup_from_checkpoint,
 )
-from core.inspect_render import PANEL_CAPTIONS, error_heatmap, render_row
-from core.models import MLPConfig, UNetConfig, build_model
-from core.schedule import NoiseSchedule, ScheduleConfig
-from core.training import TrainConfig, Trainer
+from diffusion_studio.core.inspect_render import PANEL_CAPTIONS, error_heatmap, render_row
+from diffusion_studio.core.models import MLPConfig, UNetConfig, build_model
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
+from diffusion_studio.core.training import TrainConfig, Trainer
+from PIL import Image
+from torch import nn
 
 PREDICTIONS = ("epsilon", "v", "x0")
 TINY = UNetConfig(in_channels=1, image_size=8, channels=(8, 8), attention_heads=0, norm_groups=4)

@@ -1,4 +1,4 @@
-"""core.memory: the training-memory estimate, free memory, and the check in Trainer."""
+"""diffusion_studio.core.memory: the training-memory estimate, free memory, and the check in Trainer."""
 
 from __future__ import annotations
 
@@ -10,13 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from core import memory
-from core.data import Dataset
-from core.errors import TrainingError
-from core.models import MLPConfig, UNetConfig, build_model, count_parameters
-from core.schedule import ScheduleConfig
-from core.training import MAX_BATCH_SIZE, TrainConfig, Trainer, default_model_config
+from diffusion_studio.core import memory
+from diffusion_studio.core.data import Dataset
+from diffusion_studio.core.errors import TrainingError
+from diffusion_studio.core.models import MLPConfig, UNetConfig, build_model, count_parameters
+from diffusion_studio.core.schedule import ScheduleConfig
+from diffusion_studio.core.training import (
+    MAX_BATCH_SIZE,
+    TrainConfig,
+    Trainer,
+    default_model_config,
+)
 
 MB = 1024**2
 
@@ -70,9 +74,9 @@ def test_activations_grow_with_batch_and_image_size() -> None:
 MEASURE_A_STEP = """
 import json, torch
 from pathlib import Path
-from core import memory
-from core.data import Dataset
-from core.training import TrainConfig, Trainer, default_model_config
+from diffusion_studio.core import memory
+from diffusion_studio.core.data import Dataset
+from diffusion_studio.core.training import TrainConfig, Trainer, default_model_config
 
 def status_kb(key):
     for line in Path("/proc/self/status").read_text().splitlines():

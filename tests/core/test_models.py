@@ -6,9 +6,8 @@ import json
 
 import pytest
 import torch
-
-from core.errors import ConfigError
-from core.models import (
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.models import (
     MLPConfig,
     MLPDenoiser,
     UNet,

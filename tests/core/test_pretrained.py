@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from benchmarks.toy_quality import score_points
-from core.checkpoint import (
+from diffusion_studio.core.checkpoint import (
     load_checkpoint,
     pretrained_checkpoint_paths,
 )
-from core.data import TOY_DATASETS
-from core.guidance import class_labels
-from core.samplers import REGISTRY, SamplerConfig, default_sampler_config, sampler_defaults
-from core.sampling import sample_checkpoint
+from diffusion_studio.core.data import TOY_DATASETS
+from diffusion_studio.core.guidance import class_labels
+from diffusion_studio.core.samplers import (
+    REGISTRY,
+    SamplerConfig,
+    default_sampler_config,
+    sampler_defaults,
+)
+from diffusion_studio.core.sampling import sample_checkpoint
+
+from benchmarks.toy_quality import score_points
 
 EXPECTED = ("digits", *TOY_DATASETS)
 

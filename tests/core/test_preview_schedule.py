@@ -7,11 +7,16 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
-from core.errors import ConfigError
-from core.models import build_model
-from core.schedule import ScheduleConfig
-from core.training import TrainControl, Trainer, TrainPreview, TrainProgress, preset_config
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.models import build_model
+from diffusion_studio.core.schedule import ScheduleConfig
+from diffusion_studio.core.training import (
+    TrainControl,
+    Trainer,
+    TrainPreview,
+    TrainProgress,
+    preset_config,
+)
 
 
 class FakeClock:

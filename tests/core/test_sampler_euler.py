@@ -16,10 +16,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from diffusion_studio.core.samplers import (
+    PREDICTION_TYPES,
+    SamplerConfig,
+    make_sampler,
+    sampler_spec,
+)
+from diffusion_studio.core.sampling import sample
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 
-from core.samplers import PREDICTION_TYPES, SamplerConfig, make_sampler, sampler_spec
-from core.sampling import sample
-from core.schedule import NoiseSchedule, ScheduleConfig
 from tests.core.sampler_common import SamplerCommonTests
 
 DIFFUSERS_PREDICTION = {"epsilon": "epsilon", "v": "v_prediction", "x0": "sample"}
@@ -342,7 +347,7 @@ WHOLE_RUN_GRID = [
 def test_whole_run_through_the_sampling_loop_matches_diffusers(
     name, kind, spacing, karras, prediction
 ):
-    """core.sampling.sample against diffusers' own loop: the same network, the same seed
+    """diffusion_studio.core.sampling.sample against diffusers' own loop: the same network, the same seed
     (initial noise and, for ancestral, every step's noise from one generator), every frame."""
     config = ScheduleConfig(kind, 1000)
     schedule = NoiseSchedule(config)

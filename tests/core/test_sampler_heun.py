@@ -11,9 +11,14 @@ import math
 
 import pytest
 import torch
+from diffusion_studio.core.samplers import (
+    PREDICTION_TYPES,
+    SamplerConfig,
+    make_sampler,
+    sampler_spec,
+)
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 
-from core.samplers import PREDICTION_TYPES, SamplerConfig, make_sampler, sampler_spec
-from core.schedule import NoiseSchedule, ScheduleConfig
 from tests.core.sampler_common import SamplerCommonTests
 from tests.core.test_sampler_euler import (
     SHAPE,
@@ -161,7 +166,7 @@ WHOLE_RUN_GRID = [
 
 @pytest.mark.parametrize("kind,spacing,karras,prediction", WHOLE_RUN_GRID)
 def test_whole_run_through_the_sampling_loop_matches_diffusers(kind, spacing, karras, prediction):
-    """core.sampling.sample against diffusers' loop over its 2n - 1 timesteps: the state before
+    """diffusion_studio.core.sampling.sample against diffusers' loop over its 2n - 1 timesteps: the state before
     every whole step (frames show it as x_t) and the sample."""
     config = ScheduleConfig(kind, 1000)
     schedule = NoiseSchedule(config)

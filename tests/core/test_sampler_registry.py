@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from core.samplers import REGISTRY, spec_for_diffusers_class
+from diffusion_studio.core.samplers import REGISTRY, spec_for_diffusers_class
 
 COMMON_SUBCLASS = re.compile(r'class \w+\(SamplerCommonTests\):\s+name = "([\w-]+)"')
 

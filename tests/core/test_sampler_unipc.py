@@ -10,13 +10,18 @@ import math
 import numpy as np
 import pytest
 import torch
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.samplers import (
+    PREDICTION_TYPES,
+    SamplerConfig,
+    make_sampler,
+    spec_for_diffusers_class,
+)
+from diffusion_studio.core.samplers.sigmas import sigma_to_t
+from diffusion_studio.core.samplers.unipc import UniPCSampler
+from diffusion_studio.core.sampling import first_step, sample
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 
-from core.errors import ConfigError
-from core.samplers import PREDICTION_TYPES, SamplerConfig, make_sampler, spec_for_diffusers_class
-from core.samplers.sigmas import sigma_to_t
-from core.samplers.unipc import UniPCSampler
-from core.sampling import first_step, sample
-from core.schedule import NoiseSchedule, ScheduleConfig
 from tests.core.multistep_parity import SHAPE, diffusers_scheduler, step_by_step, whole_run
 from tests.core.sampler_common import SamplerCommonTests, _Constant
 

@@ -8,11 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from core.errors import ConfigError
-from core.samplers import (
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.samplers import (
     PREDICTION_TYPES,
     DDIMSampler,
     DDPMSampler,
@@ -21,7 +18,10 @@ from core.samplers import (
     make_timesteps,
     split_prediction,
 )
-from core.schedule import NoiseSchedule, ScheduleConfig
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tests.core.sampler_common import SamplerCommonTests
 
 
@@ -334,7 +334,7 @@ def test_sampler_properties(kind, T, frac, spacing, prediction, dtype):
 
 
 def test_default_sampler_clips_images_but_not_points_and_keeps_a_models_own():
-    from core.samplers import default_sampler_config
+    from diffusion_studio.core.samplers import default_sampler_config
 
     image, points = default_sampler_config(False), default_sampler_config(True)
     assert (image.kind, image.num_inference_steps, image.spacing) == ("ddpm", 100, "trailing")
@@ -347,7 +347,7 @@ def test_default_sampler_keeps_an_untrained_epsilon_model_on_cosine_bounded():
     """An untrained epsilon net predicts eps ~ 0, so pred_x0 = x_t / sqrt(alphabar_t), and
     alphabar_T of the cosine schedule is ~2e-9: without the clip the first step multiplies
     x_T by ~2e4 and the sample explodes; with the default sampler it stays in [-1, 1]."""
-    from core.samplers import default_sampler_config
+    from diffusion_studio.core.samplers import default_sampler_config
 
     schedule = NoiseSchedule(ScheduleConfig("cosine", 1000))
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.export import to_uint8_images
+from diffusion_studio.core.models import MLPConfig, build_model
+from diffusion_studio.core.samplers import SamplerConfig, make_sampler
+from diffusion_studio.core.sampling import Frame, Trajectory, sample
+from diffusion_studio.core.schedule import NoiseSchedule
 from torch import nn
-
-from core.errors import ConfigError
-from core.export import to_uint8_images
-from core.models import MLPConfig, build_model
-from core.samplers import SamplerConfig, make_sampler
-from core.sampling import Frame, Trajectory, sample
-from core.schedule import NoiseSchedule
 
 
 class ExactNoise(nn.Module):
@@ -148,7 +147,8 @@ def test_trajectory_points():
 
 
 def _saved_checkpoint(tmp_path, points: bool):
-    from core.checkpoint import load_checkpoint
+    from diffusion_studio.core.checkpoint import load_checkpoint
+
     from tests.cli.tiny_models import save_tiny_checkpoint
 
     name = "points" if points else "images"
@@ -156,7 +156,7 @@ def _saved_checkpoint(tmp_path, points: bool):
 
 
 def test_prepare_sampling_builds_one_run_from_a_request(tmp_path):
-    from core.sampling import SampleRequest, prepare_sampling, sample_checkpoint
+    from diffusion_studio.core.sampling import SampleRequest, prepare_sampling, sample_checkpoint
 
     ckpt = _saved_checkpoint(tmp_path, points=True)
     config = SamplerConfig("ddim", 6, "trailing", options={"eta": 1.0})
@@ -172,9 +172,8 @@ def test_prepare_sampling_builds_one_run_from_a_request(tmp_path):
 
 
 def test_prepare_sampling_from_a_start_image(tmp_path):
+    from diffusion_studio.core.sampling import SampleRequest, prepare_sampling, start_image_tensor
     from PIL import Image
-
-    from core.sampling import SampleRequest, prepare_sampling, start_image_tensor
 
     ckpt = _saved_checkpoint(tmp_path, points=False)
     path = tmp_path / "start.png"
@@ -196,7 +195,7 @@ def test_prepare_sampling_from_a_start_image(tmp_path):
 
 
 def test_prepare_sampling_refuses_before_any_step(tmp_path):
-    from core.sampling import SampleRequest, prepare_sampling
+    from diffusion_studio.core.sampling import SampleRequest, prepare_sampling
 
     ckpt = _saved_checkpoint(tmp_path, points=True)
     config = SamplerConfig("ddpm", 10)

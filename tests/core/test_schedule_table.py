@@ -5,10 +5,14 @@ from __future__ import annotations
 import csv
 
 import numpy as np
-
-from core.export import save_csv
-from core.schedule import NoiseSchedule, ScheduleConfig
-from core.schedule_table import CURVE_KEYS, column_prefixes, save_schedule_csv, schedule_columns
+from diffusion_studio.core.export import save_csv
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
+from diffusion_studio.core.schedule_table import (
+    CURVE_KEYS,
+    column_prefixes,
+    save_schedule_csv,
+    schedule_columns,
+)
 
 
 def read(path):

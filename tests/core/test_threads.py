@@ -1,4 +1,4 @@
-"""core.threads.AdaptiveThreads on a simulated machine: step times depend on the thread count
+"""diffusion_studio.core.threads.AdaptiveThreads on a simulated machine: step times depend on the thread count
 and on whether another program keeps a core busy; a fake clock advances by the step times."""
 
 from __future__ import annotations
@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from core.threads import AdaptiveThreads, IdleCores, fixed_thread_count
+from diffusion_studio.core.threads import AdaptiveThreads, IdleCores, fixed_thread_count
 
 
 class FakeMachine:
@@ -245,11 +244,10 @@ class CountingTuner(AdaptiveThreads):
 
 def _tiny_sampling_run(threads: AdaptiveThreads | None) -> int:
     import torch
-
-    from core.models import MLPConfig, build_model
-    from core.samplers import SamplerConfig, make_sampler
-    from core.sampling import sample
-    from core.schedule import NoiseSchedule
+    from diffusion_studio.core.models import MLPConfig, build_model
+    from diffusion_studio.core.samplers import SamplerConfig, make_sampler
+    from diffusion_studio.core.sampling import sample
+    from diffusion_studio.core.schedule import NoiseSchedule
 
     schedule = NoiseSchedule.from_kind("linear", 50)
     model = build_model(MLPConfig(hidden=16, layers=1))
@@ -282,8 +280,8 @@ def test_training_reports_its_threads_and_gives_the_count_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import torch
+    from diffusion_studio.core.training import Trainer, TrainProgress
 
-    from core.training import Trainer, TrainProgress
     from tests.core.test_training import points_config
 
     before = torch.get_num_threads()
@@ -314,7 +312,7 @@ def test_restore_only_in_the_thread_that_computed() -> None:
 
 
 def test_a_contended_state_says_so_in_the_status_line() -> None:
-    from core.threads import ThreadState
+    from diffusion_studio.core.threads import ThreadState
 
     assert ThreadState(2, 2, contended=False, adaptive=True).note() == ""
     note = ThreadState(1, 2, contended=True, adaptive=True).note()

@@ -8,12 +8,11 @@ import threading
 import numpy as np
 import pytest
 import torch
-
-from core.checkpoint import for_sampling, load_checkpoint
-from core.errors import ConfigError, TrainingError
-from core.models import MLPConfig, UNetConfig
-from core.schedule import ScheduleConfig
-from core.training import (
+from diffusion_studio.core.checkpoint import for_sampling, load_checkpoint
+from diffusion_studio.core.errors import ConfigError, TrainingError
+from diffusion_studio.core.models import MLPConfig, UNetConfig
+from diffusion_studio.core.schedule import ScheduleConfig
+from diffusion_studio.core.training import (
     TrainConfig,
     TrainControl,
     Trainer,

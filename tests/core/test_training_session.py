@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from core.checkpoint import load_checkpoint
-from core.errors import ConfigError, TrainingError
-from core.models import MLPConfig
-from core.schedule import ScheduleConfig
-from core.training import TrainConfig, Trainer
-from core.training_session import AutosavePolicy, RunSaver
+from diffusion_studio.core.checkpoint import load_checkpoint
+from diffusion_studio.core.errors import ConfigError, TrainingError
+from diffusion_studio.core.models import MLPConfig
+from diffusion_studio.core.schedule import ScheduleConfig
+from diffusion_studio.core.training import TrainConfig, Trainer
+from diffusion_studio.core.training_session import AutosavePolicy, RunSaver
 
 
 def tiny_trainer(max_steps: int = 10) -> Trainer:
