@@ -126,7 +126,7 @@ def run_headless_subprocess(config: TrainConfig, seconds: float, warmup_s: float
         code = (
             "import json, sys, torch\n"
             "from benchmarks.speed_gui_load import run_headless\n"
-            "from core.training import TrainConfig\n"
+            "from diffusion_studio.core.training import TrainConfig\n"
             f"config = TrainConfig.from_dict(json.load(open({str(config_path)!r})))\n"
             f"result = run_headless(config, {seconds!r}, torch.get_num_threads(), {warmup_s!r})\n"
             f"json.dump(result, open({str(out_path)!r}, 'w'))\n"

@@ -98,8 +98,8 @@ def after_startup_in_a_fresh_app(before: str, wait_while: str, after: str) -> li
     code = (
         "import gc, os, sys, time\n"
         "os.environ['QT_QPA_PLATFORM'] = 'offscreen'\n"
-        "from app.main_window import make_application\n"
-        "from app.garbage import after_startup, job_garbage\n"
+        "from diffusion_studio.app.main_window import make_application\n"
+        "from diffusion_studio.app.garbage import after_startup, job_garbage\n"
         "app = make_application()\n"
         f"{before}"
         "after_startup(app)\n"

@@ -37,7 +37,7 @@ def test_the_gui_entry_sets_the_wait_policy_before_torch_is_imported():
     the GUI module is replaced by a stub that records the state it is entered in."""
     code = (
         "import os, sys, types\n"
-        "import app.gui_env\n"
+        "import diffusion_studio.app.gui_env\n"
         "diffusion_studio.app.gui_env.gui_wait_policy = lambda platform: 'PASSIVE'\n"
         "stub = types.ModuleType('diffusion_studio.app.main_window')\n"
         "def run_app(paths):\n"
@@ -45,9 +45,9 @@ def test_the_gui_entry_sets_the_wait_policy_before_torch_is_imported():
         "    return 0\n"
         "stub.run_app = run_app\n"
         "sys.modules['diffusion_studio.app.main_window'] = stub\n"
-        "import app.cli\n"
+        "import diffusion_studio.app.cli\n"
         "diffusion_studio.app.cli._display_available = lambda: True\n"
-        "sys.exit(app.cli.main([]))\n"
+        "sys.exit(diffusion_studio.app.cli.main([]))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run(

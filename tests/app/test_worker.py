@@ -226,7 +226,7 @@ def test_configure_torch_threads_keeps_the_gui_thread_at_one_thread():
     job's)."""
     code = (
         "import threading, torch\n"
-        "from app.worker import configure_torch_threads, job_threads\n"
+        "from diffusion_studio.app.worker import configure_torch_threads, job_threads\n"
         "count = configure_torch_threads()\n"
         "other = threading.Thread(target=lambda: torch.set_num_threads(count + 1))\n"
         "other.start(); other.join()\n"

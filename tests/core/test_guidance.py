@@ -195,7 +195,7 @@ def test_loading_a_conditional_checkpoint_imports_nothing_heavy(tmp_path):
     save_checkpoint(path, Trainer(preset_config("digits", max_steps=1)).checkpoint())
     code = (
         "import sys\n"
-        "from core.checkpoint import load_checkpoint\n"
+        "from diffusion_studio.core.checkpoint import load_checkpoint\n"
         f"ckpt = load_checkpoint({str(path)!r})\n"
         "print(ckpt.model_config.num_classes, 'sympy' in sys.modules, "
         "'torch._dynamo' in sys.modules)\n"
