@@ -728,6 +728,7 @@ def cmd_samplers(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
+
     from diffusion_studio.app.progress import ProgressBar
     from diffusion_studio.core.checkpoint import load_checkpoint
     from diffusion_studio.core.device import resolve_device

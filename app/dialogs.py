@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffusion_studio.app.settings import make_settings
 from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
+
+from diffusion_studio.app.settings import make_settings
 
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.bmp *.gif *.tif *.tiff *.webp);;All files (*)"
 CHECKPOINT_FILTER = (

@@ -28,9 +28,10 @@ import threading
 import traceback
 from pathlib import Path
 
+from PySide6.QtCore import QObject, Qt, Signal
+
 import diffusion_studio.app.qt_compat  # noqa: F401  (its probe makes QObjects: GUI thread, before any emit)
 from diffusion_studio.app.garbage import job_garbage
-from PySide6.QtCore import QObject, Qt, Signal
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PySide6.QtGui import QCloseEvent
+from PySide6.QtWidgets import QDialog, QLabel, QLineEdit, QVBoxLayout, QWidget
+
 from diffusion_studio.app import dialogs
 from diffusion_studio.app.widgets import (
     ErrorLabel,
@@ -39,8 +42,6 @@ from diffusion_studio.core.guidance_sweep import (
     sweep_classes,
 )
 from diffusion_studio.core.samplers import SamplerConfig
-from PySide6.QtGui import QCloseEvent
-from PySide6.QtWidgets import QDialog, QLabel, QLineEdit, QVBoxLayout, QWidget
 
 DEFAULT_SCALES_TEXT = ", ".join(f"{s:g}" for s in DEFAULT_SCALES)  # "0, 1, 2, 4, 8"
 EXPLAIN = (

@@ -27,20 +27,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from diffusion_studio import core
-from diffusion_studio.app import dialogs
-from diffusion_studio.app.engine_loader import EngineLoader
-from diffusion_studio.app.help import GettingStartedDialog
-from diffusion_studio.app.icon import app_icon
-from diffusion_studio.app.settings import (
-    APPLICATION,
-    add_recent_file,
-    configure_application,
-    make_settings,
-    recent_files,
-    remove_recent_file,
-    write_json,
-)
 from PySide6.QtCore import (
     QByteArray,
     QEvent,
@@ -61,6 +47,21 @@ from PySide6.QtWidgets import (
     QStyleFactory,
     QTabWidget,
     QWidget,
+)
+
+from diffusion_studio import core
+from diffusion_studio.app import dialogs
+from diffusion_studio.app.engine_loader import EngineLoader
+from diffusion_studio.app.help import GettingStartedDialog
+from diffusion_studio.app.icon import app_icon
+from diffusion_studio.app.settings import (
+    APPLICATION,
+    add_recent_file,
+    configure_application,
+    make_settings,
+    recent_files,
+    remove_recent_file,
+    write_json,
 )
 
 if TYPE_CHECKING:

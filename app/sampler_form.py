@@ -20,6 +20,9 @@ import math
 from dataclasses import MISSING, Field, fields
 from typing import Any
 
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QVBoxLayout, QWidget
+
 from diffusion_studio.app.widgets import (
     FieldCheck,
     NumberBox,
@@ -38,8 +41,6 @@ from diffusion_studio.core.samplers import (
     make_sampler,
 )
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QVBoxLayout, QWidget
 
 log = logging.getLogger(__name__)
 

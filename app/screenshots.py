@@ -72,6 +72,7 @@ def grab(window, path: Path) -> None:
 
 def shoot(out: Path, train_steps: int) -> None:
     import torch
+
     from diffusion_studio.app import dialogs
     from diffusion_studio.app.main_window import MainWindow, make_application
     from diffusion_studio.app.widgets import set_combo_data

@@ -35,8 +35,9 @@ def _check_photos() -> str:
 
 
 def _check_icons() -> str:
-    from diffusion_studio.core.resources import resource_path
     from PIL import Image
+
+    from diffusion_studio.core.resources import resource_path
 
     resource_path("icons", f"{ICON_NAME}.svg")
     for size in ICON_SIZES:
@@ -48,6 +49,7 @@ def _check_icons() -> str:
 
 def _check_sampling() -> str:
     import torch
+
     from diffusion_studio.core.models import UNetConfig, build_model
     from diffusion_studio.core.samplers import SamplerConfig, make_sampler
     from diffusion_studio.core.sampling import sample
@@ -76,6 +78,7 @@ def _check_training() -> str:
 
 def _check_pretrained() -> str:
     import torch
+
     from diffusion_studio.core.checkpoint import (
         build_model_from_checkpoint,
         load_checkpoint,
@@ -105,12 +108,13 @@ def _check_qt() -> str:
     builds the main window with all its panels (settings and data in a temporary folder)."""
     import tempfile
 
-    from diffusion_studio.app.main_window import MainWindow
-    from diffusion_studio.app.settings import DATA_DIR_ENV
-    from diffusion_studio.core.resources import resource_path
     from PySide6.QtCore import QSettings
     from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication
+
+    from diffusion_studio.app.main_window import MainWindow
+    from diffusion_studio.app.settings import DATA_DIR_ENV
+    from diffusion_studio.core.resources import resource_path
 
     qt_app = QApplication.instance()
     if qt_app is None:

@@ -12,10 +12,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Union
 
-import diffusion_studio.app.qt_compat  # noqa: F401  (before pyqtgraph emits any signal)
 import numpy as np
 import pyqtgraph as pg
-from diffusion_studio.app.icon import ICON_SIZES, app_icon  # noqa: F401  (moved: the window needs it before pyqtgraph)
 from PySide6.QtCore import QEvent, QObject, Qt, Signal
 from PySide6.QtGui import QImage, QPixmap, QValidator
 from PySide6.QtWidgets import (
@@ -38,6 +36,9 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+import diffusion_studio.app.qt_compat  # noqa: F401  (before pyqtgraph emits any signal)
+from diffusion_studio.app.icon import ICON_SIZES, app_icon  # noqa: F401  (moved: the window needs it before pyqtgraph)
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=True, background="w", foreground="k")
 

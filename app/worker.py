@@ -37,15 +37,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import diffusion_studio.app.qt_compat  # noqa: F401  (must come before any signal is emitted)
 import shiboken6
 import torch
+from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
+
+import diffusion_studio.app.qt_compat  # noqa: F401  (must come before any signal is emitted)
 from diffusion_studio.app.garbage import job_garbage
 from diffusion_studio.core.errors import DiffusionStudioError
 from diffusion_studio.core.training import (
     TrainControl as JobControl,  # the trainer's flags serve every job
 )
-from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
 log = logging.getLogger(__name__)
 

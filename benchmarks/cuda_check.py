@@ -18,6 +18,7 @@ import sys
 import time
 
 import torch
+
 from diffusion_studio.core.checkpoint import (
     build_model_from_checkpoint,
     load_checkpoint,

@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
 from diffusion_studio.core.data import (
     DIGITS_HELD_OUT,
     DIGITS_SPLIT_SEED,
@@ -31,8 +34,6 @@ from diffusion_studio.core.data import (
     load_digits,
 )
 from diffusion_studio.core.errors import CheckpointError
-from safetensors.torch import load_file, save_file
-from torch import nn
 
 WEIGHTS_PATH = Path(__file__).resolve().parent / "digit_classifier.safetensors"
 SPLIT_SEED = DIGITS_SPLIT_SEED

@@ -169,6 +169,8 @@ def train_config(v: Variant, cpu_minutes: float, device: str):
 def run_variant(v: Variant, cpu_minutes: float, device: str, n: int, out: str) -> list[dict]:
     """Train one variant, sample with each sampler, score; one record per sampler."""
     import torch
+
+    from benchmarks.score import score_samples
     from diffusion_studio.core.checkpoint import (
         build_model_from_checkpoint,
         for_sampling,
@@ -178,8 +180,6 @@ def run_variant(v: Variant, cpu_minutes: float, device: str, n: int, out: str) -
     from diffusion_studio.core.sampling import sample
     from diffusion_studio.core.schedule import NoiseSchedule
     from diffusion_studio.core.training import Trainer
-
-    from benchmarks.score import score_samples
 
     torch.set_num_threads(1)
     config = train_config(v, cpu_minutes, device)
@@ -229,6 +229,7 @@ def run_variant(v: Variant, cpu_minutes: float, device: str, n: int, out: str) -
 def measure_cpu(batches: tuple[int, ...] = (32, 64, 128)) -> None:
     """Print CPU ms per step for every arch and batch (2 torch threads)."""
     import torch
+
     from diffusion_studio.core.training import Trainer
 
     torch.set_num_threads(2)

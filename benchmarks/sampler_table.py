@@ -20,14 +20,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+from benchmarks.score import score_samples
+from benchmarks.toy_quality import score_points
 from diffusion_studio.core.checkpoint import load_checkpoint, pretrained_checkpoint_paths
 from diffusion_studio.core.data import TOY_DATASETS
 from diffusion_studio.core.samplers import REGISTRY, SamplerConfig, make_sampler
 from diffusion_studio.core.sampling import sample_checkpoint
 from diffusion_studio.core.schedule import NoiseSchedule
-
-from benchmarks.score import score_samples
-from benchmarks.toy_quality import score_points
 
 GUIDANCE = 2.0
 

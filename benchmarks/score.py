@@ -46,10 +46,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusion_studio.core.errors import DataError
-from diffusion_studio.core.quality import median_ratio, nearest_distances, within_class_nearest
 
 from benchmarks.digit_classifier import DigitClassifier, digits_split, load_classifier
+from diffusion_studio.core.errors import DataError
+from diffusion_studio.core.quality import median_ratio, nearest_distances, within_class_nearest
 
 CONFIDENT_PROB = 0.9
 REFERENCE_N = 256

@@ -85,9 +85,9 @@ def run_child(where: str, setup: str, cores: int, seconds: float) -> dict:
 
 def child_cli(seconds: float) -> dict:
     import torch
-    from diffusion_studio.core.training import preset_config
 
     from benchmarks.speed_gui_load import run_headless
+    from diffusion_studio.core.training import preset_config
 
     config = preset_config("digits")
     return run_headless(config, seconds, torch.get_num_threads(), min(5.0, seconds / 5))
@@ -100,10 +100,9 @@ def child_app(seconds: float) -> dict:
     from benchmarks.speed_common import process_events_for, qt_application
 
     app = qt_application()  # the app's thread set-up, as run_app
+    from benchmarks.speed_gui_load import throughput
     from diffusion_studio.app.main_window import MainWindow
     from diffusion_studio.core.training import TrainPreview, TrainProgress
-
-    from benchmarks.speed_gui_load import throughput
 
     window = MainWindow()
     window.show()

@@ -18,9 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from diffusion_studio.core.data import default_photo_path, load_image
-from diffusion_studio.core.forward import ForwardProcess
-from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 
 from benchmarks.speed_common import (
     SUMMARY_HEADER,
@@ -32,6 +29,9 @@ from benchmarks.speed_common import (
     summary_row,
     write_json,
 )
+from diffusion_studio.core.data import default_photo_path, load_image
+from diffusion_studio.core.forward import ForwardProcess
+from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 
 SIZE = 512
 PAINT_TIMEOUT_S = 5.0
@@ -61,8 +61,9 @@ def time_core(image: np.ndarray, calls: int, seed: int) -> list[float]:
 
 def time_gui(path: Path, moves: int, seed: int) -> dict[str, list[float]]:
     """Milliseconds from setValue to the repainted x_t image, for `moves` slider moves."""
-    from diffusion_studio.app.panels.forward_panel import ForwardPanel
     from PySide6.QtWidgets import QApplication
+
+    from diffusion_studio.app.panels.forward_panel import ForwardPanel
 
     app = qt_application()
     panel = ForwardPanel()

@@ -48,7 +48,6 @@ if __name__ == "__main__":
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from diffusion_studio.core.training import TrainConfig, Trainer, TrainPreview, TrainProgress  # noqa: E402
 
 from benchmarks.speed_common import (  # noqa: E402
     SUMMARY_HEADER,
@@ -61,6 +60,7 @@ from benchmarks.speed_common import (  # noqa: E402
     summary_row,
     write_json,
 )
+from diffusion_studio.core.training import TrainConfig, Trainer, TrainPreview, TrainProgress  # noqa: E402
 
 PROBE_MS = 5
 DRIFT_WARNING_PCT = 5.0  # headless halves further apart than this: the ratio is not reliable

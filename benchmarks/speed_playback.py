@@ -27,8 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusion_studio.core.data import load_digits
-from diffusion_studio.core.sampling import Frame, Trajectory
 
 from benchmarks.speed_common import (
     MB,
@@ -44,6 +42,8 @@ from benchmarks.speed_common import (
     summary_row,
     write_json,
 )
+from diffusion_studio.core.data import load_digits
+from diffusion_studio.core.sampling import Frame, Trajectory
 
 TARGET_FPS = 60.0
 LATE_FACTOR = 1.5

@@ -32,15 +32,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
+from benchmarks.speed_common import Target, print_table, print_targets, write_json
 from diffusion_studio.core.guidance import DEFAULT_GUIDANCE_SCALE, num_classes, sampling_labels
 from diffusion_studio.core.models import build_model, count_parameters
 from diffusion_studio.core.samplers import PredictionType, SamplerConfig, make_sampler
 from diffusion_studio.core.sampling import Trajectory, sample
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 from diffusion_studio.core.threads import AdaptiveThreads
-from torch import nn
-
-from benchmarks.speed_common import Target, print_table, print_targets, write_json
 
 REFERENCE_UNET = {
     "_class_name": "UNet2DModel",

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusion_studio.core.models import count_parameters
-from diffusion_studio.core.training import Trainer, TrainProgress, preset_config
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.speed_common import Target, print_table, write_json
+from diffusion_studio.core.models import count_parameters
+from diffusion_studio.core.training import Trainer, TrainProgress, preset_config
 
 MATMUL_N = 2048
 

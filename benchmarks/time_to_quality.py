@@ -37,14 +37,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusion_studio.core.checkpoint import Checkpoint, save_checkpoint
-from diffusion_studio.core.data import load_digits
-from diffusion_studio.core.export import make_grid, save_png, to_uint8_images, upscale_nearest
-from diffusion_studio.core.guidance import DEFAULT_GUIDANCE_SCALE
-from diffusion_studio.core.models import count_parameters
-from diffusion_studio.core.samplers import default_sampler_config
-from diffusion_studio.core.sampling import sample_checkpoint
-from diffusion_studio.core.training import Trainer, TrainProgress, preset_config
 
 from benchmarks.score import (
     TABLE_COLUMNS,
@@ -55,6 +47,14 @@ from benchmarks.score import (
     score_samples,
     table_cells,
 )
+from diffusion_studio.core.checkpoint import Checkpoint, save_checkpoint
+from diffusion_studio.core.data import load_digits
+from diffusion_studio.core.export import make_grid, save_png, to_uint8_images, upscale_nearest
+from diffusion_studio.core.guidance import DEFAULT_GUIDANCE_SCALE
+from diffusion_studio.core.models import count_parameters
+from diffusion_studio.core.samplers import default_sampler_config
+from diffusion_studio.core.sampling import sample_checkpoint
+from diffusion_studio.core.training import Trainer, TrainProgress, preset_config
 
 SAMPLER = default_sampler_config(is_points=False)  # what Playback and the CLI use for images
 SAMPLER_TEXT = (

@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+
 from diffusion_studio.core.checkpoint import load_checkpoint
 from diffusion_studio.core.data import TOY_DATASETS, toy_points
 from diffusion_studio.core.quality import PointQuality, point_quality

@@ -25,17 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_save
+from torch import nn
+
 from diffusion_studio.core import __version__
 from diffusion_studio.core.diffusers_models import find_diffusers_model, load_diffusers_checkpoint
 from diffusion_studio.core.errors import CheckpointError, DiffusionStudioError
 from diffusion_studio.core.files import atomic_write
+from diffusion_studio.core.flow import FLOW_PREDICTION_TYPE, OBJECTIVES, Objective
 from diffusion_studio.core.models import ModelConfig, build_model, model_config_from_dict
 from diffusion_studio.core.resources import resources_dir
 from diffusion_studio.core.samplers import PREDICTION_TYPES, PredictionType
 from diffusion_studio.core.schedule import ScheduleConfig
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as safetensors_save
-from torch import nn
 
 FORMAT_NAME = "diffusion-studio"
 FORMAT_VERSION = 1
@@ -63,6 +65,8 @@ class Checkpoint:
     training: dict[str, Any] | None = None
     training_state: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    # "diffusion" or "flow" (core.flow); checkpoints written before flow matching have none
+    objective: Objective = "diffusion"
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -87,6 +91,7 @@ class Checkpoint:
             "model": self.model_config.to_dict(),
             "schedule": self.schedule_config.to_dict(),
             "prediction_type": self.prediction_type,
+            "objective": self.objective,
             "data": self.data,
             "training": self.training,
             "meta": self.meta,
@@ -174,11 +179,13 @@ def _parse_config(path: Path, metadata: dict[str, str] | None) -> dict[str, Any]
     return config
 
 
-def _configs(path: Path, config: dict[str, Any]) -> tuple[ModelConfig, ScheduleConfig, str]:
+def _configs(path: Path, config: dict[str, Any]) -> tuple[ModelConfig, ScheduleConfig, str, str]:
+    """(model config, schedule config, prediction type, objective) of a checkpoint's config."""
     try:
         model_config = model_config_from_dict(config["model"])
         schedule_config = ScheduleConfig.from_dict(config["schedule"])
         prediction_type = config["prediction_type"]
+        objective = config.get("objective", "diffusion")  # none before flow matching
     except KeyError as exc:
         raise CheckpointError(f"'{path}' config lacks {exc}") from exc
     except (DiffusionStudioError, TypeError) as exc:
@@ -188,7 +195,16 @@ def _configs(path: Path, config: dict[str, Any]) -> tuple[ModelConfig, ScheduleC
             f"'{path}' has unknown prediction type {prediction_type!r} "
             f"(known: {', '.join(PREDICTION_TYPES)})"
         )
-    return model_config, schedule_config, prediction_type
+    if objective not in OBJECTIVES:
+        raise CheckpointError(
+            f"'{path}' has unknown objective {objective!r} (known: {', '.join(OBJECTIVES)})"
+        )
+    if (objective == "flow") != (prediction_type == FLOW_PREDICTION_TYPE):
+        raise CheckpointError(
+            f"'{path}' is inconsistent: objective {objective!r} with prediction type "
+            f"{prediction_type!r} (a flow model predicts the velocity, a diffusion model does not)"
+        )
+    return model_config, schedule_config, prediction_type, objective
 
 
 def expected_shapes(model_config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -240,7 +256,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     try:
         header = _read_header(path)
         config = _parse_config(path, header.get("__metadata__"))
-        model_config, schedule_config, prediction_type = _configs(path, config)
+        model_config, schedule_config, prediction_type, objective = _configs(path, config)
         shapes = {
             name[len(MODEL_PREFIX) :]: tuple(info.get("shape", ()))
             for name, info in header.items()
@@ -272,6 +288,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         training=training if isinstance(training, dict) else None,
         training_state=training_state if isinstance(training, dict) else {},
         meta=dict(config.get("meta") or {}),
+        objective=objective,
     )
 
 
@@ -302,7 +319,7 @@ def _load_legacy(path: Path) -> Checkpoint:
             raise CheckpointError(f"'{path}' has a damaged config: {exc}") from exc
     if not isinstance(config, dict):
         raise CheckpointError(f"'{path}' has a damaged config (not a mapping)")
-    model_config, schedule_config, prediction_type = _configs(path, config)
+    model_config, schedule_config, prediction_type, objective = _configs(path, config)
     state = obj["model"]
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"'{path}' holds non-tensor weights")
@@ -314,6 +331,7 @@ def _load_legacy(path: Path) -> Checkpoint:
         model_state=dict(state),
         data=dict(config.get("data") or {}),
         meta=dict(config.get("meta") or {}),
+        objective=objective,
     )
 
 
@@ -332,6 +350,7 @@ def for_sampling(ckpt: Checkpoint, half: bool = False) -> Checkpoint:
         data=dict(ckpt.data),
         meta={k: v for k, v in ckpt.meta.items() if k not in ("created", "versions")}
         | {"trained_steps": (ckpt.training or {}).get("step")},
+        objective=ckpt.objective,
     )
 
 

@@ -29,13 +29,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from diffusion_studio.core.checkpoint import Checkpoint, build_model_from_checkpoint
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.guidance import sampling_labels
 from diffusion_studio.core.samplers import REGISTRY, PredictionType, SamplerConfig, make_sampler
 from diffusion_studio.core.sampling import sample
 from diffusion_studio.core.schedule import NoiseSchedule
-from torch import nn
 
 # Samplers tried as the reference, most accurate per network evaluation first (see above);
 # a name not registered is skipped, and any deterministic sampler serves when none is.

@@ -21,10 +21,11 @@ from typing import BinaryIO, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
 from diffusion_studio.core import memory
 from diffusion_studio.core.errors import ConfigError, DataError, ImageLoadError
 from diffusion_studio.core.resources import resource_path
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 # --------------------------------------------------------------------------- digits
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from diffusion_studio.core.errors import ConfigError
 
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")

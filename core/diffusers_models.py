@@ -44,6 +44,8 @@ from types import ModuleType
 from typing import Any
 
 import torch
+from torch import nn
+
 from diffusion_studio.core.errors import CheckpointError, ConfigError, ExportError
 from diffusion_studio.core.models import DiffusersUNetConfig, ModelConfig, UNetConfig
 from diffusion_studio.core.samplers import (
@@ -54,7 +56,6 @@ from diffusion_studio.core.samplers import (
     spec_for_diffusers_class,
 )
 from diffusion_studio.core.schedule import ScheduleConfig
-from torch import nn
 
 __all__ = [
     "DIFFUSERS_CONFIG",

@@ -19,9 +19,10 @@ from typing import IO, Any, Protocol
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
+
 from diffusion_studio.core.errors import ExportError
 from diffusion_studio.core.files import atomic_write
-from PIL import Image, ImageDraw, ImageFont
 
 # ----------------------------------------------------------------------------- arrays
 

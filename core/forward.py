@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.export import select_frame_indices
 from diffusion_studio.core.schedule import NoiseSchedule

@@ -13,8 +13,9 @@ conditional model; s > 1 trades variety within a class for samples that look mor
 from __future__ import annotations
 
 import torch
-from diffusion_studio.core.errors import ConfigError
 from torch import nn
+
+from diffusion_studio.core.errors import ConfigError
 
 DEFAULT_GUIDANCE_SCALE = 2.0  # benchmarks/README.md, "Class-conditional digits"
 MAX_GUIDANCE_SCALE = 20.0

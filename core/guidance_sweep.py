@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
+
 from diffusion_studio.core.checkpoint import Checkpoint, build_model_from_checkpoint
 from diffusion_studio.core.data import is_builtin_digits
 from diffusion_studio.core.errors import ConfigError
@@ -36,7 +38,6 @@ from diffusion_studio.core.guidance import check_guidance_scale, class_labels
 from diffusion_studio.core.samplers import SamplerConfig, make_sampler
 from diffusion_studio.core.sampling import sample, sampling_timesteps
 from diffusion_studio.core.schedule import NoiseSchedule
-from PIL import Image, ImageDraw
 
 DEFAULT_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0)
 MAX_SCALES = 16  # rows of guided samples in one sweep

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from diffusion_studio.core.checkpoint import Checkpoint, build_model_from_checkpoint
 from diffusion_studio.core.data import load_image
 from diffusion_studio.core.errors import ConfigError
@@ -36,7 +38,6 @@ from diffusion_studio.core.samplers.base import split_prediction
 from diffusion_studio.core.schedule import NoiseSchedule
 from diffusion_studio.core.schedule_table import csv_cell
 from diffusion_studio.core.training import training_target
-from torch import nn
 
 CURVE_BATCH = 50  # timesteps per network evaluation of the curve (T = 1000: 20 progress steps)
 CURVE_COLUMNS = ("t", "log_snr", "loss", "x0_mse", "eps_mse")

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+
 from diffusion_studio.core.export import (
     caption_frame,
     make_grid,

@@ -49,12 +49,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
 from diffusion_studio.core.errors import TrainingError
 from diffusion_studio.core.models import DiffusersUNetConfig, MLPConfig, ModelConfig, UNetConfig
 
 if TYPE_CHECKING:
-    from diffusion_studio.core.training import TrainConfig
     from torch import nn
+
+    from diffusion_studio.core.training import TrainConfig
 
 BYTES_PER_FLOAT = 4
 PARAMETER_COPIES = 9

@@ -22,8 +22,9 @@ from typing import Any, Literal, Union
 
 import torch
 import torch.nn.functional as F
-from diffusion_studio.core.errors import ConfigError
 from torch import nn
+
+from diffusion_studio.core.errors import ConfigError
 
 __all__ = [
     "DiffusersUNetConfig",

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from diffusion_studio.core.checkpoint import Checkpoint, build_model_from_checkpoint
 from diffusion_studio.core.data import load_image
 from diffusion_studio.core.errors import ConfigError
@@ -33,7 +35,6 @@ from diffusion_studio.core.samplers import (
 )
 from diffusion_studio.core.schedule import NoiseSchedule
 from diffusion_studio.core.threads import AdaptiveThreads
-from torch import nn
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
+
 from diffusion_studio.core.errors import ConfigError
 
 ScheduleKind = Literal["linear", "scaled_linear", "cosine", "sigmoid"]

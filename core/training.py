@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
+
 from diffusion_studio.core.checkpoint import Checkpoint, save_checkpoint
 from diffusion_studio.core.data import Dataset, make_dataset
 from diffusion_studio.core.device import resolve_device
@@ -55,7 +57,6 @@ from diffusion_studio.core.samplers import (
 from diffusion_studio.core.sampling import sample
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 from diffusion_studio.core.threads import AdaptiveThreads, ThreadState
-from torch import nn
 
 ModelSize = Literal["small", "default", "large"]
 MODEL_SIZES: tuple[str, ...] = ("small", "default", "large")

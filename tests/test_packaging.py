@@ -14,8 +14,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from diffusion_studio.core.resources import resource_path
 from PIL import Image
+
+from diffusion_studio.core.resources import resource_path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"

@@ -6,12 +6,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from PySide6.QtCore import QSettings, Signal
+from PySide6.QtWidgets import QSplitter, QWidget
+
 from diffusion_studio.app import dialogs
 from diffusion_studio.app.settings import read_json, write_json
 from diffusion_studio.app.widgets import ErrorLabel, Persistent, set_widget_values, widget_values
 from diffusion_studio.app.worker import Job, JobRunner
-from PySide6.QtCore import QSettings, Signal
-from PySide6.QtWidgets import QSplitter, QWidget
 
 
 class Panel(QWidget):

@@ -23,6 +23,21 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
+from PIL import Image
+from PySide6.QtCore import QSettings, QSize, Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QSlider,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
 from diffusion_studio.app import dialogs
 from diffusion_studio.app.panels.base import Panel
 from diffusion_studio.app.panels.schedule_panel import describe
@@ -71,20 +86,6 @@ from diffusion_studio.core.inspect import (
 )
 from diffusion_studio.core.inspect_render import PANEL_CAPTIONS, panel_pictures, save_row_png
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
-from PIL import Image
-from PySide6.QtCore import QSettings, QSize, Qt, QTimer, Signal
-from PySide6.QtWidgets import (
-    QComboBox,
-    QGridLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QSlider,
-    QSplitter,
-    QTabWidget,
-    QVBoxLayout,
-    QWidget,
-)
 
 DISPLAY_MAX_SIDE = 512
 THUMB_SIDE = 96

@@ -16,6 +16,18 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 import torch
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QSlider,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
 from diffusion_studio.app import dialogs
 from diffusion_studio.app.guidance_sweep_view import GuidanceSweepDialog, SweepSource
 from diffusion_studio.app.panels.base import Panel
@@ -79,17 +91,6 @@ from diffusion_studio.core.sampling import (
     start_image_tensor,
 )
 from diffusion_studio.core.schedule import NoiseSchedule
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtWidgets import (
-    QGridLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QSlider,
-    QStackedWidget,
-    QVBoxLayout,
-    QWidget,
-)
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,19 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 import torch
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QSizePolicy,
+    QSlider,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
 from diffusion_studio.app import dialogs
 from diffusion_studio.app.panels.base import Panel
 from diffusion_studio.app.sampler_form import SamplerForm
@@ -86,18 +99,6 @@ from diffusion_studio.core.samplers import (
 )
 from diffusion_studio.core.sampling import MAX_FRAMES, Frame, Trajectory, sample
 from diffusion_studio.core.schedule import NoiseSchedule
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtWidgets import (
-    QGridLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QSizePolicy,
-    QSlider,
-    QTabWidget,
-    QVBoxLayout,
-    QWidget,
-)
 
 MIN_COLUMNS, MAX_COLUMNS = 2, 4
 PROGRESS_TICKS = 1000  # the lockstep slider's resolution

@@ -12,6 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
+from pyqtgraph import exporters
+from PySide6.QtCore import QRectF, QSettings, Qt, Signal
+from PySide6.QtGui import QPainter
+from PySide6.QtSvg import QSvgGenerator
+from PySide6.QtWidgets import (
+    QFrame,
+    QGroupBox,
+    QLabel,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+
 from diffusion_studio.app import dialogs
 from diffusion_studio.app.axes import IntegerAxis
 from diffusion_studio.app.panels.base import Panel
@@ -39,18 +52,6 @@ from diffusion_studio.core.schedule import (
     ScheduleConfig,
 )
 from diffusion_studio.core.schedule_table import save_schedule_csv
-from pyqtgraph import exporters
-from PySide6.QtCore import QRectF, QSettings, Qt, Signal
-from PySide6.QtGui import QPainter
-from PySide6.QtSvg import QSvgGenerator
-from PySide6.QtWidgets import (
-    QFrame,
-    QGroupBox,
-    QLabel,
-    QScrollArea,
-    QVBoxLayout,
-    QWidget,
-)
 
 KIND_TIPS = {
     "linear": "beta_t rises linearly from beta_start to beta_end (DDPM, Ho et al. 2020)",

@@ -26,6 +26,16 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 import torch
+from PIL import Image
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QStackedWidget,
+    QWidget,
+)
+
 from diffusion_studio.app import dialogs
 from diffusion_studio.app.axes import use_integer_ticks
 from diffusion_studio.app.panels.base import Panel
@@ -71,15 +81,6 @@ from diffusion_studio.core.training import (
     resume_config,
 )
 from diffusion_studio.core.training_session import AutosavePolicy, RunSaver, SaveResult
-from PIL import Image
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtWidgets import (
-    QGridLayout,
-    QGroupBox,
-    QLabel,
-    QStackedWidget,
-    QWidget,
-)
 
 FOLDER = "folder"
 FOLDER_IMAGE_SIZE = 32  # the image size first offered for a folder of images

@@ -36,11 +36,15 @@ from typing import Any, ClassVar, Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
+
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.schedule import NoiseSchedule
 
-PredictionType = Literal["epsilon", "v", "x0"]
+# What a network outputs: epsilon, v (= sqrt(ab) eps - sqrt(1 - ab) x_0) or x_0 for diffusion;
+# "velocity" (= eps - x_0) is a flow-matching model's output (core.flow).
+PredictionType = Literal["epsilon", "v", "x0", "velocity"]
 PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)
+DIFFUSION_PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v", "x0")
 TimestepSpacing = Literal["leading", "trailing", "linspace"]
 TIMESTEP_SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
 

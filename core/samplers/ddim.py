@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.samplers.base import (
     PredictionType,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import torch
+
 from diffusion_studio.core.samplers.base import (
     PredictionType,
     Sampler,

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.samplers.base import (
     TIMESTEP_SPACINGS,

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.samplers.base import (
     PredictionType,

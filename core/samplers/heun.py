@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from diffusion_studio.core.samplers.base import (
     ModelFn,
     SamplerSpec,

@@ -9,6 +9,7 @@ in float64.
 from __future__ import annotations
 
 import numpy as np
+
 from diffusion_studio.core.schedule import NoiseSchedule
 
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5 and Table 1

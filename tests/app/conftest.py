@@ -14,14 +14,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from PIL import Image
+from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
+
 from diffusion_studio.app import dialogs
 from diffusion_studio.core.checkpoint import save_checkpoint
 from diffusion_studio.core.models import UNetConfig
 from diffusion_studio.core.schedule import ScheduleConfig
 from diffusion_studio.core.training import Trainer, preset_config
-from PIL import Image
-from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl
-from PySide6.QtGui import QDragEnterEvent, QDropEvent
 
 
 class FakeDialogs:

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import save_file
+
 from diffusion_studio.app.settings import recent_files
 from diffusion_studio.core.checkpoint import FORMAT_VERSION, load_checkpoint
 from diffusion_studio.core.data import default_photo_path
 from diffusion_studio.core.models import UNetConfig
-from PIL import Image
-from safetensors.torch import save_file
-
 from tests.app.conftest import drop_on_window
 
 # ---------------------------------------------------------------------- helpers

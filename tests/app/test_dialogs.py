@@ -7,13 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from PySide6.QtWidgets import QFileDialog
+
 from diffusion_studio.app import dialogs
 
 # the real functions (the autouse fake_dialogs fixture replaces the module's names)
 from diffusion_studio.app.dialogs import ask_folder as real_ask_folder
 from diffusion_studio.app.dialogs import ask_open_path as real_ask_open_path
 from diffusion_studio.app.dialogs import ask_save_path as real_ask_save_path
-from PySide6.QtWidgets import QFileDialog
 
 
 @pytest.fixture

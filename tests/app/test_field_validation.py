@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QFormLayout, QGroupBox, QSpinBox
+
 from diffusion_studio.app.panels.forward_panel import ForwardPanel
 from diffusion_studio.app.panels.playback_panel import PlaybackPanel
 from diffusion_studio.app.panels.schedule_panel import SchedulesPanel
 from diffusion_studio.app.panels.training_panel import TrainingPanel
 from diffusion_studio.app.widgets import FieldCheck, set_combo_data
 from diffusion_studio.core.models import UNetConfig
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QFormLayout, QGroupBox, QSpinBox
 
 
 def type_into(qtbot, field, text: str) -> None:

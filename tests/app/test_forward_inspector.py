@@ -8,6 +8,8 @@ import csv
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from diffusion_studio.app.panels.forward_panel import NO_INSPECT_MODEL, ForwardPanel
 from diffusion_studio.core.checkpoint import load_checkpoint
 from diffusion_studio.core.inspect import (
@@ -19,7 +21,6 @@ from diffusion_studio.core.inspect import (
     setup_from_checkpoint,
 )
 from diffusion_studio.core.inspect_render import panel_pictures, render_row
-from PIL import Image
 
 
 @pytest.fixture

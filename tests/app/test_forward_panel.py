@@ -7,12 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from diffusion_studio.app import dialogs
 from diffusion_studio.app.panels.forward_panel import ForwardPanel
 from diffusion_studio.core.data import default_photo_path, load_image
 from diffusion_studio.core.export import caption_frame, forward_caption, to_uint8_images
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
-from PIL import Image
 
 
 @pytest.fixture

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from diffusion_studio.app.panels.playback_panel import PlaybackPanel
 from diffusion_studio.app.widgets import set_combo_data
 from diffusion_studio.core.checkpoint import load_checkpoint
 from diffusion_studio.core.guidance_sweep import SweepRequest, guidance_sweep, render_sweep
-from PIL import Image
 
 
 @pytest.fixture

@@ -16,9 +16,10 @@ import threading
 import time
 from pathlib import Path
 
-import diffusion_studio.core.checkpoint  # noqa: F401
 import numpy as np
 import pytest
+
+import diffusion_studio.core.checkpoint  # noqa: F401
 from diffusion_studio import core
 from diffusion_studio.app.settings import recent_files
 from diffusion_studio.app.widgets import set_combo_data

@@ -10,12 +10,8 @@ from __future__ import annotations
 import gc
 import threading
 
-import diffusion_studio.app.panels.training_panel as training_module
-import diffusion_studio.app.worker as worker
 import numpy as np
 import pytest
-from diffusion_studio.app.widgets import set_combo_data
-from diffusion_studio.app.worker import live_threads
 from PySide6.QtCore import (
     QAbstractAnimation,
     QCoreApplication,
@@ -25,6 +21,11 @@ from PySide6.QtCore import (
     QThread,
     QTimer,
 )
+
+import diffusion_studio.app.panels.training_panel as training_module
+import diffusion_studio.app.worker as worker
+from diffusion_studio.app.widgets import set_combo_data
+from diffusion_studio.app.worker import live_threads
 
 _LEFT = Qt.MouseButton.LeftButton
 

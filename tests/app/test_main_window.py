@@ -8,6 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QDropEvent
+from PySide6.QtWidgets import QLabel
+
 from diffusion_studio.app.main_window import MainWindow
 from diffusion_studio.app.widgets import set_combo_data
 from diffusion_studio.app.worker import live_threads
@@ -17,11 +22,6 @@ from diffusion_studio.core.export import caption_frame
 from diffusion_studio.core.samplers import REGISTRY, SamplerConfig, make_sampler
 from diffusion_studio.core.sampling import sample
 from diffusion_studio.core.schedule import NoiseSchedule
-from PIL import Image
-from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
-from PySide6.QtGui import QDropEvent
-from PySide6.QtWidgets import QLabel
-
 from tests.app.conftest import drop_on_window
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from diffusion_studio.app import dialogs
 from diffusion_studio.app.panels.playback_panel import (
     NO_FRAMES,
@@ -16,7 +18,6 @@ from diffusion_studio.core.checkpoint import load_checkpoint
 from diffusion_studio.core.data import default_photo_path
 from diffusion_studio.core.export import caption_frame, reverse_caption
 from diffusion_studio.core.sampling import sample_checkpoint
-from PIL import Image
 
 
 @pytest.fixture

@@ -8,14 +8,14 @@ from __future__ import annotations
 from dataclasses import fields
 
 import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QCheckBox, QComboBox
+
 from diffusion_studio.app.sampler_form import SamplerForm, option_label, widget_value
 from diffusion_studio.app.widgets import set_combo_data
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.samplers import REGISTRY, SamplerConfig, make_sampler
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QCheckBox, QComboBox
-
 from tests.app.test_field_validation import assert_all_clear, assert_refused, type_into
 
 SCHEDULE = ScheduleConfig("cosine", 100)

@@ -9,6 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from diffusion_studio.app.panels.sampler_lab_panel import (
     GUIDED_SUFFIX,
     MAX_COLUMNS,
@@ -23,7 +25,6 @@ from diffusion_studio.core.convergence import ConvergenceRecord, checkpoint_conv
 from diffusion_studio.core.samplers import REGISTRY, SamplerConfig, make_sampler
 from diffusion_studio.core.sampling import sample
 from diffusion_studio.core.schedule import NoiseSchedule
-from PIL import Image
 
 
 @pytest.fixture

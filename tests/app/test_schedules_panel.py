@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import pytest
+
 from diffusion_studio.app.panels.schedule_panel import CURVES, SchedulesPanel
 from diffusion_studio.app.widgets import set_combo_data
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import QCoreApplication
+
 from diffusion_studio.app.settings import (
     APP_ID,
     DATA_DIR_ENV,
@@ -13,7 +15,6 @@ from diffusion_studio.app.settings import (
     configure_application,
     data_dir,
 )
-from PySide6.QtCore import QCoreApplication
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="XDG_DATA_HOME is Linux's")

@@ -6,10 +6,11 @@ a field that has no focus scrolls the panel instead of changing the value."""
 from __future__ import annotations
 
 import pytest
-from diffusion_studio.app.panels.playback_panel import PlaybackPanel
 from PySide6.QtCore import QPoint, QPointF, QRect, QSize, Qt
 from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import QApplication, QScrollArea, QScrollBar, QWidget
+
+from diffusion_studio.app.panels.playback_panel import PlaybackPanel
 
 TITLE_BAR = 40  # a window manager's title bar: what a maximised window loses of the screen
 SCREENS = [(1280, 720), (1366, 768)]

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from diffusion_studio.app.main_window import LOADING_TEXT, PANEL_NAMES, LoadingPage, MainWindow
-from diffusion_studio.core.checkpoint import load_checkpoint
-from diffusion_studio.core.data import default_photo_path
 from PIL import Image
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
+
+from diffusion_studio.app.main_window import LOADING_TEXT, PANEL_NAMES, LoadingPage, MainWindow
+from diffusion_studio.core.checkpoint import load_checkpoint
+from diffusion_studio.core.data import default_photo_path
 
 ROOT = Path(__file__).resolve().parents[2]
 

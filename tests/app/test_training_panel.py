@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from diffusion_studio.app.panels.training_panel import TrainingPanel
 from diffusion_studio.app.widgets import set_combo_data
 from diffusion_studio.core.checkpoint import load_checkpoint

@@ -10,10 +10,11 @@ import time
 
 import pytest
 import torch
+from PySide6.QtCore import Qt
+
 from diffusion_studio.app import worker
 from diffusion_studio.app.worker import Job, JobControl, JobRunner, live_threads
 from diffusion_studio.core.errors import ConfigError
-from PySide6.QtCore import Qt
 
 
 def counting(n: int, delay: float = 0.0):

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from diffusion_studio.core.checkpoint import load_checkpoint
 from PIL import Image
+
+from diffusion_studio.core.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 

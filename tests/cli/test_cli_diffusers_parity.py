@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
 from diffusion_studio.app.cli import main
 from diffusion_studio.core.checkpoint import load_checkpoint
 from diffusion_studio.core.samplers import REGISTRY, SamplerSpec
-
 from tests.cli.tiny_models import save_diffusers_folder, tiny_diffusers_unet
 
 diffusers = pytest.importorskip("diffusers")

@@ -6,10 +6,10 @@ import csv
 
 import numpy as np
 import pytest
-from diffusion_studio.core.checkpoint import pretrained_checkpoint_paths
-from diffusion_studio.core.inspect import CURVE_COLUMNS
 from PIL import Image
 
+from diffusion_studio.core.checkpoint import pretrained_checkpoint_paths
+from diffusion_studio.core.inspect import CURVE_COLUMNS
 from tests.cli.test_cli import assert_one_line_error, run
 from tests.cli.tiny_models import T, save_tiny_checkpoint
 

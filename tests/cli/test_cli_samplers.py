@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from diffusion_studio.app.cli import build_parser, main, sampler_option_flags
 from diffusion_studio.core.checkpoint import load_checkpoint
 from diffusion_studio.core.samplers import REGISTRY, SamplerConfig
 from diffusion_studio.core.sampling import Trajectory, sample_checkpoint
-from PIL import Image
-
 from tests.cli.tiny_models import T, save_tiny_checkpoint
 
 
@@ -236,6 +236,7 @@ def test_gif_views(images_ckpt, points_ckpt, tmp_path):
 
 def test_reverse_pictures_carry_their_t():
     import torch
+
     from diffusion_studio.core.export import reverse_pictures
     from diffusion_studio.core.sampling import Frame
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from diffusion_studio.app.cli import skipped_summary
-from diffusion_studio.core.checkpoint import load_checkpoint
 from PIL import Image
 
+from diffusion_studio.app.cli import skipped_summary
+from diffusion_studio.core.checkpoint import load_checkpoint
 from tests.cli.test_cli import run
 
 

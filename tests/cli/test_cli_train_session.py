@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 
 import pytest
+
 from diffusion_studio.app.cli import main
 from diffusion_studio.core.checkpoint import load_checkpoint
 from diffusion_studio.core.errors import TrainingError

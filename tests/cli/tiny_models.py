@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from diffusion_studio.core.checkpoint import Checkpoint, save_checkpoint
 from diffusion_studio.core.models import MLPConfig, UNetConfig, build_model
 from diffusion_studio.core.schedule import ScheduleConfig

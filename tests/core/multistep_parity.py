@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from diffusion_studio.core.samplers.sigmas import ZERO_SNR_ALPHABAR
 from diffusion_studio.core.sampling import first_step, sample
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig

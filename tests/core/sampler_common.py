@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import pytest
 import torch
+
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.samplers import REGISTRY, SamplerConfig, make_sampler, sampler_spec
 from diffusion_studio.core.sampling import first_step, sample

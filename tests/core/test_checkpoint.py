@@ -9,6 +9,8 @@ import struct
 
 import pytest
 import torch
+from safetensors.torch import save_file
+
 from diffusion_studio.core.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
@@ -20,7 +22,6 @@ from diffusion_studio.core.checkpoint import (
 from diffusion_studio.core.errors import CheckpointError
 from diffusion_studio.core.models import MLPConfig, UNetConfig, build_model
 from diffusion_studio.core.schedule import ScheduleConfig
-from safetensors.torch import save_file
 
 
 def make_ckpt(model_config=None) -> Checkpoint:

@@ -14,6 +14,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from diffusion_studio.core.convergence import (
     ConvergenceProgress,
     ConvergenceRecord,
@@ -31,7 +33,6 @@ from diffusion_studio.core.export import save_csv
 from diffusion_studio.core.samplers import REGISTRY
 from diffusion_studio.core.samplers.sigmas import schedule_sigmas
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
-from torch import nn
 
 MU = torch.tensor([0.5, -0.3])
 S = 0.5

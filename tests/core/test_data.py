@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from diffusion_studio.core import data
 from diffusion_studio.core.errors import ConfigError, DataError, ImageLoadError
-from PIL import Image
 
 # ----------------------------------------------------------------------------- helpers
 

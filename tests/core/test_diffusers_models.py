@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+
 from diffusion_studio.core.checkpoint import (
     Checkpoint,
     build_model_from_checkpoint,

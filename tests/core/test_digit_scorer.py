@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusion_studio.core.errors import CheckpointError, DataError
 
 from benchmarks.digit_classifier import digits_split, load_classifier, predict
 from benchmarks.score import (
@@ -18,6 +17,7 @@ from benchmarks.score import (
     real_digits,
     score_samples,
 )
+from diffusion_studio.core.errors import CheckpointError, DataError
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from diffusion_studio.core import export
 from diffusion_studio.core.errors import ExportError
-from PIL import Image
 
 
 def _gif_frames(path: Path) -> tuple[list[np.ndarray], list[int], dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.export import to_uint8_images
 from diffusion_studio.core.forward import HIST_SAMPLES, ForwardProcess

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+
 from diffusion_studio.core.checkpoint import load_checkpoint, save_checkpoint
 from diffusion_studio.core.data import Dataset
 from diffusion_studio.core.errors import ConfigError

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from diffusion_studio.core.checkpoint import Checkpoint, build_model_from_checkpoint
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.export import to_uint8_images
@@ -26,7 +28,6 @@ from diffusion_studio.core.models import UNet, UNetConfig
 from diffusion_studio.core.samplers import SamplerConfig, make_sampler
 from diffusion_studio.core.sampling import sample
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
-from PIL import Image
 
 SMALL = dict(in_channels=1, image_size=8, channels=(8, 8), attention_heads=0, norm_groups=4)
 DDIM = SamplerConfig("ddim", 4, "trailing")

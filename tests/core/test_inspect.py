@@ -9,6 +9,9 @@ import csv
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torch import nn
+
 from diffusion_studio.core.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -33,8 +36,6 @@ from diffusion_studio.core.inspect_render import PANEL_CAPTIONS, error_heatmap, 
 from diffusion_studio.core.models import MLPConfig, UNetConfig, build_model
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 from diffusion_studio.core.training import TrainConfig, Trainer
-from PIL import Image
-from torch import nn
 
 PREDICTIONS = ("epsilon", "v", "x0")
 TINY = UNetConfig(in_channels=1, image_size=8, channels=(8, 8), attention_heads=0, norm_groups=4)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from diffusion_studio.core import memory
 from diffusion_studio.core.data import Dataset
 from diffusion_studio.core.errors import TrainingError

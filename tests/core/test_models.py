@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.models import (
     MLPConfig,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from benchmarks.toy_quality import score_points
 from diffusion_studio.core.checkpoint import (
     load_checkpoint,
     pretrained_checkpoint_paths,
@@ -17,8 +19,6 @@ from diffusion_studio.core.samplers import (
     sampler_defaults,
 )
 from diffusion_studio.core.sampling import sample_checkpoint
-
-from benchmarks.toy_quality import score_points
 
 EXPECTED = ("digits", *TOY_DATASETS)
 

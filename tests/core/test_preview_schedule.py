@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.models import build_model
 from diffusion_studio.core.schedule import ScheduleConfig

@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusion_studio.core.data import TOY_DATASETS, toy_points
-from diffusion_studio.core.quality import nearest_distances, point_quality, within_class_nearest
 
 from benchmarks.digit_classifier import digits_split
 from benchmarks.score import digit_quality, pure_noise
 from benchmarks.toy_quality import score_points
+from diffusion_studio.core.data import TOY_DATASETS, toy_points
+from diffusion_studio.core.quality import nearest_distances, point_quality, within_class_nearest
 
 N_POINTS = 1000
 N_DIGITS = 200

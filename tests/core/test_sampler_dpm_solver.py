@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.samplers import (
     PREDICTION_TYPES,
@@ -21,7 +22,6 @@ from diffusion_studio.core.samplers.dpm_solver import DPMSolverPP2M, multistep_t
 from diffusion_studio.core.samplers.sigmas import sigma_to_t
 from diffusion_studio.core.sampling import first_step, sample
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
-
 from tests.core.multistep_parity import SHAPE, diffusers_scheduler, step_by_step, whole_run
 from tests.core.sampler_common import SamplerCommonTests, _Constant
 

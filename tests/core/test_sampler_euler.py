@@ -16,6 +16,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from diffusion_studio.core.samplers import (
     PREDICTION_TYPES,
     SamplerConfig,
@@ -24,7 +25,6 @@ from diffusion_studio.core.samplers import (
 )
 from diffusion_studio.core.sampling import sample
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
-
 from tests.core.sampler_common import SamplerCommonTests
 
 DIFFUSERS_PREDICTION = {"epsilon": "epsilon", "v": "v_prediction", "x0": "sample"}

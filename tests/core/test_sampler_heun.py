@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+
 from diffusion_studio.core.samplers import (
     PREDICTION_TYPES,
     SamplerConfig,
@@ -18,7 +19,6 @@ from diffusion_studio.core.samplers import (
     sampler_spec,
 )
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
-
 from tests.core.sampler_common import SamplerCommonTests
 from tests.core.test_sampler_euler import (
     SHAPE,

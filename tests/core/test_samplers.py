@@ -8,6 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.samplers import (
     PREDICTION_TYPES,
@@ -19,9 +22,6 @@ from diffusion_studio.core.samplers import (
     split_prediction,
 )
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from tests.core.sampler_common import SamplerCommonTests
 
 

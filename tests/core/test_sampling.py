@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.export import to_uint8_images
 from diffusion_studio.core.models import MLPConfig, build_model
 from diffusion_studio.core.samplers import SamplerConfig, make_sampler
 from diffusion_studio.core.sampling import Frame, Trajectory, sample
 from diffusion_studio.core.schedule import NoiseSchedule
-from torch import nn
 
 
 class ExactNoise(nn.Module):
@@ -148,7 +149,6 @@ def test_trajectory_points():
 
 def _saved_checkpoint(tmp_path, points: bool):
     from diffusion_studio.core.checkpoint import load_checkpoint
-
     from tests.cli.tiny_models import save_tiny_checkpoint
 
     name = "points" if points else "images"
@@ -172,8 +172,9 @@ def test_prepare_sampling_builds_one_run_from_a_request(tmp_path):
 
 
 def test_prepare_sampling_from_a_start_image(tmp_path):
-    from diffusion_studio.core.sampling import SampleRequest, prepare_sampling, start_image_tensor
     from PIL import Image
+
+    from diffusion_studio.core.sampling import SampleRequest, prepare_sampling, start_image_tensor
 
     ckpt = _saved_checkpoint(tmp_path, points=False)
     path = tmp_path / "start.png"

@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusion_studio.core.errors import ConfigError
-from diffusion_studio.core.schedule import SCHEDULE_KINDS, NoiseSchedule, ScheduleConfig
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.schedule import SCHEDULE_KINDS, NoiseSchedule, ScheduleConfig
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+
 from diffusion_studio.core.export import save_csv
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 from diffusion_studio.core.schedule_table import (

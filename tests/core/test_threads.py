@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from diffusion_studio.core.threads import AdaptiveThreads, IdleCores, fixed_thread_count
 
 
@@ -244,6 +245,7 @@ class CountingTuner(AdaptiveThreads):
 
 def _tiny_sampling_run(threads: AdaptiveThreads | None) -> int:
     import torch
+
     from diffusion_studio.core.models import MLPConfig, build_model
     from diffusion_studio.core.samplers import SamplerConfig, make_sampler
     from diffusion_studio.core.sampling import sample
@@ -280,8 +282,8 @@ def test_training_reports_its_threads_and_gives_the_count_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import torch
-    from diffusion_studio.core.training import Trainer, TrainProgress
 
+    from diffusion_studio.core.training import Trainer, TrainProgress
     from tests.core.test_training import points_config
 
     before = torch.get_num_threads()

@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+
 from diffusion_studio.core.checkpoint import for_sampling, load_checkpoint
 from diffusion_studio.core.errors import ConfigError, TrainingError
 from diffusion_studio.core.models import MLPConfig, UNetConfig

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from diffusion_studio.core.checkpoint import load_checkpoint
 from diffusion_studio.core.errors import ConfigError, TrainingError
 from diffusion_studio.core.models import MLPConfig
