@@ -11,6 +11,13 @@ Objective (DDPM eq. 14, generalised to the three prediction targets):
 with optional min-SNR-gamma weights w(t) (Hang et al. 2023), which make all three targets
 weigh timesteps like min(SNR_t, gamma) does for x_0.
 
+Objective "flow" (flow matching, core.flow): t ~ logit-normal or U(0, 1),
+    x_t = (1 - t) x_0 + t eps,  loss = E[ || f(x_t, T t) - (eps - x_0) ||^2 ]
+(no min-SNR weights; the prediction type is the velocity whatever `prediction_type` says).
+
+Every random draw of a step is made for the whole batch from one generator (`_draw_batch`), so
+a data-parallel run can take its share of the same draws.
+
 Previews (`TrainPreview`, samples from the EMA model) come every `preview_every` steps, after
 every `preview_interval_s` seconds of training time as well (so a slow machine still sees
 them), and after the last step (`final=True`); a `TrainProgress` whose `preview_follows` is set
@@ -38,6 +45,15 @@ from diffusion_studio.core.checkpoint import Checkpoint, save_checkpoint
 from diffusion_studio.core.data import Dataset, make_dataset
 from diffusion_studio.core.device import resolve_device
 from diffusion_studio.core.errors import ConfigError, TrainingError
+from diffusion_studio.core.flow import (
+    FLOW_PREDICTION_TYPE,
+    FLOW_TIME_SAMPLINGS,
+    FlowPath,
+    FlowTimeSampling,
+    Objective,
+    check_objective,
+    draw_flow_times,
+)
 from diffusion_studio.core.guidance import DEFAULT_GUIDANCE_SCALE, sampling_labels
 from diffusion_studio.core.memory import check_training_memory
 from diffusion_studio.core.models import (
@@ -48,7 +64,7 @@ from diffusion_studio.core.models import (
     model_config_from_dict,
 )
 from diffusion_studio.core.samplers import (
-    PREDICTION_TYPES,
+    DIFFUSION_PREDICTION_TYPES,
     PredictionType,
     SamplerConfig,
     default_sampler_config,
@@ -68,6 +84,8 @@ LOSS_HISTORY_LIMIT = 4096
 # previews take at most 1 / (1 + PREVIEW_COST_FACTOR) = 20 % of the wall time on a slow machine
 # (where sampling one preview can take a minute).
 PREVIEW_COST_FACTOR = 4.0
+# The sampler of a flow run's previews (core.samplers: Euler on the velocity)
+PREVIEW_FLOW_SAMPLER = "flow-euler"
 
 
 @dataclass(frozen=True)
@@ -78,7 +96,9 @@ class TrainConfig:
     model for the data (see `default_model_config`). The run ends at `max_steps` optimizer
     steps or after `max_minutes` of training time (not counting pauses and previews),
     whichever comes first; the learning rate warms up over `warmup_steps` and then follows
-    `lr_decay` to zero at that end. Previews (when preview_every > 0) come every `preview_every`
+    `lr_decay` to zero at that end. objective: "diffusion" (schedule, prediction_type and
+    min_snr_gamma apply) or "flow" (core.flow: t drawn by `flow_time_sampling`, the network
+    predicts the velocity; of the schedule only T is used, as the network's time scale). Previews (when preview_every > 0) come every `preview_every`
     steps, after every `preview_interval_s` seconds of training time (None: by steps only) and
     after the last step. class_conditional: train on the data's class labels when
     it has them (the built-in digits), for sampling one class with classifier-free guidance
@@ -111,6 +131,8 @@ class TrainConfig:
     preview_interval_s: float | None = 30.0
     class_conditional: bool = True
     label_dropout: float = 0.1
+    objective: Objective = "diffusion"
+    flow_time_sampling: FlowTimeSampling = "logit-normal"
 
     def __post_init__(self) -> None:
         _validate_train_config(self)
@@ -140,9 +162,16 @@ def _is_int(value: object) -> bool:
 
 
 def _validate_train_config(c: TrainConfig) -> None:
-    if c.prediction_type not in PREDICTION_TYPES:
+    check_objective(c.objective)
+    if c.flow_time_sampling not in FLOW_TIME_SAMPLINGS:
         raise ConfigError(
-            f"unknown prediction type {c.prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}"
+            f"unknown flow time sampling {c.flow_time_sampling!r}; "
+            f"choose one of {', '.join(FLOW_TIME_SAMPLINGS)}"
+        )
+    if c.prediction_type not in DIFFUSION_PREDICTION_TYPES:
+        raise ConfigError(
+            f"unknown prediction type {c.prediction_type!r}; choose one of "
+            f"{', '.join(DIFFUSION_PREDICTION_TYPES)} (a flow run predicts the velocity by itself)"
         )
     if not _is_int(c.batch_size) or not 1 <= c.batch_size <= MAX_BATCH_SIZE:
         raise ConfigError(
@@ -315,7 +344,9 @@ class TrainProgress:
     timesteps / losses: (B,) each sample's timestep and its unweighted MSE against the target
     (eps, v or x_0). preview_follows: the next record is a TrainPreview, sampled now.
     threads: the CPU threads the step computed with, and whether another program keeps a core
-    busy (None on a GPU).
+    busy (None on a GPU). grad_norm: the gradient's global L2 norm before clipping.
+    timesteps are indices 0..T-1 for diffusion and T t (float, t in [0, 1]) for flow, so both
+    share one axis.
     """
 
     step: int
@@ -330,6 +361,7 @@ class TrainProgress:
     fraction_done: float
     preview_follows: bool = False
     threads: ThreadState | None = None
+    grad_norm: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -341,6 +373,29 @@ class TrainPreview:
     step: int
     samples: np.ndarray
     final: bool = False
+
+
+@dataclass(frozen=True)
+class DrawnBatch:
+    """The random draws of one step for the whole (global) batch of B samples, in the order
+    they are drawn from the training generator: data indices (B,) long, times (B,) (diffusion:
+    long indices 0..T-1; flow: float t in (0, 1)), noise (B, ...), and which labels are
+    dropped to "no label" (B,) bool (None for an unconditional model)."""
+
+    index: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor
+    label_dropped: torch.Tensor | None
+
+    def part(self, start: int, stop: int) -> DrawnBatch:
+        """Samples start..stop-1 (a data-parallel rank's share)."""
+        dropped = self.label_dropped
+        return DrawnBatch(
+            self.index[start:stop],
+            self.t[start:stop],
+            self.noise[start:stop],
+            None if dropped is None else dropped[start:stop],
+        )
 
 
 class TrainControl:
@@ -455,6 +510,8 @@ class Trainer:
         self.config = config
         self._check_model_fits_data()
         self.schedule = NoiseSchedule(config.schedule)
+        # flow matching's path (None for diffusion); the network's time scale is the schedule's T
+        self.flow_path = FlowPath(config.schedule.num_timesteps) if self.is_flow else None
         with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
             torch.manual_seed(config.seed)
             self.model: nn.Module = build_model(config.model).to(self.device)
@@ -466,6 +523,7 @@ class Trainer:
         self.step = 0
         self.elapsed_s = 0.0
         self.loss_history: list[tuple[int, float]] = []
+        self.last_grad_norm = float("nan")
         self._history_stride = 1
         self._snr = self.schedule.snr.to(torch.float32)
         if resume is not None:
@@ -475,6 +533,15 @@ class Trainer:
         check_training_memory(self.config, self.model, self.device)  # refuse before an OOM kill
 
     # ------------------------------------------------------------------ set-up and state
+
+    @property
+    def is_flow(self) -> bool:
+        return self.config.objective == "flow"
+
+    @property
+    def prediction_type(self) -> str:
+        """What the network outputs: the velocity for flow, else the config's prediction type."""
+        return FLOW_PREDICTION_TYPE if self.is_flow else self.config.prediction_type
 
     def _check_model_fits_data(self) -> None:
         model, data = self.config.model, self.dataset
@@ -511,7 +578,8 @@ class Trainer:
             for name, mine, theirs in (
                 ("model", self.config.model, ckpt.model_config),
                 ("schedule", self.config.schedule, ckpt.schedule_config),
-                ("prediction type", self.config.prediction_type, ckpt.prediction_type),
+                ("objective", self.config.objective, ckpt.objective),
+                ("prediction type", self.prediction_type, ckpt.prediction_type),
             )
             if mine != theirs
         ]
@@ -561,7 +629,8 @@ class Trainer:
         return Checkpoint(
             model_config=self.config.model,
             schedule_config=self.config.schedule,
-            prediction_type=self.config.prediction_type,
+            prediction_type=self.prediction_type,
+            objective=self.config.objective,
             model_state={
                 k: v.detach().cpu().clone() for k, v in self.ema_model.state_dict().items()
             },
@@ -605,30 +674,65 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
+    def _draw_batch(self, batch_size: int) -> DrawnBatch:
+        """All random draws of one step for `batch_size` samples, from self.generator on the
+        CPU in a fixed order (exact resume; a data-parallel rank draws the whole global batch
+        and keeps its part, so N ranks train as one process does)."""
+        data = self.dataset.data
+        index = torch.randint(0, data.shape[0], (batch_size,), generator=self.generator)
+        if self.is_flow:
+            t = draw_flow_times(batch_size, self.generator, self.config.flow_time_sampling)
+        else:
+            t = torch.randint(
+                0, self.schedule.num_timesteps, (batch_size,), generator=self.generator
+            )
+        noise = torch.randn((batch_size, *data.shape[1:]), generator=self.generator)
+        dropped = None
+        if getattr(self.config.model, "num_classes", 0):
+            dropped = (
+                torch.rand((batch_size,), generator=self.generator) < self.config.label_dropout
+            )
+        return DrawnBatch(index, t, noise, dropped)
+
     def _train_step(self) -> tuple[float, torch.Tensor, torch.Tensor]:
-        """One optimizer step. Returns (objective, timesteps (B,), per-sample MSE (B,))."""
-        config, data = self.config, self.dataset.data
-        b = config.batch_size
-        # all random draws come from self.generator, on the CPU, in a fixed order (exact resume)
-        index = torch.randint(0, data.shape[0], (b,), generator=self.generator)
-        t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=self.generator)
-        x0 = data[index]
-        noise = torch.randn(x0.shape, generator=self.generator)
-        labels = self._labels_for(index)
-        x0, noise, t_dev = x0.to(self.device), noise.to(self.device), t.to(self.device)
-        x_t = self.schedule.add_noise(x0, noise, t_dev)  # DDPM eq. 4
-        target = training_target(self.schedule, config.prediction_type, x0, noise, t_dev)
+        """One optimizer step. Returns (objective, timesteps (B,), per-sample MSE (B,)); flow's
+        timesteps are T t (floats on the diffusion axis)."""
+        config = self.config
+        drawn = self._draw_batch(config.batch_size)
+        return self._step_on(drawn)
+
+    def _step_on(self, drawn: DrawnBatch) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """The optimizer step on the samples `drawn` (see `_train_step`)."""
+        config = self.config
+        x0 = self.dataset.data[drawn.index]
+        labels = self._labels_for(drawn.index, drawn.label_dropped)
+        x0, noise, t_dev = x0.to(self.device), drawn.noise.to(self.device), drawn.t.to(self.device)
+        if self.flow_path is not None:
+            x_t = self.flow_path.add_noise(x0, noise, t_dev)  # x_t = (1 - t) x0 + t eps
+            target = self.flow_path.velocity(x0, noise)  # eps - x0
+            model_t = self.flow_path.model_timesteps(t_dev)
+            reported_t = self.flow_path.model_timesteps(drawn.t)
+        else:
+            x_t = self.schedule.add_noise(x0, noise, t_dev)  # DDPM eq. 4
+            target = training_target(self.schedule, config.prediction_type, x0, noise, t_dev)
+            model_t = t_dev
+            reported_t = drawn.t
         lr = learning_rate_at(config, self.step, self.fraction_done())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.bf16):
-            output = self.model(x_t, t_dev) if labels is None else self.model(x_t, t_dev, labels)
+            output = (
+                self.model(x_t, model_t) if labels is None else self.model(x_t, model_t, labels)
+            )
         mse = ((output.float() - target) ** 2).flatten(1).mean(dim=1)  # (B,)
-        weights = min_snr_weights(
-            self._snr[t].to(self.device), config.min_snr_gamma, config.prediction_type
-        )
-        loss = (weights * mse).mean()
+        if self.flow_path is not None:
+            loss = mse.mean()
+        else:
+            weights = min_snr_weights(
+                self._snr[drawn.t].to(self.device), config.min_snr_gamma, config.prediction_type
+            )
+            loss = (weights * mse).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = config.grad_clip if config.grad_clip is not None else math.inf
@@ -651,17 +755,18 @@ class Trainer:
         # no per-parameter check (it cost a device sync per tensor on a GPU).
         self.optimizer.step()
         self._update_ema()
-        return loss_value, t, mse.detach().cpu()
+        self.last_grad_norm = grad_norm_value
+        return loss_value, reported_t, mse.detach().cpu()
 
-    def _labels_for(self, index: torch.Tensor) -> torch.Tensor | None:
-        """Class labels (B,) of the drawn samples for a class-conditional model, each replaced
-        by "no label" (index K) with probability `label_dropout`; None for an unconditional one."""
+    def _labels_for(self, index: torch.Tensor, dropped: torch.Tensor | None) -> torch.Tensor | None:
+        """Class labels (B,) of the drawn samples for a class-conditional model, those `dropped`
+        replaced by "no label" (index K; drawn with probability `label_dropout`); None for an
+        unconditional one."""
         classes = getattr(self.config.model, "num_classes", 0)
         if not classes:
             return None
-        assert self.dataset.labels is not None  # _check_model_fits_data
+        assert self.dataset.labels is not None and dropped is not None  # _check_model_fits_data
         labels = self.dataset.labels[index].clone()
-        dropped = torch.rand(labels.shape, generator=self.generator) < self.config.label_dropout
         labels[dropped] = classes
         return labels.to(self.device)
 
@@ -680,17 +785,22 @@ class Trainer:
         After the last step it is the final preview (`final`). cancellable: give up (None) when
         the run is cancelled while sampling (a preview can take a minute on a slow machine)."""
         config = self.config
-        clip = default_sampler_config(self.dataset.kind == "points").clip_sample
-        sampler = make_sampler(
-            SamplerConfig("ddim", config.preview_steps, "trailing", clip_sample=clip),
-            self.schedule,
-            config.prediction_type,
-        )
+        if self.flow_path is not None:
+            # flow: Euler on the velocity, the flow counterpart of DDIM
+            sampler_config = SamplerConfig(PREVIEW_FLOW_SAMPLER, config.preview_steps, "trailing")
+            path: NoiseSchedule | FlowPath = self.flow_path
+        else:
+            clip = default_sampler_config(self.dataset.kind == "points").clip_sample
+            sampler_config = SamplerConfig(
+                "ddim", config.preview_steps, "trailing", clip_sample=clip
+            )
+            path = self.schedule
+        sampler = make_sampler(sampler_config, path, self.prediction_type)
         generator = torch.Generator().manual_seed(config.seed + 1)
         final = None
         for frame in sample(
             self.ema_model,
-            self.schedule,
+            path,
             sampler,
             config.preview_count,
             tuple(self.dataset.sample_shape),
@@ -777,6 +887,7 @@ class Trainer:
                     fraction_done=fraction,
                     preview_follows=preview_due,
                     threads=self.threads.state() if self.threads is not None else None,
+                    grad_norm=self.last_grad_norm,
                 )
                 if preview_due:
                     preview = self._timed_preview()

@@ -16,6 +16,7 @@ from diffusion_studio.core.samplers import heun  # noqa: F401, I001
 from diffusion_studio.core.samplers import dpm_solver  # noqa: F401, I001
 from diffusion_studio.core.samplers import unipc  # noqa: F401, I001
 from diffusion_studio.core.samplers.base import (
+    DIFFUSION_PREDICTION_TYPES,
     PREDICTION_TYPES,
     REGISTRY,
     TIMESTEP_SPACINGS,
@@ -49,6 +50,7 @@ from diffusion_studio.core.samplers.ddpm import (
 SAMPLER_KINDS: tuple[str, ...] = tuple(REGISTRY)
 
 __all__ = [
+    "DIFFUSION_PREDICTION_TYPES",
     "PREDICTION_TYPES",
     "REGISTRY",
     "SAMPLER_KINDS",
