@@ -2,7 +2,13 @@
 
 The hover readout (every curve's value at the t under the mouse) sits in a scroll area of
 bounded height below the plots, so a long comparison never squeezes them; Export CSV writes
-the whole comparison (core.schedule_table)."""
+the whole comparison (core.schedule_table).
+
+"Show flow matching" draws the rectified-flow path (core.flow.FlowPath on the current T,
+x_t = (1 - t) x_0 + t eps at t = (k + 1) / T for index k) beside the schedules: its signal
+weight 1 - t on the sqrt(alphabar_t) plot, its noise weight t on the sqrt(1 - alphabar_t) plot
+and its log-SNR 2 log((1 - t) / t) on the log-SNR plot. It has no beta_t and no alphabar_t, and
+those two plots say so instead of drawing anything."""
 
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ from diffusion_studio.app.widgets import (
     spin_box,
 )
 from diffusion_studio.core.errors import DiffusionStudioError
+from diffusion_studio.core.flow import FlowPath, ForwardPath
 from diffusion_studio.core.schedule import (
     MAX_TIMESTEPS,
     SCHEDULE_KINDS,
@@ -94,11 +101,37 @@ CSV_TIP = (
     "Save every schedule on the plots (the current one and the kept ones) as one CSV table:\n"
     "a t column, then beta, alpha_bar, sqrt_alpha_bar, sqrt_one_minus_alpha_bar and log_snr\n"
     "for each schedule (with the schedule's name in front when there are several, e.g.\n"
-    "linear_beta, ..., cosine_beta). A cell with no finite value is empty: log_snr where\n"
+    "linear_beta, ..., cosine_beta), and with flow matching shown, flow_time, flow_signal,\n"
+    "flow_noise and flow_log_snr (flow has no beta or alpha_bar). A cell with no finite\n"
+    "value is empty: log_snr where\n"
     "SNR = 0 (-inf; the last t of a zero-terminal-SNR schedule) and the rows past a shorter\n"
     "schedule's last t."
 )
 COSINE_NOTE = "cosine sets alphabar_t directly: no beta range"
+FLOW_LABEL = "flow matching (rectified)"
+FLOW_TIP = (
+    "Draw the flow-matching path beside the schedules, on the same T grid\n"
+    "(t = (k + 1) / T at index k): x_t = (1 - t) x_0 + t eps (rectified flow, Liu et al. 2022).\n"
+    "Its signal weight 1 - t sits on the sqrt(alphabar_t) plot, its noise weight t on the\n"
+    "sqrt(1 - alphabar_t) plot, and log SNR = 2 log((1 - t) / t) on the log-SNR plot.\n"
+    "Flow matching has no beta_t and no alphabar_t: those plots say so."
+)
+# The flow path's curve on each plot: table key of the plot -> FlowPath.table() key
+FLOW_CURVES = {
+    "sqrt_alpha_bar": "signal",
+    "sqrt_one_minus_alpha_bar": "noise",
+    "log_snr": "log_snr",
+}
+# What each plot's title adds while the flow path is shown: the flow curve it carries, or that
+# flow matching has no such curve
+FLOW_TITLES = {
+    "beta": "flow matching has no beta_t",
+    "alpha_bar": "flow matching has no alphabar_t",
+    "sqrt_alpha_bar": "flow: 1 - t",
+    "sqrt_one_minus_alpha_bar": "flow: t",
+    "log_snr": "flow: 2 log((1 - t) / t)",
+}
+FLOW_PEN_COLOR = (200, 30, 120)
 
 
 @dataclass(frozen=True)
@@ -161,6 +194,7 @@ class SchedulesPanel(Panel):
             "Rescale so that alphabar_{T-1} = 0: the last step is pure noise (Lin et al. 2024)",
         )
         self.log_beta = check_box("Log axis for beta", "Show beta_t on a logarithmic axis", True)
+        self.show_flow = check_box(f"Show {FLOW_LABEL}", FLOW_TIP)
         self.range_note = QLabel(COSINE_NOTE)
         self.range_note.setWordWrap(True)
         self.range_note.setToolTip(KIND_TIPS["cosine"])
@@ -197,6 +231,7 @@ class SchedulesPanel(Panel):
 
         compare = QGroupBox("Compare and export")
         compare_layout = QVBoxLayout(compare)
+        compare_layout.addWidget(self.show_flow)
         for b in (self.add_button, self.clear_button, self.csv_button, self.plot_button):
             compare_layout.addWidget(b)
 
@@ -252,6 +287,14 @@ class SchedulesPanel(Panel):
 
         self.curves: dict[str, pg.PlotDataItem] = {}
         self._comparison_items: list[pg.PlotDataItem] = []
+        # the flow path's curves (on FLOW_CURVES' plots)
+        self.flow_path: FlowPath | None = None
+        self.flow_curves: dict[str, pg.PlotDataItem] = {}
+        flow_pen = pg.mkPen(FLOW_PEN_COLOR, width=2, style=Qt.PenStyle.DotLine)
+        for key in FLOW_CURVES:
+            item = self.plot_items[key].plot([], [], pen=flow_pen, name=FLOW_LABEL)
+            item.setVisible(False)
+            self.flow_curves[key] = item
 
         # T and the beta range are refused at the field with ScheduleConfig's reason.
         self.fields = FieldCheck(self, self.config_from_fields)
@@ -265,6 +308,7 @@ class SchedulesPanel(Panel):
         self.beta_end.valueChanged.connect(self._apply)
         self.zero_snr.toggled.connect(self._apply)
         self.log_beta.toggled.connect(self._on_log_beta)
+        self.show_flow.toggled.connect(self._redraw_flow)
         self.add_button.clicked.connect(self.add_to_comparison)
         self.clear_button.clicked.connect(self.clear_comparison)
         self.csv_button.clicked.connect(self.export_csv)
@@ -333,9 +377,29 @@ class SchedulesPanel(Panel):
             else:
                 curve.setData(t, values, connect="finite")
                 curve.opts["name"] = name
-        self._refresh_legend()
+        self._redraw_flow()
         if self.hover_t is not None:  # the crosshair and readout stay inside the new T
             self.set_hover_t(min(self.hover_t, self.schedule.num_timesteps - 1))
+
+    def _redraw_flow(self) -> None:
+        """Show (on the current T) or hide the flow path's curves and the titles' notes."""
+        on = self.show_flow.isChecked()
+        self.flow_path = FlowPath(self.schedule.num_timesteps) if on else None
+        if self.flow_path is not None:
+            table = self.flow_path.table()
+            k = np.arange(self.flow_path.num_timesteps, dtype=np.float64)  # index k: t = (k+1)/T
+            for key, flow_key in FLOW_CURVES.items():
+                self.flow_curves[key].setData(k, plot_values(table[flow_key]), connect="finite")
+        for item in self.flow_curves.values():
+            item.setVisible(on)
+        for key, title, _ in CURVES:
+            self.plot_items[key].setTitle(f"{title}   ({FLOW_TITLES[key]})" if on else title)
+        self._refresh_legend()
+        if self.hover_t is not None:
+            self._show_readout(self.hover_t)
+
+    def flow_label(self) -> str:
+        return f"{FLOW_LABEL}, T={self.schedule.num_timesteps}"
 
     def _refresh_legend(self) -> None:
         self.legend.clear()
@@ -343,6 +407,8 @@ class SchedulesPanel(Panel):
         last = len(CURVES) - 1  # the log-SNR item of each kept schedule
         for shown, item in zip(self.comparison, self._comparison_items[last :: len(CURVES)]):
             self.legend.addItem(item, shown.label)
+        if self.flow_path is not None:
+            self.legend.addItem(self.flow_curves["log_snr"], self.flow_label())
 
     def _on_log_beta(self, on: bool) -> None:
         self.plot_items["beta"].setLogMode(x=False, y=on)
@@ -405,6 +471,15 @@ class SchedulesPanel(Panel):
             r, g, b = color(i)
             cells = "".join(f"<td>{table[key][t]:.5g}</td>" for key, _, _ in CURVES)
             body += f"<tr><td style='color: rgb({r},{g},{b})'>{label}</td>{cells}</tr>"
+        if self.flow_path is not None and t < self.flow_path.num_timesteps:
+            flow = self.flow_path.table()
+            r, g, b = FLOW_PEN_COLOR
+            cells = "".join(
+                f"<td>{flow[FLOW_CURVES[key]][t]:.5g}</td>" if key in FLOW_CURVES else "<td>–</td>"
+                for key, _, _ in CURVES
+            )
+            label = html.escape(f"flow, t = {flow['t'][t]:.4g}")
+            body += f"<tr><td style='color: rgb({r},{g},{b})'>{label}</td>{cells}</tr>"
         self.readout.setText(
             f"<table cellspacing='3'><tr><th align='left'>t = {t}</th>{header}</tr>{body}</table>"
         )
@@ -414,11 +489,15 @@ class SchedulesPanel(Panel):
 
     # ------------------------------------------------------------------ export
 
-    def shown_schedules(self) -> list[NoiseSchedule]:
-        """Every schedule on the plots, once each: the current one, then the kept ones."""
+    def shown_schedules(self) -> list[ForwardPath]:
+        """Every path on the plots, once each: the current schedule, the kept ones, then the
+        flow path when it is shown."""
         configs = [self.schedule.config]
         configs += [s.config for s in self.comparison if s.config != self.schedule.config]
-        return [self.schedule] + [NoiseSchedule(c) for c in configs[1:]]
+        paths: list[ForwardPath] = [self.schedule] + [NoiseSchedule(c) for c in configs[1:]]
+        if self.flow_path is not None:
+            paths.append(self.flow_path)
+        return paths
 
     def export_csv(self) -> None:
         """Write the whole comparison as one CSV table (core.schedule_table)."""
@@ -454,7 +533,7 @@ class SchedulesPanel(Panel):
     # ------------------------------------------------------------------ settings
 
     def persistent_widgets(self) -> dict[str, Persistent]:
-        return {"log_beta": self.log_beta}
+        return {"log_beta": self.log_beta, "show_flow": self.show_flow}
 
     def save_state(self, settings: QSettings) -> None:
         super().save_state(settings)

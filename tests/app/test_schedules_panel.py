@@ -9,6 +9,7 @@ import pytest
 
 from diffusion_studio.app.panels.schedule_panel import CURVES, SchedulesPanel
 from diffusion_studio.app.widgets import set_combo_data
+from diffusion_studio.core.flow import FlowPath
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 
 
@@ -136,3 +137,66 @@ def test_a_long_comparison_does_not_squeeze_the_plots(window, qtbot, screen):
     for plot in panel.plot_items.values():
         assert plot.height() >= 100
     assert window.height() <= screen[1] - 40
+
+
+def flow_plotted(panel, key):
+    x, y = panel.flow_curves[key].getOriginalDataset()
+    return np.asarray(x), np.asarray(y)
+
+
+def test_flow_matching_is_drawn_beside_the_schedules_from_core_flow(panel):
+    """The flow path on the current T: 1 - t, t and log-SNR on the signal, noise and log-SNR
+    plots at index k (t = (k + 1) / T), FlowPath's own tables; beta and alphabar say it has none."""
+    set_combo_data(panel.kind, "cosine")
+    panel.steps.setValue(200)
+    assert not any(item.isVisible() for item in panel.flow_curves.values())
+    panel.show_flow.setChecked(True)
+    flow = FlowPath(200).table()
+    for key, flow_key in (
+        ("sqrt_alpha_bar", "signal"),
+        ("sqrt_one_minus_alpha_bar", "noise"),
+        ("log_snr", "log_snr"),
+    ):
+        x, y = flow_plotted(panel, key)
+        assert panel.flow_curves[key].isVisible()
+        np.testing.assert_array_equal(x, np.arange(200))
+        finite = np.isfinite(flow[flow_key])
+        np.testing.assert_allclose(y[finite], flow[flow_key][finite], rtol=1e-12)
+        assert np.isnan(y[~finite]).all()  # log-SNR -inf at t = 1: a gap
+    np.testing.assert_allclose(
+        flow_plotted(panel, "sqrt_alpha_bar")[1], 1 - (np.arange(200) + 1) / 200
+    )
+    assert "no beta_t" in panel.plot_items["beta"].titleLabel.text
+    assert "no alphabar_t" in panel.plot_items["alpha_bar"].titleLabel.text
+    assert panel.flow_label() in [label.text for _, label in panel.legend.items]
+    # the cosine curve stays the schedule's; the flow follows T
+    _, cosine = plotted(panel, "log_snr")
+    np.testing.assert_allclose(cosine, NoiseSchedule(ScheduleConfig("cosine", 200)).log_snr.numpy())
+    panel.steps.setValue(50)
+    np.testing.assert_allclose(
+        flow_plotted(panel, "sqrt_one_minus_alpha_bar")[1], FlowPath(50).noise_coefficients.numpy()
+    )
+    panel.set_hover_t(24)
+    assert "flow, t = 0.5" in panel.readout.text()
+    panel.show_flow.setChecked(False)
+    assert not any(item.isVisible() for item in panel.flow_curves.values())
+    assert "flow" not in panel.plot_items["beta"].titleLabel.text
+    assert len(panel.legend.items) == 1 and "flow" not in panel.readout.text()
+
+
+def test_export_csv_with_flow_shown_has_flows_columns(panel, tmp_path, fake_dialogs):
+    panel.steps.setValue(100)
+    panel.show_flow.setChecked(True)
+    path = tmp_path / "with_flow.csv"
+    fake_dialogs.paths.append(path)
+    panel.csv_button.click()
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    flow_columns = ["flow_time", "flow_signal", "flow_noise", "flow_log_snr"]
+    assert list(rows[0]) == ["t"] + [f"linear_{key}" for key, _, _ in CURVES] + flow_columns
+    flow = FlowPath(100)
+    assert [float(r["flow_time"]) for r in rows] == flow.times.tolist()
+    assert [float(r["flow_signal"]) for r in rows] == flow.signal_coefficients.tolist()
+    assert [float(r["flow_log_snr"]) for r in rows[:-1]] == flow.log_snr[:-1].tolist()
+    assert rows[-1]["flow_log_snr"] == ""  # t = 1: -inf
+    assert fake_dialogs.errors == []

@@ -5,12 +5,16 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pytest
 
 from diffusion_studio.core.export import save_csv
+from diffusion_studio.core.flow import FlowPath
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 from diffusion_studio.core.schedule_table import (
     CURVE_KEYS,
+    FLOW_CURVE_KEYS,
     column_prefixes,
+    path_prefixes,
     save_schedule_csv,
     schedule_columns,
 )
@@ -68,3 +72,33 @@ def test_names_stay_short_and_become_distinct_only_where_needed():
     ]
     columns = schedule_columns([NoiseSchedule(c) for c in configs[:2]])
     assert len(columns) == 1 + 2 * len(CURVE_KEYS)
+
+
+def test_a_flow_path_beside_a_schedule_writes_its_own_columns(tmp_path):
+    """Flow matching has no beta or alphabar: time, signal (1 - t), noise (t), log-SNR."""
+    cosine = NoiseSchedule(ScheduleConfig("cosine", 6))
+    flow = FlowPath(4)
+    rows = read(save_schedule_csv(tmp_path / "f.csv", [cosine, flow]))
+    assert list(rows[0]) == ["t"] + [f"cosine_{k}" for k in CURVE_KEYS] + [
+        f"flow_{k}" for k in FLOW_CURVE_KEYS
+    ]
+    assert [float(r["flow_time"]) for r in rows[:4]] == [0.25, 0.5, 0.75, 1.0]
+    assert [float(r["flow_signal"]) for r in rows[:4]] == [0.75, 0.5, 0.25, 0.0]
+    assert [float(r["flow_noise"]) for r in rows[:4]] == flow.noise_coefficients.tolist()
+    assert float(rows[0]["flow_log_snr"]) == flow.log_snr[0].item()
+    assert float(rows[0]["flow_log_snr"]) == pytest.approx(2 * np.log(3), rel=1e-15)
+    assert rows[3]["flow_log_snr"] == ""  # t = 1: log-SNR -inf
+    assert all(rows[i][f"flow_{k}"] == "" for i in (4, 5) for k in FLOW_CURVE_KEYS)  # past T
+
+
+def test_one_flow_path_alone_keeps_plain_names_and_two_are_told_apart_by_t():
+    columns = schedule_columns([FlowPath(3)])
+    assert list(columns) == ["t", *FLOW_CURVE_KEYS]
+    assert path_prefixes(
+        [FlowPath(3), NoiseSchedule(ScheduleConfig("linear", 3)), FlowPath(5)]
+    ) == [
+        "flow_T3",
+        "linear",
+        "flow_T5",
+    ]
+    assert path_prefixes([FlowPath(3), FlowPath(3)]) == ["flow", "flow_2"]
