@@ -15,6 +15,16 @@ curve over t is smooth and its points comparable):
 t = 0..T-1 in batches (`CurveBatch`: a GUI worker shows the progress and cancels by no longer
 iterating), `inspect_curve` collects them (`InspectCurve`, with log-SNR_t from the schedule),
 `save_curve_csv` writes them. The model runs in eval mode under torch.inference_mode.
+
+A flow-matching model (core.flow) is inspected on its own path: at index k, t = (k + 1) / T and
+
+    x_t     = (1 - t) x_0 + t eps                                      (rectified flow)
+    v       = f(x_t, t T[, label])                                     the predicted velocity
+    pred_x0 = x_t - t v,   pred_eps = x_t + (1 - t) v                  (FlowPath.split_velocity)
+    loss    = mean (v - (eps - x_0))^2                                 (the velocity MSE it trains on)
+
+and log-SNR_t = 2 log((1 - t) / t). Records and curves keep their fields (`t` is the index k);
+`InspectRecord.time` is the flow time t (None for diffusion).
 """
 
 from __future__ import annotations
@@ -32,10 +42,10 @@ from diffusion_studio.core.checkpoint import Checkpoint, build_model_from_checkp
 from diffusion_studio.core.data import load_image
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.export import save_csv
+from diffusion_studio.core.flow import FlowPath, ForwardPath, forward_path
 from diffusion_studio.core.guidance import class_labels, num_classes
 from diffusion_studio.core.samplers import PredictionType
 from diffusion_studio.core.samplers.base import split_prediction
-from diffusion_studio.core.schedule import NoiseSchedule
 from diffusion_studio.core.schedule_table import csv_cell
 from diffusion_studio.core.training import training_target
 
@@ -52,12 +62,13 @@ def seeded_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 @dataclass(frozen=True, eq=False)
 class InspectSetup:
-    """What is inspected: the model, its schedule and prediction type, the image x_0 and the
+    """What is inspected: the model, its forward path (a NoiseSchedule, or a FlowPath for a
+    flow-matching model) and prediction type ("velocity" for flow), the image x_0 and the
     noise eps (both float32 (C, H, W), CPU), and the class label (a class-conditional model:
     0..K-1, or None for "no label"; an unconditional model: None). device: where the model is."""
 
     model: nn.Module
-    schedule: NoiseSchedule
+    schedule: ForwardPath
     prediction_type: PredictionType
     image: torch.Tensor
     noise: torch.Tensor
@@ -78,6 +89,10 @@ class InspectSetup:
     @property
     def num_timesteps(self) -> int:
         return self.schedule.num_timesteps
+
+    @property
+    def is_flow(self) -> bool:
+        return isinstance(self.schedule, FlowPath)
 
 
 def inspect_image(ckpt: Checkpoint, path: str | os.PathLike[str]) -> np.ndarray:
@@ -114,7 +129,7 @@ def setup_from_checkpoint(
     model = build_model_from_checkpoint(ckpt, device)
     return InspectSetup(
         model=model,
-        schedule=NoiseSchedule(ckpt.schedule_config),
+        schedule=forward_path(ckpt.objective, ckpt.schedule_config),
         prediction_type=ckpt.prediction_type,
         image=x0,
         noise=seeded_noise(tuple(x0.shape), seed),
@@ -143,9 +158,19 @@ def _mean_square(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a - b) ** 2).flatten(1).mean(dim=1)
 
 
+def _check_indices(setup: InspectSetup, t: torch.Tensor) -> torch.Tensor:
+    """Timestep indices (B,) long, validated against the path (ConfigError out of range)."""
+    if isinstance(setup.schedule, FlowPath):
+        setup.schedule.time_of_index(t)  # refuses indices outside 0..T-1
+        return torch.as_tensor(t, dtype=torch.long)
+    return setup.schedule.check_timesteps(t)
+
+
 def _evaluate(setup: InspectSetup, t: torch.Tensor) -> _Evaluation:
     """Run the network once on the image noised to each of the timesteps t (B,)."""
-    t = setup.schedule.check_timesteps(t)
+    t = _check_indices(setup, t)
+    if isinstance(setup.schedule, FlowPath):
+        return _evaluate_flow(setup, setup.schedule, t)
     b, device = t.shape[0], setup.device
     x0 = setup.image.to(device, torch.float32).expand(b, *setup.image.shape)
     eps = setup.noise.to(device, torch.float32).expand(b, *setup.noise.shape)
@@ -183,6 +208,38 @@ def _evaluate(setup: InspectSetup, t: torch.Tensor) -> _Evaluation:
         model.train(was_training)
 
 
+def _evaluate_flow(setup: InspectSetup, path: FlowPath, k: torch.Tensor) -> _Evaluation:
+    """The flow model on the image at indices k (B,): t = (k + 1) / T, x_t = (1 - t) x_0 + t eps,
+    the network given t T; its velocity v gives x_0 = x_t - t v and eps = x_t + (1 - t) v."""
+    b, device = k.shape[0], setup.device
+    x0 = setup.image.to(device, torch.float32).expand(b, *setup.image.shape)
+    eps = setup.noise.to(device, torch.float32).expand(b, *setup.noise.shape)
+    t = path.time_of_index(k).to(device, torch.float32)  # (B,) in (0, 1]
+    model = setup.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            x_t = path.add_noise(x0, eps, t)
+            model_t = path.model_timesteps(t)  # what core.training gives the network
+            if setup.label is None:
+                velocity = model(x_t, model_t)
+            else:
+                velocity = model(x_t, model_t, torch.full((b,), setup.label, device=device))
+            velocity = velocity.float()
+            pred_x0, pred_eps = path.split_velocity(x_t, velocity, t)
+            return _Evaluation(
+                x_t=x_t.cpu(),
+                pred_eps=pred_eps.cpu(),
+                pred_x0=pred_x0.cpu(),
+                loss=_mean_square(velocity, path.velocity(x0, eps)).cpu(),
+                x0_mse=_mean_square(pred_x0, x0).cpu(),
+                eps_mse=_mean_square(pred_eps, eps).cpu(),
+            )
+    finally:
+        model.train(was_training)
+
+
 # --------------------------------------------------------------------------- one t
 
 
@@ -191,8 +248,10 @@ class InspectRecord:
     """Everything at one timestep t. Arrays float32 numpy: x_t, noise (the true eps),
     pred_noise, pred_x0 (C, H, W) in the x_t scale (images about [-1, 1], noise about N(0, 1));
     error_map (H, W) the squared x_0 error averaged over channels (its mean is x0_mse).
-    loss: the training loss in the model's own parametrisation (unweighted); x0_mse: in the
-    [-1, 1] pixel scale; log_snr: log(alphabar_t / (1 - alphabar_t)), -inf where alphabar_t = 0.
+    loss: the training loss in the model's own parametrisation (unweighted; the velocity MSE
+    for flow); x0_mse: in the [-1, 1] pixel scale; log_snr: log(alphabar_t / (1 - alphabar_t)),
+    -inf where alphabar_t = 0 (flow: 2 log((1 - t) / t), -inf at t = 1).
+    t: the timestep index; time: a flow model's time t = (t + 1) / T (None for diffusion).
     """
 
     t: int
@@ -207,6 +266,11 @@ class InspectRecord:
     eps_mse: float
     prediction_type: str
     label: int | None
+    time: float | None = None
+
+    @property
+    def is_flow(self) -> bool:
+        return self.time is not None
 
 
 def inspect_at(setup: InspectSetup, t: int) -> InspectRecord:
@@ -229,6 +293,7 @@ def inspect_at(setup: InspectSetup, t: int) -> InspectRecord:
         eps_mse=float(result.eps_mse[0]),
         prediction_type=setup.prediction_type,
         label=setup.label,
+        time=float(setup.schedule.time_of_index(int(t))) if setup.is_flow else None,
     )
 
 
@@ -251,7 +316,7 @@ class CurveBatch:
 @dataclass(frozen=True)
 class InspectCurve:
     """The errors for t = 0..T-1 (each (T,)): t int64, log_snr, loss, x0_mse, eps_mse float64
-    (log_snr -inf where alphabar_t = 0)."""
+    (log_snr -inf where alphabar_t = 0; for a flow model, the path's log-SNR at (t + 1) / T)."""
 
     t: np.ndarray
     log_snr: np.ndarray

@@ -59,10 +59,13 @@ def panel_pictures(record: InspectRecord) -> list[np.ndarray]:
 
 
 def row_title(record: InspectRecord) -> str:
-    """The row's title: t, log-SNR, the loss (and its parametrisation) and the two MSEs."""
+    """The row's title: t (a flow model's time and index), log-SNR, the loss (and its
+    parametrisation: "velocity" for flow) and the two MSEs."""
     label = "" if record.label is None else f"   label {record.label}"
+    # a flow model's time t in [0, 1], with the index it stands at
+    when = f"t = {record.t}" if record.time is None else f"t = {record.time:.4g} (k = {record.t})"
     return (
-        f"t = {record.t}   log-SNR {record.log_snr:.2f}   loss ({record.prediction_type}) "
+        f"{when}   log-SNR {record.log_snr:.2f}   loss ({record.prediction_type}) "
         f"{record.loss:.4g}   x0 MSE {record.x0_mse:.4g}   eps MSE {record.eps_mse:.4g}{label}"
     )
 

@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffusion_studio.core.checkpoint import pretrained_checkpoint_paths
@@ -107,3 +108,62 @@ def test_inspect_labels_on_the_digits_model(files):
     assert numbers_line(ok.stdout).startswith("t = 400:") and "loss (v)" in ok.stdout
     bad = run("inspect", "in.png", "--checkpoint", digits, "--label", "10", cwd=files)
     assert_one_line_error(bad, "0 to 9")
+
+
+def test_inspect_a_flow_checkpoint(tmp_path):
+    """A flow-matching checkpoint is inspected on its path: the loss is the velocity MSE, the
+    numbers printed are core.inspect's at that index, log-SNR is 2 log((1 - t) / t)."""
+    from diffusion_studio.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from diffusion_studio.core.inspect import inspect_at, inspect_image, setup_from_checkpoint
+    from diffusion_studio.core.models import UNetConfig, build_model
+    from diffusion_studio.core.schedule import ScheduleConfig
+
+    config = UNetConfig(
+        in_channels=1, image_size=8, channels=(8, 8), attention_heads=0, norm_groups=4
+    )
+    model = build_model(config)
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
+    save_checkpoint(
+        tmp_path / "flow.safetensors",
+        Checkpoint(
+            config,
+            ScheduleConfig("linear", 20),
+            "velocity",
+            model.state_dict(),
+            data={"name": "tiny", "kind": "images", "image_size": 8, "channels": 1},
+            objective="flow",
+        ),
+    )
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(tmp_path / "in.png")
+    result = run(
+        "inspect",
+        "in.png",
+        "--checkpoint",
+        "flow.safetensors",
+        "--t",
+        "4",
+        "--seed",
+        "2",
+        "--csv",
+        "curve.csv",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    line = numbers_line(result.stdout)
+    assert line.startswith("t = 4:") and "loss (velocity)" in line
+    ckpt = load_checkpoint(tmp_path / "flow.safetensors")
+    setup = setup_from_checkpoint(ckpt, inspect_image(ckpt, tmp_path / "in.png"), seed=2)
+    record = inspect_at(setup, 4)
+    assert float(line.split("loss (velocity) ")[1].split(",")[0]) == pytest.approx(
+        record.loss, rel=1e-4
+    )
+    assert float(line.split("log_snr ")[1].split(",")[0]) == pytest.approx(
+        2 * np.log((1 - 0.25) / 0.25), rel=1e-3
+    )
+    with (tmp_path / "curve.csv").open() as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 21 and rows[-1][1] == ""  # t = 1 (pure noise): log-SNR -inf, empty
+    assert float(rows[5][2]) == pytest.approx(record.loss, rel=1e-4)
