@@ -1,6 +1,6 @@
 """Screenshots of the panels and a reverse-process GIF, for the README and the docs.
 
-    python -m app.screenshots --out docs/images
+    python -m diffusion_studio.app.screenshots --out docs/images
 
 Starts the real main window offscreen (QT_QPA_PLATFORM=offscreen unless set), with its
 settings and data in a temporary folder, and drives every panel as a user would:
