@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from diffusion_studio.app.panels.sampler_lab_panel import SamplerLabPanel
     from diffusion_studio.app.panels.schedule_panel import SchedulesPanel
     from diffusion_studio.app.panels.training_panel import TrainingPanel
+    from diffusion_studio.app.watch_run import WatchRunWindow
     from diffusion_studio.app.worker import JobRunner
 
 log = logging.getLogger(__name__)
@@ -319,6 +320,7 @@ class MainWindow(QMainWindow):
         self._painted = False
         self._closed = False
         self._getting_started: GettingStartedDialog | None = None
+        self._watch_windows: dict[str, WatchRunWindow] = {}  # by resolved folder
 
         self.tabs = QTabWidget()
         for i, spec in enumerate(PANELS):
@@ -594,6 +596,14 @@ class MainWindow(QMainWindow):
             "or a pipeline folder with unet/) for the Playback tab",
             queued=True,
         )
+        self.watch_run_action = self._action(
+            "&Watch Run…",
+            self.watch_run,
+            "Ctrl+Shift+W",
+            "Follow a training run another process writes (its folder's metrics log): "
+            "curves, previews and status update as it runs",
+            queued=True,
+        )
         self.save_checkpoint_action = self._action(
             "&Save Checkpoint As…",
             lambda: self.training.save_checkpoint_as(),
@@ -623,6 +633,7 @@ class MainWindow(QMainWindow):
             self.open_model_folder_action,
         ):
             file_menu.addAction(action)
+        file_menu.addAction(self.watch_run_action)
         self.recent_menu = file_menu.addMenu("Recent &Files")
         self.recent_menu.setToolTipsVisible(True)
         self.recent_menu.aboutToShow.connect(self._update_recent_menu)
@@ -730,6 +741,43 @@ class MainWindow(QMainWindow):
     def open_model_folder(self) -> None:
         self.tabs.setCurrentWidget(self.playback)
         self.playback.choose_model_folder()
+
+    def watch_run(self) -> None:
+        """File > Watch Run…: choose a run's folder and follow its metrics log."""
+        folder = dialogs.ask_folder(self, "Watch a training run: its folder", dialogs.CHECKPOINTS)
+        if folder is not None:
+            self.open_watch_window(folder)
+
+    def open_watch_window(self, folder: str | os.PathLike[str]) -> WatchRunWindow | None:
+        """A window following the run in `folder` (the one already open for it, raised); None
+        and one message when the folder holds no metrics log. Loads the engine when needed."""
+        self.engine.load_now()
+        from diffusion_studio.app.watch_run import WatchRunWindow, run_logs
+        from diffusion_studio.core.run_log import RunLogError
+
+        path = Path(folder).expanduser()
+        key = str(path.resolve())
+        window = self._watch_windows.get(key)
+        if window is None:
+            try:
+                logs = run_logs(path)
+            except RunLogError as exc:
+                self._error("Cannot watch the run", str(exc))
+                return None
+            window = WatchRunWindow(path, logs, self)
+            window.checkpoint_requested.connect(self._open_watched_checkpoint)
+            window.destroyed.connect(lambda _obj=None, k=key: self._watch_windows.pop(k, None))
+            self._watch_windows[key] = window
+        window.show()
+        window.raise_()
+        window.activateWindow()
+        return window
+
+    def _open_watched_checkpoint(self, path: str) -> None:
+        """A Watch Run window's "Open checkpoint in Playback": the usual way a file opens."""
+        self.raise_()
+        self.activateWindow()
+        self.open_path_when_ready(path)
 
     def export_gif(self) -> None:
         current = self.panel(self._current_name())  # the shown tab's panel, built
@@ -904,6 +952,8 @@ class MainWindow(QMainWindow):
                 log.warning("a job did not stop within %.0f s", CLOSE_TIMEOUT_S)
         self._closed = True
         self._pending.clear()
+        for watch_window in list(self._watch_windows.values()):
+            watch_window.close()
         self.engine.wait(CLOSE_TIMEOUT_S)  # no import left running when the process exits
         self.save_settings()
         app = QApplication.instance()
