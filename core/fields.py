@@ -376,8 +376,13 @@ class ModelFields:
         count: int = DEFAULT_PARTICLES,
         steps: int = DEFAULT_PARTICLE_STEPS,
         seed: int = 0,
+        exact: bool = False,
     ) -> ParticlePaths:
-        """count particles drawn from p_t at index k, moved along the learned field to t = 0."""
+        """count particles drawn from p_t at index k (the same for the same seed), moved to
+        t = 0 along the learned field, or along the exact one (`exact`, gaussians only)."""
+        if exact and self.mixture is None:
+            raise ConfigError("only the gaussians set has an exact field here")
         levels = particle_levels(self.path, k, steps)
         start = start_particles(self.checkpoint, levels[0], count, seed)
-        return particle_paths(self.denoise, start, levels)
+        denoise = mixture_denoiser(self.mixture) if exact and self.mixture else self.denoise
+        return particle_paths(denoise, start, levels)

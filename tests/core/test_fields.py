@@ -220,3 +220,14 @@ def test_grid_layout_and_refusals():
     image = Checkpoint(UNetConfig(), SCHEDULE, "v", {}, {"name": "digits", "kind": "images"})
     with pytest.raises(ConfigError, match="2-D point model"):
         ModelFields(image)
+
+
+def test_exact_particles_start_where_the_learned_ones_do():
+    fields = exact_fields("flow")  # its network is the exact field itself
+    learned = fields.particles(60, count=50, steps=10, seed=2)
+    exact = fields.particles(60, count=50, steps=10, seed=2, exact=True)
+    np.testing.assert_array_equal(learned.positions[0], exact.positions[0])
+    np.testing.assert_allclose(learned.positions, exact.positions, atol=1e-4)
+    moons = ModelFields(checkpoint("flow", "velocity", data="moons"))
+    with pytest.raises(ConfigError, match="exact field"):
+        moons.particles(60, exact=True)
