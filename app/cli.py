@@ -43,6 +43,12 @@ The maths: alpha_t = 1 - beta_t, alphabar_t = prod_{s<=t} alpha_s (a product), a
 x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps."""
 
 
+# `train`: previews every this many steps by default (and by time; see --preview-every)
+DEFAULT_PREVIEW_EVERY = 1000
+DDP_TIMEOUT_S = 600.0  # core.distributed.DEFAULT_TIMEOUT_S (not imported: torch loads late)
+PREVIEW_STEPS = 50  # sampling steps of a preview (at most T)
+
+
 class CliError(DiffusionStudioError):
     """A bad command-line value found after parsing."""
 
@@ -337,7 +343,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ignore the data's class labels (the digits are class-conditional by default)",
     )
+    p.add_argument(
+        "--preview-every",
+        type=int,
+        default=DEFAULT_PREVIEW_EVERY,
+        metavar="N",
+        help="sample a preview every N steps (and at least every 30 s of training, and at the "
+        "end) into the metrics log's folder; 0: no previews (default: %(default)s)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    ddp = p.add_argument_group(
+        "data-parallel training",
+        "Started by torchrun (torchrun --nproc-per-node N $(which diffusion-studio) train ...), "
+        "the processes train one model: --batch-size is the global batch, split evenly across "
+        "them; rank 0 writes the checkpoint and the metrics log.",
+    )
+    ddp.add_argument(
+        "--ddp-timeout",
+        type=_positive_float,
+        default=DDP_TIMEOUT_S,
+        metavar="SECONDS",
+        help="how long a process waits for the others before the run fails (default: %(default)s)",
+    )
 
     # sample
     p = sub.add_parser(
@@ -518,7 +545,8 @@ def _train_config(args: argparse.Namespace):
         if args.steps is not None or args.minutes is not None:
             overrides["max_steps"] = args.steps
             overrides["max_minutes"] = args.minutes
-        return resume_config(ckpt, **overrides), ckpt
+        config = resume_config(ckpt, **overrides)
+        return replace(config, **_preview_settings(args, config.schedule.num_timesteps)), ckpt
     if args.steps is None and args.minutes is None:
         raise CliError("give a length: --steps N and/or --minutes M")
     overrides = {
@@ -549,11 +577,17 @@ def _train_config(args: argparse.Namespace):
             base.beta_end,
         )
         config = replace(config, schedule=schedule)
-    return config, None
+    return replace(config, **_preview_settings(args, config.schedule.num_timesteps)), None
 
 
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _preview_settings(args: argparse.Namespace, num_timesteps: int) -> dict[str, Any]:
+    """The TrainConfig fields of --preview-every (CliError for a negative N)."""
+    if args.preview_every < 0:
+        raise CliError(f"--preview-every must be >= 0 (0: no previews), got {args.preview_every}")
+    return {
+        "preview_every": args.preview_every,
+        "preview_steps": min(PREVIEW_STEPS, num_timesteps),
+    }
 
 
 SKIPPED_SHOWN = 5  # files named in the "skipped" line; the rest are counted
@@ -577,11 +611,51 @@ def skipped_summary(skipped: tuple[str, ...] | list[str], loaded: int) -> str:
     return text + (f", and {more} more" if more > 0 else "")
 
 
+class _StopSignals:
+    """SIGINT and SIGTERM ask a training run to stop at its next step (`control.cancel()`)
+    instead of raising where they land: the step finishes, the ranks of a data-parallel run
+    agree to stop, rank 0 saves once (torchrun sends a Ctrl-C on to every process, so one
+    process may get two signals). `received` names the first; `restore()` puts the old
+    handlers back."""
+
+    def __init__(self, control: Any) -> None:
+        self.control = control
+        self.received: str | None = None
+        self._old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in self._old:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+        self.control.cancel()
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from diffusion_studio.app.progress import ProgressBar, format_seconds
-    from diffusion_studio.core.errors import CheckpointError, TrainingError
-    from diffusion_studio.core.training import Trainer
-    from diffusion_studio.core.training_session import DEFAULT_AUTOSAVE_S, AutosavePolicy, RunSaver
+    """`train`, one process or one rank of a torchrun run. Rank 0 prints the errors every rank
+    meets alike (settings, a non-finite loss, a peer that failed); another rank prints only
+    its own failures (naming its rank), and exits 2 without a message otherwise."""
+    from diffusion_studio.core.distributed import DistributedError, torchrun_environment
+    from diffusion_studio.core.errors import ConfigError, TrainingError
+
+    env = torchrun_environment()
+    if env is None or env.rank == 0:
+        return _train(args, env)
+    try:
+        return _train(args, env)
+    except (CliError, ConfigError, TrainingError, DistributedError):
+        return EXIT_USER_ERROR  # rank 0 says it
+    except DiffusionStudioError as exc:
+        print(f"{PROG}: error: rank {env.rank}: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def _train(args: argparse.Namespace, env: Any) -> int:
+    from diffusion_studio.core.distributed import check_batch_split, init_distributed
 
     out = args.out
     same_as_resume = args.resume is not None and out.resolve() == args.resume.resolve()
@@ -592,26 +666,66 @@ def cmd_train(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".safetensors":
         raise CliError(f"--out must end in .safetensors, got '{out.name}'")
     config, ckpt = _train_config(args)
-    trainer = Trainer(config, resume=ckpt)
-    print(
-        f"training on {trainer.dataset.name} ({len(trainer.dataset)} {trainer.dataset.kind}) "
-        f"on {trainer.device}, {config.model.kind} model, {config.prediction_type} prediction, "
-        f"{config.schedule.kind} schedule T={config.schedule.num_timesteps}",
-        file=sys.stderr,
+    if env is None:
+        return _train_run(args, config, ckpt, None)
+    check_batch_split(config.batch_size, env.world_size)  # before the processes meet
+    context = init_distributed(config.device, args.ddp_timeout)
+    try:
+        return _train_run(args, config, ckpt, context)
+    finally:
+        context.close()
+
+
+def _train_run(args: argparse.Namespace, config: Any, ckpt: Any, context: Any) -> int:
+    """Train `config` (resuming `ckpt`) with the save policy and the metrics log; `context`:
+    this process's DistributedContext under torchrun, else None."""
+    from diffusion_studio.app.progress import ProgressBar, format_seconds
+    from diffusion_studio.core.distributed import DistributedError
+    from diffusion_studio.core.errors import CheckpointError, TrainingError
+    from diffusion_studio.core.training import Trainer, TrainProgress
+    from diffusion_studio.core.training_session import (
+        DEFAULT_AUTOSAVE_S,
+        AutosavePolicy,
+        RunRecorder,
+        RunSaver,
     )
-    if trainer.dataset.skipped:
-        print(skipped_summary(trainer.dataset.skipped, len(trainer.dataset)), file=sys.stderr)
-    bar = ProgressBar("train")
-    # A polite kill (SIGTERM) saves like Ctrl-C does.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+    out = args.out
+    trainer = Trainer(config, resume=ckpt, distributed=context)
+    main_rank = trainer.is_main
+    if main_rank:
+        processes = f" x {trainer.world_size} processes" if trainer.world_size > 1 else ""
+        print(
+            f"training on {trainer.dataset.name} ({len(trainer.dataset)} {trainer.dataset.kind}) "
+            f"on {trainer.device}{processes}, {config.model.kind} model, "
+            f"{trainer.prediction_type} prediction, "
+            f"{config.schedule.kind} schedule T={config.schedule.num_timesteps}",
+            file=sys.stderr,
+        )
+        if trainer.dataset.skipped:
+            print(skipped_summary(trainer.dataset.skipped, len(trainer.dataset)), file=sys.stderr)
     policy = (
         AutosavePolicy(every_steps=args.save_every)
         if args.save_every
         else AutosavePolicy(every_s=DEFAULT_AUTOSAVE_S)
     )
-    saver = RunSaver(trainer, out, policy)
+    saver = RunSaver(trainer, out, policy) if main_rank else None
+    recorder = RunRecorder(trainer, out, fresh=ckpt is None) if main_rank else None
+    if recorder is not None and recorder.error is not None:
+        print(f"{PROG}: warning: {recorder.error} (training continues)", file=sys.stderr)
+    bar = ProgressBar("train")
+    signals = _StopSignals(trainer.control)
+    status, message = "failed", ""
+    together = False  # the ranks ended at the same point: they can meet once more
     try:
         for record in trainer.run():
+            if recorder is None or saver is None:
+                continue  # another rank: rank 0 reports, logs and saves
+            warning = recorder.record(record)
+            if warning is not None:
+                print(f"\n{PROG}: warning: {warning} (training continues)", file=sys.stderr)
+            if not isinstance(record, TrainProgress):
+                continue
             bar.update(
                 record.fraction_done,
                 f"step {record.step}/{record.total_steps or '?'} loss {record.loss:.4f} "
@@ -626,35 +740,71 @@ def cmd_train(args: argparse.Namespace) -> int:
                 bar.update(
                     trainer.fraction_done(), f"saved (interval) at step {saved.step}", force=True
                 )
-    except KeyboardInterrupt:
         bar.close()
+        together = True
+        if signals.received is not None:
+            status, message = "stopped", f"{signals.received} at step {trainer.step}"
+            return _end_interrupted(saver, out)
+        status = "finished"
+        if saver is None:
+            return 0
         saved = saver.save_run()
         if saved.error is not None:
-            raise CheckpointError(saved.error) from None
+            status, message = "failed", saved.error
+            raise CheckpointError(saved.error)
         if saved.path is None:
-            print("interrupted before the first step: nothing to save", file=sys.stderr)
-        else:
-            print(f"interrupted: saved step {saved.step} to {out}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except TrainingError:
+            raise CliError("the run ended before its first step: nothing to save")
+        print(f"wrote {out} (step {trainer.step}, {format_seconds(trainer.elapsed_s)} of training)")
+        return 0
+    except TrainingError as exc:
         bar.close()
-        saved = saver.save_run()
-        if saved.path is not None:
-            print(f"{PROG}: saved the last good step ({saved.step}) to {out}", file=sys.stderr)
-        elif saved.error is not None:
-            print(
-                f"{PROG}: the last good step ({saved.step}) was not saved: {saved.error}",
-                file=sys.stderr,
-            )
+        together = True  # every rank met the same loss and gradients
+        message = str(exc)
+        if saver is not None:
+            saved = saver.save_run()
+            if saved.path is not None:
+                print(f"{PROG}: saved the last good step ({saved.step}) to {out}", file=sys.stderr)
+            elif saved.error is not None:
+                print(
+                    f"{PROG}: the last good step ({saved.step}) was not saved: {saved.error}",
+                    file=sys.stderr,
+                )
         raise
+    except DistributedError as exc:
+        # a peer died or hung: this rank's state may be half a step on, so nothing is saved
+        bar.close()
+        last = saver.saved_step if saver is not None else None
+        kept = f"; the last save (step {last}) is in {out}" if last else "; nothing was saved"
+        message = f"{exc}{kept}"
+        raise DistributedError(message) from exc
+    except BaseException as exc:
+        bar.close()
+        message = message or f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        try:
+            if recorder is not None:
+                recorder.end(status, message)
+            if context is not None and together:
+                context.barrier()  # the other ranks wait until rank 0 has saved and logged
+        finally:
+            signals.restore()
+
+
+def _end_interrupted(saver: Any, out: Path) -> int:
+    """Save a run stopped by a signal (rank 0; `saver` None elsewhere) and say so."""
+    from diffusion_studio.core.errors import CheckpointError
+
+    if saver is None:
+        return EXIT_INTERRUPTED
     saved = saver.save_run()
-    bar.close()
     if saved.error is not None:
         raise CheckpointError(saved.error)
     if saved.path is None:
-        raise CliError("the run ended before its first step: nothing to save")
-    print(f"wrote {out} (step {trainer.step}, {format_seconds(trainer.elapsed_s)} of training)")
-    return 0
+        print("interrupted before the first step: nothing to save", file=sys.stderr)
+    else:
+        print(f"interrupted: saved step {saved.step} to {out}", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _sampler_config(args: argparse.Namespace, ckpt: Any):

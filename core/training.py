@@ -16,7 +16,13 @@ Objective "flow" (flow matching, core.flow): t ~ logit-normal or U(0, 1),
 (no min-SNR weights; the prediction type is the velocity whatever `prediction_type` says).
 
 Every random draw of a step is made for the whole batch from one generator (`_draw_batch`), so
-a data-parallel run can take its share of the same draws.
+a data-parallel run can take its share of the same draws: with a `DistributedContext`
+(core.distributed, under torchrun) each of N ranks draws the global batch, trains on its
+contiguous 1/N of it through DistributedDataParallel (which averages the gradients, so the
+gradient is the global batch's), and gathers the per-sample losses; clipping, AdamW and EMA
+then see the same numbers on every rank, and N processes train the model one process would.
+Only rank 0 samples previews (from the EMA copy, outside DDP); the ranks agree on each step's
+time (rank 0's) and on stopping, so a time budget or a signal ends them at the same step.
 
 Previews (`TrainPreview`, samples from the EMA model) come every `preview_every` steps, after
 every `preview_interval_s` seconds of training time as well (so a slow machine still sees
@@ -44,6 +50,12 @@ from torch import nn
 from diffusion_studio.core.checkpoint import Checkpoint, save_checkpoint
 from diffusion_studio.core.data import Dataset, make_dataset
 from diffusion_studio.core.device import resolve_device
+from diffusion_studio.core.distributed import (
+    DistributedContext,
+    DistributedError,
+    is_collective_failure,
+    peer_failure_message,
+)
 from diffusion_studio.core.errors import ConfigError, TrainingError
 from diffusion_studio.core.flow import (
     FLOW_PREDICTION_TYPE,
@@ -482,11 +494,19 @@ class Trainer:
         resume: Checkpoint | None = None,
         dataset: Dataset | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        distributed: DistributedContext | None = None,
     ) -> None:
-        """clock: seconds (monotonic) for step times and the preview interval (tests fake it)."""
+        """clock: seconds (monotonic) for step times and the preview interval (tests fake it).
+        distributed: this process's rank in a data-parallel run (core.distributed); None: a
+        single process on `config.device`."""
         self.control = control if control is not None else TrainControl()
         self.clock = clock
-        self.device = resolve_device(config.device)
+        self.distributed = distributed
+        if distributed is not None:
+            distributed.part(config.batch_size)  # refuse a batch that does not split evenly
+            self.device = distributed.device
+        else:
+            self.device = resolve_device(config.device)
         # CPU threads chosen step by step from measured speed (core.threads); created here,
         # it reads the thread count at the first step, in the thread that trains
         self.threads = AdaptiveThreads() if self.device.type == "cpu" else None
@@ -516,6 +536,8 @@ class Trainer:
             torch.manual_seed(config.seed)
             self.model: nn.Module = build_model(config.model).to(self.device)
         self.ema_model: nn.Module = copy.deepcopy(self.model).eval().requires_grad_(False)
+        # what a step calls: the model itself, or DDP around it (which averages the gradients)
+        self.train_model: nn.Module = self.model
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
@@ -528,6 +550,13 @@ class Trainer:
         self._snr = self.schedule.snr.to(torch.float32)
         if resume is not None:
             self._restore(resume)
+        if distributed is not None and distributed.is_distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # after the restore: DDP broadcasts rank 0's weights, equal to every rank's anyway
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self._previewed_at_s = self.elapsed_s  # training time of the last preview
         self._preview_cost_s = 0.0  # how long the last preview took
         check_training_memory(self.config, self.model, self.device)  # refuse before an OOM kill
@@ -537,6 +566,15 @@ class Trainer:
     @property
     def is_flow(self) -> bool:
         return self.config.objective == "flow"
+
+    @property
+    def world_size(self) -> int:
+        return self.distributed.world_size if self.distributed is not None else 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes and previews (rank 0, or the only process)."""
+        return self.distributed is None or self.distributed.is_main
 
     @property
     def prediction_type(self) -> str:
@@ -641,6 +679,7 @@ class Trainer:
                 "config": self.config.to_dict(),
                 "optimizer": optim_json,
                 "history_stride": self._history_stride,
+                "world_size": self.world_size,
             },
             training_state=tensors,
         )
@@ -699,10 +738,20 @@ class Trainer:
         timesteps are T t (floats on the diffusion axis)."""
         config = self.config
         drawn = self._draw_batch(config.batch_size)
-        return self._step_on(drawn)
+        if self.distributed is None:
+            return self._step_on(drawn)
+        # this rank's part; the loss and per-sample MSE come back for the global batch
+        loss, _, mse = self._step_on(drawn.part(*self.distributed.part(config.batch_size)))
+        return loss, self._reported_timesteps(drawn.t), mse
+
+    def _reported_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """Drawn times (B,) on the diffusion axis: the indices, or flow's T t."""
+        return self.flow_path.model_timesteps(t) if self.flow_path is not None else t
 
     def _step_on(self, drawn: DrawnBatch) -> tuple[float, torch.Tensor, torch.Tensor]:
-        """The optimizer step on the samples `drawn` (see `_train_step`)."""
+        """The optimizer step on the samples `drawn` (see `_train_step`). A data-parallel rank
+        gets its part of the global batch; the objective and the per-sample MSE it returns are
+        the global batch's (gathered from every rank), the timesteps its part's."""
         config = self.config
         x0 = self.dataset.data[drawn.index]
         labels = self._labels_for(drawn.index, drawn.label_dropped)
@@ -711,32 +760,32 @@ class Trainer:
             x_t = self.flow_path.add_noise(x0, noise, t_dev)  # x_t = (1 - t) x0 + t eps
             target = self.flow_path.velocity(x0, noise)  # eps - x0
             model_t = self.flow_path.model_timesteps(t_dev)
-            reported_t = self.flow_path.model_timesteps(drawn.t)
+            weights = None
         else:
             x_t = self.schedule.add_noise(x0, noise, t_dev)  # DDPM eq. 4
             target = training_target(self.schedule, config.prediction_type, x0, noise, t_dev)
             model_t = t_dev
-            reported_t = drawn.t
-        lr = learning_rate_at(config, self.step, self.fraction_done())
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.model.train()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.bf16):
-            output = (
-                self.model(x_t, model_t) if labels is None else self.model(x_t, model_t, labels)
-            )
-        mse = ((output.float() - target) ** 2).flatten(1).mean(dim=1)  # (B,)
-        if self.flow_path is not None:
-            loss = mse.mean()
-        else:
             weights = min_snr_weights(
                 self._snr[drawn.t].to(self.device), config.min_snr_gamma, config.prediction_type
             )
-            loss = (weights * mse).mean()
+        lr = learning_rate_at(config, self.step, self.fraction_done())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        model = self.train_model
+        model.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            output = model(x_t, model_t) if labels is None else model(x_t, model_t, labels)
+        mse = ((output.float() - target) ** 2).flatten(1).mean(dim=1)  # (b,)
+        weighted = mse if weights is None else weights * mse  # (b,)
+        loss = weighted.mean()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # DDP: the gradients averaged over the ranks (equal parts: the global mean)
         max_norm = config.grad_clip if config.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if self.distributed is not None:
+            # (2, B): the global batch's per-sample MSE and weighted MSE, in draw order
+            gathered = self.distributed.gather_batch(torch.stack([mse, weighted]).detach())
+            mse, loss = gathered[0], gathered[1].mean()
         # one device sync per step: loss and gradient norm are read together
         loss_value, grad_norm_value = torch.stack([loss.detach(), grad_norm]).tolist()
         if not math.isfinite(loss_value):
@@ -756,7 +805,7 @@ class Trainer:
         self.optimizer.step()
         self._update_ema()
         self.last_grad_norm = grad_norm_value
-        return loss_value, reported_t, mse.detach().cpu()
+        return loss_value, self._reported_timesteps(drawn.t), mse.detach().cpu()
 
     def _labels_for(self, index: torch.Tensor, dropped: torch.Tensor | None) -> torch.Tensor | None:
         """Class labels (B,) of the drawn samples for a class-conditional model, those `dropped`
@@ -823,7 +872,7 @@ class Trainer:
         time since the last preview, stretched to PREVIEW_COST_FACTOR times that preview's
         duration (previews at most ~20 % of the wall time)."""
         config = self.config
-        if not config.preview_every:
+        if not config.preview_every or not self.is_main:
             return False
         if self.is_done or self.step % config.preview_every == 0:
             return True
@@ -840,12 +889,15 @@ class Trainer:
         return preview
 
     def run(self) -> Iterator[TrainProgress | TrainPreview]:
-        """Train until the step or time budget is spent or the run is cancelled."""
+        """Train until the step or time budget is spent or the run is cancelled. Data-parallel
+        ranks stop together: at the step after any rank's control was cancelled."""
         config = self.config
+        synced = self.distributed is not None and self.distributed.is_distributed
+        stop = False  # data-parallel: agreed by all ranks after each step
         try:
             while not self.is_done:
                 self.control.wait_while_paused()
-                if self.control.is_cancelled:
+                if stop or (not synced and self.control.is_cancelled):
                     return
                 if self.threads is not None:
                     self.threads.before_step()
@@ -861,10 +913,16 @@ class Trainer:
                         raise TrainingError(
                             f"out of memory at batch size {config.batch_size}: use a smaller batch or model"
                         ) from exc
+                    if synced and is_collective_failure(exc):  # DDP's gradient all-reduce
+                        raise DistributedError(peer_failure_message(exc)) from exc
                     raise
                 seconds = self.clock() - started
                 if self.threads is not None:
                     self.threads.after_step(seconds)
+                if synced:
+                    assert self.distributed is not None
+                    # every rank counts rank 0's time, so a time budget ends all at one step
+                    seconds, stop = self.distributed.agree(seconds, self.control.is_cancelled)
                 self.step += 1
                 self.elapsed_s += seconds
                 self._record_loss(loss)
@@ -899,10 +957,13 @@ class Trainer:
 
 
 def train(
-    config: TrainConfig, control: TrainControl | None = None, resume: Checkpoint | None = None
+    config: TrainConfig,
+    control: TrainControl | None = None,
+    resume: Checkpoint | None = None,
+    distributed: DistributedContext | None = None,
 ) -> Iterator[TrainProgress | TrainPreview]:
-    """Convenience: `Trainer(config, control, resume).run()`."""
-    return Trainer(config, control, resume).run()
+    """Convenience: `Trainer(config, control, resume, distributed=distributed).run()`."""
+    return Trainer(config, control, resume, distributed=distributed).run()
 
 
 def resume_config(ckpt: Checkpoint, **overrides: Any) -> TrainConfig:

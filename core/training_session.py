@@ -12,6 +12,11 @@
 
 `RunSaver` applies the policy to one trainer and one file; call it between steps only (the
 trainer's state may only be read there).
+
+`RunRecorder` writes the run's metrics log beside its checkpoint (core.run_log): a header, a
+line per step, the previews as PNG, and how the run ended. A log that cannot be written never
+stops training: the first failure is reported once and logging stops. In a data-parallel run
+only rank 0 saves and records.
 """
 
 from __future__ import annotations
@@ -21,10 +26,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from diffusion_studio.core.checkpoint import Checkpoint, save_checkpoint
 from diffusion_studio.core.errors import ConfigError, DiffusionStudioError
-from diffusion_studio.core.training import Trainer
+from diffusion_studio.core.run_log import (
+    EndRecord,
+    MetricsLogWriter,
+    RunHeader,
+    metrics_log_path,
+    preview_folder,
+    step_record,
+)
+from diffusion_studio.core.training import Trainer, TrainPreview, TrainProgress
 
 DEFAULT_AUTOSAVE_S = 60.0  # at least once a minute, unless told otherwise
 
@@ -121,3 +135,77 @@ class RunSaver:
             return SaveResult(self.trainer.step, ckpt, None, str(exc))
         self.saved_step = self.trainer.step
         return SaveResult(self.trainer.step, ckpt, self.path)
+
+
+EndStatus = Literal["finished", "stopped", "failed"]
+
+
+class RunRecorder:
+    """The metrics log of `trainer`'s run saved to `checkpoint_path` (`RUN.metrics.jsonl` and
+    `RUN.previews/` beside it).
+
+    fresh: a new run (not a resumed one) replaces an older run's log and preview PNGs; a
+    resumed run appends to its log. `record` each TrainProgress / TrainPreview, then `end`
+    once. A write that fails sets `error`, turns logging off and is returned once by the call
+    that met it (for the caller to show as a warning); training goes on.
+    """
+
+    def __init__(self, trainer: Trainer, checkpoint_path: str | Path, fresh: bool) -> None:
+        self.trainer = trainer
+        self.num_timesteps = trainer.config.schedule.num_timesteps
+        self.error: str | None = None
+        self.path = metrics_log_path(checkpoint_path)
+        self._writer: MetricsLogWriter | None = None
+        self._ended = False
+        header = RunHeader(
+            objective=trainer.config.objective,
+            num_timesteps=self.num_timesteps,
+            config=trainer.config.to_dict(),
+            checkpoint=Path(checkpoint_path).name,
+            world_size=trainer.world_size,
+            start_step=trainer.step,
+        )
+        try:
+            if fresh:
+                _remove_old_log(checkpoint_path)
+            self._writer = MetricsLogWriter(checkpoint_path, header)
+        except (DiffusionStudioError, OSError) as exc:
+            self.error = str(exc)
+
+    def record(self, item: TrainProgress | TrainPreview) -> str | None:
+        """Log a step or a preview. Returns the error of a write that failed just now."""
+        if isinstance(item, TrainPreview):
+            return self._guard(lambda w: w.preview(item.step, item.samples, item.final))
+        return self._guard(lambda w: w.write(step_record(item, self.num_timesteps)))
+
+    def end(self, status: EndStatus, message: str = "") -> str | None:
+        """Log how the run ended (once; later calls do nothing) and close the log."""
+        if self._ended:
+            return None
+        self._ended = True
+        failure = self._guard(lambda w: w.write(EndRecord(status, self.trainer.step, message)))
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        return failure
+
+    def _guard(self, write: Callable[[MetricsLogWriter], object]) -> str | None:
+        if self._writer is None:
+            return None
+        try:
+            write(self._writer)
+        except (DiffusionStudioError, OSError) as exc:
+            self.error = f"{exc} (the metrics log stops here)"
+            self._writer.close()
+            self._writer = None
+            return self.error
+        return None
+
+
+def _remove_old_log(checkpoint_path: str | Path) -> None:
+    """An older run's metrics log and preview PNGs at this checkpoint path, removed."""
+    metrics_log_path(checkpoint_path).unlink(missing_ok=True)
+    folder = preview_folder(checkpoint_path)
+    if folder.is_dir():
+        for png in folder.glob("step-*.png"):
+            png.unlink()
