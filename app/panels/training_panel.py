@@ -31,8 +31,11 @@ from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QGridLayout,
     QGroupBox,
+    QHBoxLayout,
     QLabel,
     QStackedWidget,
+    QTabWidget,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -40,6 +43,11 @@ from diffusion_studio.app import dialogs
 from diffusion_studio.app.axes import use_integer_ticks
 from diffusion_studio.app.panels.base import Panel
 from diffusion_studio.app.settings import checkpoints_dir
+from diffusion_studio.app.training_dashboard import (  # noqa: F401 (MAX_CURVE_POINTS: benchmarks)
+    MAX_CURVE_POINTS,
+    Series,
+    TrainingDashboard,
+)
 from diffusion_studio.app.widgets import (
     REDRAW_INTERVAL_MS,
     ErrorLabel,
@@ -66,8 +74,10 @@ from diffusion_studio.core.checkpoint import Checkpoint, load_checkpoint, save_c
 from diffusion_studio.core.data import DIGIT_SOURCES, TOY_DATASETS, list_image_files, toy_points
 from diffusion_studio.core.errors import ConfigError, DataError, DiffusionStudioError, TrainingError
 from diffusion_studio.core.export import make_grid, to_uint8_images
+from diffusion_studio.core.flow import FLOW_TIME_SAMPLINGS
 from diffusion_studio.core.models import MLPConfig, build_model, count_parameters
-from diffusion_studio.core.samplers import PREDICTION_TYPES
+from diffusion_studio.core.run_log import preview_picture, step_record
+from diffusion_studio.core.samplers import DIFFUSION_PREDICTION_TYPES
 from diffusion_studio.core.schedule import SCHEDULE_KINDS, ScheduleConfig
 from diffusion_studio.core.training import (
     MODEL_SIZES,
@@ -92,13 +102,27 @@ LIVE_REDRAW_S = 0.5  # while training: curves and numbers at most twice a second
 SCATTER_EVERY = 4  # ... and the loss-against-t scatter every 2 s
 SMOOTHING_WINDOW = (3.0, 100.0)  # the smoothed curve averages over ~5% of the steps so far
 PREVIEW_POINTS = 2000
-MAX_CURVE_POINTS = 20_000  # loss curve points kept (evenly thinned beyond): memory stays flat
 
 PREVIEW_IMAGE_TITLE = "Preview samples (EMA model)"
 PREVIEW_POINTS_TITLE = "Preview samples over the data"
 LOSS_TITLE = "Training loss"
 SCATTER_TITLE = "Per-sample loss against t"
 
+OBJECTIVE_TIP = (
+    "What the network learns:\n"
+    "Diffusion: undo DDPM noise, x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps, "
+    "on the noise schedule;\n"
+    "Flow matching: the straight path x_t = (1 - t) x_0 + t eps (rectified flow), the network "
+    "predicts the velocity eps - x_0"
+)
+FLOW_TIME_TIP = (
+    "Which t in (0, 1) a flow step trains on: logit-normal draws the middle of the path more "
+    "often\n(Esser et al. 2024), uniform draws every t alike"
+)
+FLOW_DISABLED_TIP = (
+    "Not used by flow matching: its path x_t = (1 - t) x_0 + t eps has no noise schedule, and "
+    "the network always predicts the velocity eps - x_0"
+)
 PREDICTION_TIPS = {
     "epsilon": "the noise eps (DDPM)",
     "v": "v = sqrt(alphabar_t) eps - sqrt(1 - alphabar_t) x_0 (Salimans & Ho 2022)",
@@ -169,9 +193,15 @@ def loss_texts(config: TrainConfig) -> tuple[str, str, str, str]:
 
     The Loss curve is the objective the optimizer minimises (core.training): the batch mean of
     w(t) * MSE with min-SNR-gamma weights w (Hang et al. 2023), or w = 1 without them; the
-    scatter shows each sample's plain MSE against the target, without w."""
-    target = {"epsilon": "eps", "v": "v", "x0": "x_0"}[config.prediction_type]
-    gamma = config.min_snr_gamma
+    scatter shows each sample's plain MSE against the target, without w. Flow matching has no
+    weights: its loss is the plain MSE of the velocity eps - x_0."""
+    flow = config.objective == "flow"
+    target = (
+        "velocity eps - x_0"
+        if flow
+        else {"epsilon": "eps", "v": "v", "x0": "x_0"}[config.prediction_type]
+    )
+    gamma = None if flow else config.min_snr_gamma
     if gamma is None:
         title = f"{LOSS_TITLE} (MSE of the {target} prediction)"
         weights = "every sample weighs the same (no min-SNR weighting)"
@@ -198,55 +228,9 @@ def loss_texts(config: TrainConfig) -> tuple[str, str, str, str]:
         f"Each dot: one training sample of the recent steps, at its timestep t, with its plain "
         f"mean squared error against the {target} target (no weight).\n{relation} "
         "The dots show which t are hard to predict."
+        + (" Flow matching's t in (0, 1) is drawn at T t." if flow else "")
     )
     return title, loss_tip, scatter_title, scatter_tip
-
-
-class Series:
-    """A (step, value) series in numpy arrays (amortised O(1) append), bounded in memory.
-
-    Once it holds `max_points`, every second point is dropped and from then on only every
-    `stride`-th appended point is kept (the stride doubles at each thinning): a run of any
-    length keeps its whole curve, evenly thinned, in at most `max_points` points.
-    """
-
-    def __init__(self, capacity: int = 1024, max_points: int = MAX_CURVE_POINTS) -> None:
-        self.max_points = max(2, max_points)
-        capacity = min(capacity, self.max_points)
-        self.x = np.empty(capacity, dtype=np.float64)
-        self.y = np.empty(capacity, dtype=np.float64)
-        self.n = 0
-        self.stride = 1
-        self._appended = 0
-
-    def append(self, x: float, y: float) -> None:
-        index = self._appended
-        self._appended += 1
-        if index % self.stride:
-            return
-        if self.n == self.max_points:  # full: keep every second point, double the stride
-            kept = (self.n + 1) // 2
-            self.x[:kept] = self.x[: self.n : 2].copy()
-            self.y[:kept] = self.y[: self.n : 2].copy()
-            self.n = kept
-            self.stride *= 2
-            if index % self.stride:
-                return
-        if self.n == len(self.x):
-            size = min(2 * len(self.x), self.max_points)
-            self.x = np.concatenate([self.x, np.empty(size - len(self.x))])
-            self.y = np.concatenate([self.y, np.empty(size - len(self.y))])
-        self.x[self.n] = x
-        self.y[self.n] = y
-        self.n += 1
-
-    def clear(self) -> None:
-        self.n = 0
-        self.stride = 1
-        self._appended = 0
-
-    def data(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.x[: self.n], self.y[: self.n]
 
 
 class TrainingPanel(Panel):
@@ -293,9 +277,11 @@ class TrainingPanel(Panel):
         self._last_good: dict[str, SaveResult] = {}
         self._outcome_checkpoint: Checkpoint | None = None  # what "Open in Playback" opens
         self._run_config: TrainConfig | None = None  # the settings of the run on the plots
+        self._history_overlaid = False  # the dashboard overlays a resumed run's history
         self._build()
         self._on_source_index_changed()
         self._on_budget_changed()
+        self._on_objective_changed()
         self._update_buttons()
         self.timer = QTimer(self)
         self.timer.setInterval(REDRAW_INTERVAL_MS)
@@ -340,10 +326,15 @@ class TrainingPanel(Panel):
         )
         self.steps_T = spin_box(10, 10000, 1000, "T: the number of diffusion timesteps", 50)
         self.prediction = combo_box(
-            [(p, p) for p in PREDICTION_TYPES],
+            [(p, p) for p in DIFFUSION_PREDICTION_TYPES],
             "What the network predicts:\n"
             + "\n".join(f"{k}: {v}" for k, v in PREDICTION_TIPS.items()),
         )
+        self.objective = combo_box(
+            [("Diffusion", "diffusion"), ("Flow matching", "flow")], OBJECTIVE_TIP
+        )
+        self.flow_time = combo_box([(s, s) for s in FLOW_TIME_SAMPLINGS], FLOW_TIME_TIP)
+        self._diffusion_tips = {w: w.toolTip() for w in (self.kind, self.prediction)}
         self.batch = spin_box(1, 4096, 64, "Samples per optimizer step")
         self.lr = double_box(
             1e-6, 1.0, 2e-3, "Peak learning rate (AdamW; warm-up, then cosine decay)", 6, 1e-4
@@ -427,6 +418,8 @@ class TrainingPanel(Panel):
                 ("Model size", self.model_size),
                 self.model_info,
                 self.class_labels,
+                ("Objective", self.objective),
+                ("Time sampling", self.flow_time),
                 ("Schedule", self.kind),
                 ("Steps T", self.steps_T),
                 ("Predicts", self.prediction),
@@ -521,20 +514,41 @@ class TrainingPanel(Panel):
         self.preview_stack.addWidget(self.preview_image)
         self.preview_stack.addWidget(self.preview_points)
 
-        plots = QWidget()
-        grid = QGridLayout(plots)
+        live = QWidget()
+        grid = QGridLayout(live)
         grid.setContentsMargins(0, 0, 0, 0)
         grid.addWidget(self.loss_plot, 0, 0)
         grid.addWidget(self.scatter_plot, 1, 0)
         grid.addWidget(self.preview_stack, 0, 1, 2, 1)
-        grid.addWidget(self.log_y, 2, 0)
-        grid.addWidget(self.stats, 2, 1)
         grid.setColumnStretch(0, 3)
         grid.setColumnStretch(1, 2)
         grid.setRowStretch(0, 1)
         grid.setRowStretch(1, 1)
         for plot in (self.loss_plot, self.scatter_plot):
             plot.setMinimumHeight(150)
+
+        # The dashboard: the run's history (heatmap of loss over t and steps, gradient norm,
+        # learning rate, every preview on a timeline, an earlier run overlaid)
+        self.dashboard = TrainingDashboard()
+        self.dashboard.status_message.connect(self.status_message)
+        self.views = QTabWidget()
+        self.views.setDocumentMode(True)
+        self.views.addTab(live, "Live")
+        self.views.addTab(self.dashboard, "Dashboard")
+        self.views.setTabToolTip(0, "The loss, the loss against t and the latest preview")
+        self.views.setTabToolTip(
+            1,
+            "The run's history: loss heatmap over t and steps, gradient norm, learning rate, "
+            "every preview on a timeline (GIF export), an earlier run's loss overlaid",
+        )
+        plots = QWidget()
+        column = QVBoxLayout(plots)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addWidget(self.views, 1)
+        below = QHBoxLayout()
+        below.addWidget(self.log_y)
+        below.addWidget(self.stats, 1)
+        column.addLayout(below)
 
         controls = pinned_below(control_column(self.settings_boxes), run_box)
         self.splitter = controls_beside_views(self, controls, plots)
@@ -553,6 +567,8 @@ class TrainingPanel(Panel):
             self.model_size.currentIndexChanged,
             self.kind.currentIndexChanged,
             self.prediction.currentIndexChanged,
+            self.objective.currentIndexChanged,
+            self.flow_time.currentIndexChanged,
             self.budget.currentIndexChanged,
             self.channels.currentIndexChanged,
         )
@@ -561,6 +577,7 @@ class TrainingPanel(Panel):
 
         self.source.currentIndexChanged.connect(self._on_source_index_changed)
         self.budget.currentIndexChanged.connect(self._on_budget_changed)
+        self.objective.currentIndexChanged.connect(self._on_objective_changed)
         self.model_size.currentIndexChanged.connect(self._update_model_info)
         self.image_size.valueChanged.connect(self._on_image_shape_changed)
         self.channels.currentIndexChanged.connect(self._on_image_shape_changed)
@@ -656,6 +673,17 @@ class TrainingPanel(Panel):
         if self.source.currentData() == FOLDER and not self._filling and not refused:
             self.folder_shape = (self.image_size.value(), int(self.channels.currentData()))
         self._update_model_info()
+
+    def _on_objective_changed(self) -> None:
+        """Flow matching: its time sampling shown; the schedule kind and the prediction type
+        (diffusion's alone) disabled, their tooltips saying why."""
+        flow = self.objective.currentData() == "flow"
+        self.model_box.layout().setRowVisible(self.flow_time, flow)
+        locked = self.resume_from is not None
+        self.flow_time.setEnabled(flow and not locked)
+        for widget, tip in self._diffusion_tips.items():
+            widget.setEnabled(not flow and not locked)
+            widget.setToolTip(FLOW_DISABLED_TIP if flow else tip)
 
     def _on_budget_changed(self) -> None:
         steps = self.budget.currentData() == "steps"
@@ -754,6 +782,8 @@ class TrainingPanel(Panel):
             common,
             schedule=schedule,
             prediction_type=self.prediction.currentData(),
+            objective=self.objective.currentData(),
+            flow_time_sampling=self.flow_time.currentData(),
             seed=self.seed.value(),
             max_steps=self.max_steps.value() if steps else None,
             max_minutes=None if steps else self.max_minutes.value(),
@@ -768,7 +798,7 @@ class TrainingPanel(Panel):
     # ------------------------------------------------------------------ run control
 
     def runners(self) -> list[JobRunner]:
-        return [self.runner]
+        return [self.runner, self.dashboard.export_runner]
 
     def start(self) -> bool:
         """Start a run with the current settings. False (and a message) when they are invalid."""
@@ -786,7 +816,7 @@ class TrainingPanel(Panel):
         self._set_t_range(config.schedule.num_timesteps)
         resume = self.resume_from
         if resume is None:
-            self._reset_plots("Starting…")
+            self._reset_plots("Starting…", config.schedule.num_timesteps)
         self._run_config = config
         self._update_loss_texts(config)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -924,6 +954,7 @@ class TrainingPanel(Panel):
         if isinstance(record, TrainProgress):
             self.latest = record
             self._append_loss(record.step, record.loss)
+            self.dashboard.add_step(step_record(record, self.dashboard.num_timesteps))
             n = len(record.timesteps)
             index = (self.scatter_n + np.arange(n)) % SCATTER_POINTS
             self.scatter_t[index] = record.timesteps
@@ -940,6 +971,7 @@ class TrainingPanel(Panel):
         elif isinstance(record, TrainPreview):
             self.preview = record
             self._preview_dirty = True
+            self.dashboard.add_preview(record.step, preview_picture(record.samples))
             if not record.final and self._run_config is not None:
                 self._show_outcome(f"Training on {self._data_name(self._run_config)}…")
 
@@ -989,6 +1021,7 @@ class TrainingPanel(Panel):
         self._redraw_scatter()
         self._redraw_preview()
         self._update_stats()
+        self.dashboard.redraw_now()
 
     def _redraw_curves(self) -> None:
         steps, losses = self.loss.data()
@@ -1052,8 +1085,13 @@ class TrainingPanel(Panel):
         for plot in (self.loss_plot, self.scatter_plot):
             plot.setLogMode(x=False, y=on)
 
-    def _reset_plots(self, stats: str = "Not started.") -> None:
-        """Empty the curves, the scatter, the previews (and their captions) and the numbers."""
+    def _reset_plots(self, stats: str = "Not started.", num_timesteps: int | None = None) -> None:
+        """Empty the curves, the scatter, the previews (and their captions), the numbers and
+        the dashboard (for a run of `num_timesteps` T; default: the field's)."""
+        self.dashboard.reset(num_timesteps or self.steps_T.value())
+        if self._history_overlaid:  # the curve of a checkpoint no longer to be resumed
+            self.dashboard.clear_overlay()
+            self._history_overlaid = False
         self.loss.clear()
         self.smoothed.clear()
         self._smooth_state = 0.0
@@ -1254,12 +1292,17 @@ class TrainingPanel(Panel):
             f"Resuming <b>{Path(path).name}</b> from step {step}: Start continues it for the "
             "steps / minutes set above."
         )
-        self._reset_plots()
+        self._reset_plots(num_timesteps=config.schedule.num_timesteps)
         history_steps = ckpt.training_state.get("history/step")
         history_losses = ckpt.training_state.get("history/loss")
         if history_steps is not None and history_losses is not None:
             for step, value in zip(history_steps.tolist(), history_losses.tolist()):
                 self._append_loss(step, value)
+            # the dashboard keeps no per-step details of the earlier part: its loss is overlaid
+            self.dashboard.set_overlay(
+                f"before step {step} (resumed)", history_steps.numpy(), history_losses.numpy()
+            )
+            self._history_overlaid = True
         self.redraw_now()
         self.fields.recheck()
         self._update_buttons()
@@ -1287,6 +1330,8 @@ class TrainingPanel(Panel):
             self.kind,
             self.steps_T,
             self.prediction,
+            self.objective,
+            self.flow_time,
             self.seed,
             self.image_size,
             self.channels,
@@ -1295,6 +1340,7 @@ class TrainingPanel(Panel):
             w.setEnabled(not locked)
         if not locked:
             self._on_source_changed()
+        self._on_objective_changed()
 
     def _show_config(self, config: TrainConfig) -> None:
         """Show the run a checkpoint resumes: its data and its settings."""
@@ -1311,12 +1357,15 @@ class TrainingPanel(Panel):
             set_combo_data(self.source, FOLDER)
         self._show_fields(config)
         self.seed.setValue(config.seed)
+        set_combo_data(self.objective, config.objective)  # the user's choice, not the preset's
+        set_combo_data(self.flow_time, config.flow_time_sampling)
 
     # ------------------------------------------------------------------ settings
 
     def persistent_widgets(self) -> dict[str, Persistent]:
         names = (
-            "source model_size image_size channels kind steps_T prediction batch lr budget "
+            "source model_size image_size channels kind steps_T prediction objective flow_time "
+            "batch lr budget "
             "max_steps max_minutes seed device preview_every autosave_minutes log_y class_labels"
         )
         return {name: getattr(self, name) for name in names.split()}
@@ -1338,3 +1387,4 @@ class TrainingPanel(Panel):
             self._show_fields(self.preset(), shape_only=True)
         self._on_source_changed()
         self._on_budget_changed()
+        self._on_objective_changed()

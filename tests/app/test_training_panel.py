@@ -517,3 +517,113 @@ def test_start_pause_stop_stay_visible_on_a_small_screen(window, qtbot, screen):
     for plot in (panel.loss_plot, panel.scatter_plot):
         assert plot.height() >= 150 and plot.width() >= 300
     assert panel.preview_stack.height() >= 250
+
+
+# ---------------------------------------------------------------------- dashboard, objective
+
+
+def test_the_dashboard_fills_during_a_tiny_run_and_stays_after_it(panel, qtbot):
+    from diffusion_studio.core.run_log import LossHeatmap, preview_picture, step_record
+    from diffusion_studio.core.training import TrainPreview, TrainProgress
+
+    tiny(panel, "moons", steps=20)
+    records: list[object] = []
+    panel.runner.progressed.connect(records.append)
+    panel.views.setCurrentWidget(panel.dashboard)
+    with qtbot.waitSignal(panel.runner.finished, timeout=60000):
+        panel.start()
+        qtbot.waitUntil(lambda: panel.dashboard.steps.size > 0, timeout=30000)
+    steps = [step_record(r, 100) for r in records if isinstance(r, TrainProgress)]
+    previews = [r for r in records if isinstance(r, TrainPreview)]
+    assert len(steps) == 20 and [p.step for p in previews] == [10, 20]
+    dash = panel.dashboard
+    np.testing.assert_array_equal(dash.steps, [r.step for r in steps])
+    np.testing.assert_array_equal(dash.losses, [r.loss for r in steps])
+    np.testing.assert_array_equal(dash.grad_norms, [r.grad_norm for r in steps])
+    np.testing.assert_array_equal(dash.learning_rates, [r.lr for r in steps])
+    reference = LossHeatmap()
+    for r in steps:
+        reference.add(r)
+    np.testing.assert_array_equal(dash.heatmap.image(), reference.image())
+    assert [s for s, _ in dash.previews] == [10, 20]
+    for (_, picture), preview in zip(dash.previews, previews):
+        np.testing.assert_array_equal(picture, preview_picture(preview.samples))
+    # drawn when the run ended (the Dashboard tab is shown)
+    x, y = dash.loss_curve.getOriginalDataset()
+    np.testing.assert_array_equal(x, dash.steps)
+    np.testing.assert_array_equal(dash.heatmap_shown.shape, reference.image().shape)
+    # kept after the run; a new run starts it afresh
+    assert dash.steps.size == 20 and len(dash.previews) == 2
+    panel.max_steps.setValue(3)
+    panel.preview_every.setValue(0)
+    with qtbot.waitSignal(panel.runner.finished, timeout=60000):
+        panel.start()
+    np.testing.assert_array_equal(panel.dashboard.steps, [1, 2, 3])
+    assert panel.dashboard.previews == []
+
+
+def test_a_resumed_run_overlays_its_history_on_the_dashboard(panel, qtbot, tmp_path):
+    from diffusion_studio.core.checkpoint import save_checkpoint
+    from diffusion_studio.core.training import Trainer
+
+    config = preset_config(
+        "moons", "small", max_steps=6, max_minutes=None, device="cpu", num_points=256
+    )
+    trainer = Trainer(replace(config, batch_size=16))
+    for _ in trainer.run():
+        pass
+    path = tmp_path / "half.safetensors"
+    save_checkpoint(path, trainer.checkpoint())
+    assert panel.set_resume_checkpoint(path)
+    label, steps, losses = panel.dashboard.overlay
+    assert "resumed" in label
+    np.testing.assert_array_equal(steps, [s for s, _ in trainer.loss_history])
+    np.testing.assert_array_equal(losses, np.float32([v for _, v in trainer.loss_history]))
+    panel.clear_resume()
+    set_combo_data(panel.source, "spiral")  # other data: the resumed run's curve goes
+    assert panel.dashboard.overlay is None
+
+
+def test_the_objective_choice_reaches_the_train_config(panel, qtbot):
+    from diffusion_studio.app.panels.training_panel import FLOW_DISABLED_TIP
+    from diffusion_studio.app.settings import make_settings
+
+    tiny(panel, "moons", steps=3)
+    panel.preview_every.setValue(0)
+    form = panel.model_box.layout()
+    assert panel.build_config().objective == "diffusion"
+    assert not form.isRowVisible(panel.flow_time)
+    assert panel.kind.isEnabled() and panel.prediction.isEnabled()
+    prediction_tip = panel.prediction.toolTip()
+
+    set_combo_data(panel.objective, "flow")
+    set_combo_data(panel.flow_time, "uniform")
+    config = panel.build_config()
+    assert (config.objective, config.flow_time_sampling) == ("flow", "uniform")
+    assert form.isRowVisible(panel.flow_time) and panel.flow_time.isEnabled()
+    for widget in (panel.kind, panel.prediction):  # diffusion's alone: disabled, saying why
+        assert not widget.isEnabled() and widget.toolTip() == FLOW_DISABLED_TIP
+    assert (
+        "velocity" in panel.loss_plot.windowTitle() + panel.loss_plot.getPlotItem().titleLabel.text
+    )
+    with qtbot.waitSignal(panel.model_trained, timeout=60000) as trained:
+        panel.start()
+    assert panel.runner.wait(10)
+    saved = trained.args[0].training["config"]
+    assert (saved["objective"], saved["flow_time_sampling"]) == ("flow", "uniform")
+    assert panel.dashboard.steps.size == 3
+
+    # another data source keeps the user's objective; the settings keep it too
+    set_combo_data(panel.source, "spiral")
+    assert panel.build_config().objective == "flow"
+    panel.save_state(make_settings())
+    again = TrainingPanel()
+    qtbot.addWidget(again)
+    again.restore_state(make_settings())
+    assert again.build_config().objective == "flow"
+    assert again.build_config().flow_time_sampling == "uniform"
+    assert not again.prediction.isEnabled()
+
+    set_combo_data(panel.objective, "diffusion")
+    assert panel.prediction.isEnabled() and panel.prediction.toolTip() == prediction_tip
+    assert not form.isRowVisible(panel.flow_time)
