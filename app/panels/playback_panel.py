@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from diffusion_studio.app import dialogs
+from diffusion_studio.app.field_view import FieldViewDialog
 from diffusion_studio.app.guidance_sweep_view import GuidanceSweepDialog, SweepSource
 from diffusion_studio.app.panels.base import Panel
 from diffusion_studio.app.panels.schedule_panel import describe
@@ -144,6 +145,7 @@ class PlaybackPanel(Panel):
         self.sweep_runner = JobRunner("guidance-sweep", self)
         self.sweep_runner.ended.connect(self._update_buttons)
         self.sweep_dialog: GuidanceSweepDialog | None = None
+        self.field_dialog: FieldViewDialog | None = None  # the 2-D field window
         self.models: dict[str, Checkpoint | Path] = {}
         self.checkpoint: Checkpoint | None = None
         self.trajectory: Trajectory | None = None
@@ -225,6 +227,12 @@ class PlaybackPanel(Panel):
             "every row from the same noise, with this sampler and seed",
         )
         self.sweep_button.clicked.connect(self.open_guidance_sweep)
+        self.field_button = button(
+            "2-D field…",
+            "For a 2-D point model: its learned field at a chosen t as arrows, with particles "
+            "moving along it (and the exact field for the gaussians set)",
+        )
+        self.field_button.clicked.connect(self.open_field_view)
         self.seed = spin_box(0, 2**31 - 1, 0, "Seed of the initial noise (and of DDPM's noise)")
         self.from_image = check_box("Start from an image", FROM_IMAGE_TIP)
         self.from_image.toggled.connect(self._update_buttons)
@@ -303,7 +311,7 @@ class PlaybackPanel(Panel):
                 self.sampler_form,
                 ("Class", self.class_label),
                 ("Guidance", self.guidance),
-                self.sweep_button,
+                button_row(self.sweep_button, self.field_button),
                 ("Samples", self.num_samples),
                 ("Seed", self.seed),
                 self.from_image,
@@ -803,6 +811,7 @@ class PlaybackPanel(Panel):
         self.gif_button.setEnabled(exportable)
         self.png_button.setEnabled(exportable)
         self.sweep_button.setEnabled(self._sweepable())
+        self.field_button.setEnabled(points_model)  # a 2-D point model is loaded
         if self.sweep_dialog is not None:
             self.sweep_dialog.update_buttons()
         self._show_staleness()
@@ -967,6 +976,21 @@ class PlaybackPanel(Panel):
         self.sweep_dialog.show()
         self.sweep_dialog.raise_()
         return self.sweep_dialog
+
+    # ------------------------------------------------------------------ 2-D field
+
+    def open_field_view(self) -> FieldViewDialog | None:
+        """Show the 2-D field window for the loaded point model (one per panel)."""
+        if self.checkpoint is None or not self.checkpoint.is_points:
+            self.show_problem("2-D field", "Load a 2-D point model first (the toy sets' models).")
+            return None
+        if self.field_dialog is None:
+            self.field_dialog = FieldViewDialog(self)
+        if not self.field_dialog.set_checkpoint(self.checkpoint, self.model_label()):
+            return None
+        self.field_dialog.show()
+        self.field_dialog.raise_()
+        return self.field_dialog
 
     # ------------------------------------------------------------------ export
 
