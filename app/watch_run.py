@@ -108,6 +108,39 @@ def header_facts(header: RunHeader) -> str:
     return " · ".join(parts)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def usable(record: LogRecord) -> bool:
+    """False for a line that parsed but holds values of the wrong type (a damaged or foreign
+    writer): the window never shows such a record."""
+    if isinstance(record, RunHeader):
+        return (
+            isinstance(record.objective, str)
+            and _is_int(record.num_timesteps)
+            and record.num_timesteps > 0
+            and isinstance(record.config, dict)
+            and isinstance(record.checkpoint, str)
+            and _is_int(record.t_bins)
+            and _is_int(record.world_size)
+            and _is_int(record.start_step)
+            and isinstance(record.started, (int, float))
+        )
+    if isinstance(record, StepRecord):
+        return _is_int(record.step) and all(
+            v is None or isinstance(v, (int, float)) for v in record.loss_by_t
+        )
+    if isinstance(record, PreviewRecord):
+        return _is_int(record.step) and isinstance(record.png, str)
+    return (
+        isinstance(record, EndRecord)
+        and isinstance(record.status, str)
+        and _is_int(record.step)
+        and isinstance(record.message, str)
+    )
+
+
 @dataclass(frozen=True)
 class FollowResult:
     """One poll: the new records, in order, and whether the log was rewritten (what was
@@ -183,7 +216,16 @@ class RunFollower:
             self.last_growth = now - max(0.0, age)
         elif restarted or self.reader.offset != offset:
             self.last_growth = now
+        kept: list[LogRecord] = []
         for record in records:
+            if not usable(record) or (
+                isinstance(record, StepRecord)
+                and self.header is not None
+                and len(record.loss_by_t) != self.header.t_bins
+            ):
+                self.skipped_records += 1
+                continue
+            kept.append(record)
             if isinstance(record, RunHeader):
                 self.first_header = self.first_header or record
                 self.header = record
@@ -194,7 +236,7 @@ class RunFollower:
             elif isinstance(record, EndRecord):
                 self.end = record
                 self.last_step = record.step
-        return FollowResult(records, restarted)
+        return FollowResult(kept, restarted)
 
     def status(self) -> str:
         """One line: how the run stands, then what the reader met (damaged lines skipped, a
@@ -259,7 +301,7 @@ class WatchRunWindow(QDialog):
         self.setWindowTitle(f"Watch Run — {self.folder.name or self.folder}")
         self.setModal(False)
         self.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        self.resize(1100, 760)
+        self.resize(1100, 640)  # fits a 1280x720 screen
         self.follower: RunFollower | None = None
         self.logs: list[Path] = []
 
@@ -275,6 +317,7 @@ class WatchRunWindow(QDialog):
         self.status = QLabel()
         self.status.setObjectName("watch-status")
         self.status.setWordWrap(True)
+        self.status.setStyleSheet("font-weight: bold;")
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.status.setToolTip("How the run stands, read from its log every half second")
         self.open_button = QPushButton("Open checkpoint in Playback")
@@ -356,7 +399,12 @@ class WatchRunWindow(QDialog):
                 self._set_logs(logs)
         self.status.setText(follower.status())
         path = follower.checkpoint_path
-        self.open_button.setEnabled(path is not None and path.is_file())
+        saved = path is not None and path.is_file()
+        self.open_button.setEnabled(saved)
+        if saved:
+            self.open_button.setToolTip(f"Load {path} in the Playback tab")
+        elif path is not None:
+            self.open_button.setToolTip(f"The run has not saved {path.name} yet")
 
     def _show(self, follower: RunFollower, record: LogRecord) -> None:
         if isinstance(record, StepRecord):

@@ -141,6 +141,11 @@ def test_a_damaged_line_is_skipped_and_counted(qtbot, run_folder):
     append(log, encode(StepRecord(3, 1.0, 1e-3, 1.0, 1.0, 1.0, (0.5,))))
     window.poll()
     assert window.status.text().endswith("; 2 damaged lines skipped")
+    # and so does a header of the wrong types
+    append(log, encode(header()).replace('"checkpoint":"run.safetensors"', '"checkpoint":5'))
+    window.poll()
+    assert window.status.text() == "Running — step 2, last line 0 s ago; 3 damaged lines skipped"
+    assert window.follower.checkpoint_path == run_folder / "run.safetensors"
 
 
 def test_end_records_and_a_silent_run(run_folder):
