@@ -8,7 +8,14 @@ import torch
 
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.export import to_uint8_images
-from diffusion_studio.core.forward import HIST_SAMPLES, ForwardProcess
+from diffusion_studio.core.flow import FlowPath
+from diffusion_studio.core.forward import (
+    HIST_SAMPLES,
+    ForwardProcess,
+    display_levels,
+    path_numbers,
+    step_caption,
+)
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 
 
@@ -82,3 +89,36 @@ def test_x_t_sample_is_a_fixed_subsample_of_x_t():
     # at the last step x_t is nearly N(0, 1)
     last = big.x_t_sample(1000)
     assert abs(float(last.mean())) < 0.02 and float(last.std()) == pytest.approx(1.0, abs=0.02)
+
+
+def test_flow_path_x_t_and_numbers():
+    """On a FlowPath, display step k shows t = k / T: x_t = (1 - t) x_0 + t eps (the path's
+    add_noise), with signal 1 - t, noise t and log-SNR 2 log((1 - t) / t)."""
+    path = FlowPath(40)
+    image = make_image()
+    process = ForwardProcess(path, image, seed=2)
+    noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(2))
+    for step in (0, 1, 13, 40):
+        t = step / 40
+        expected = path.add_noise(torch.from_numpy(image)[None], noise[None], torch.tensor([t]))
+        shown = np.moveaxis(process.x_t(step), -1, 0)
+        np.testing.assert_allclose(shown, expected[0].numpy(), rtol=0, atol=1e-6)
+        numbers = process.numbers(step)
+        assert numbers.objective == "flow" and numbers.time == pytest.approx(t)
+        assert (numbers.signal, numbers.noise) == pytest.approx((1 - t, t))
+        assert step_caption(path, step) == ("x_0 (clean)" if step == 0 else f"t = {t:.3f}")
+    assert process.numbers(13).log_snr == pytest.approx(float(path.log_snr[12]))
+    assert process.numbers(40).log_snr == float("-inf") and process.numbers(0).snr == float("inf")
+    np.testing.assert_array_equal(process.x_t_uint8(40), to_uint8_images(noise.numpy()))
+
+
+def test_display_levels_prepend_the_clean_step():
+    schedule = NoiseSchedule(ScheduleConfig("cosine", 30))
+    signal, noise = display_levels(schedule)
+    assert signal.shape == noise.shape == (31,) and (signal[0], noise[0]) == (1.0, 0.0)
+    np.testing.assert_allclose(signal[1:], schedule.sqrt_alphas_cumprod.numpy())
+    np.testing.assert_allclose(noise[1:], schedule.sqrt_one_minus_alphas_cumprod.numpy())
+    numbers = path_numbers(schedule, 7)
+    assert numbers.objective == "diffusion" and numbers.time is None
+    assert numbers.log_snr == pytest.approx(float(schedule.log_snr[6]), rel=1e-9)
+    assert step_caption(schedule, 7) == "t = 6"
