@@ -4,6 +4,11 @@
 yields every intermediate x_t with the model's x_0 prediction; the CLI, the GUI worker and
 the tests all iterate the same generator. `Trajectory` keeps the frames for playback and
 export in uint8 (images) or float16 (2-D points), with a bounded number of frames.
+
+Diffusion and flow-matching models run through the same loop: a checkpoint's path is
+`core.flow.forward_path(ckpt.objective, ckpt.schedule_config)` (a NoiseSchedule or a FlowPath),
+and `make_sampler` pairs it with a sampler of the same objective. A flow run's frames carry
+the path index k of their time t = (k + 1) / T (T-1: pure noise), as diffusion's carry t.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from diffusion_studio.core.checkpoint import Checkpoint, build_model_from_checkp
 from diffusion_studio.core.data import load_image
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.export import to_uint8_images
+from diffusion_studio.core.flow import FlowPath, ForwardPath, forward_path
 from diffusion_studio.core.guidance import (
     DEFAULT_GUIDANCE_SCALE,
     check_guidance_scale,
@@ -33,7 +39,6 @@ from diffusion_studio.core.samplers import (
     default_sampler_config,
     make_sampler,
 )
-from diffusion_studio.core.schedule import NoiseSchedule
 from diffusion_studio.core.threads import AdaptiveThreads
 
 
@@ -75,7 +80,7 @@ def sampling_timesteps(sampler: Sampler, t_start: int | None) -> list[int]:
 
 def sample(
     model: nn.Module,
-    schedule: NoiseSchedule,
+    schedule: ForwardPath,
     sampler: Sampler,
     num_samples: int,
     sample_shape: tuple[int, ...],
@@ -91,6 +96,8 @@ def sample(
     """Run the reverse process and yield a Frame per step, then the final sample.
 
     model: maps (x_t (B, *sample_shape), t (B,)) to the sampler's prediction type.
+    schedule: the model's path (a NoiseSchedule, or a FlowPath for a flow model); the sampler
+              holds what it needs of it.
     sample_shape: (C, H, W) for images, (2,) for points.
     x_start: optional clean input (B, *sample_shape) or (*sample_shape) to noise to t_start
              and denoise from there ("what does the model make of this image?").
@@ -213,7 +220,7 @@ class SamplingRun:
     """
 
     model: nn.Module
-    schedule: NoiseSchedule
+    schedule: ForwardPath  # a NoiseSchedule, or a FlowPath for a flow model
     sampler: Sampler
     labels: torch.Tensor | None
     x_start: torch.Tensor | None
@@ -228,18 +235,21 @@ def prepare_sampling(
     threads: AdaptiveThreads | None = None,
 ) -> SamplingRun:
     """Everything one sampling run needs, from a checkpoint and a request: the model on
-    `device`, the schedule, the sampler, the class labels, the generator seeded with
+    `device`, its path (schedule or flow path), the sampler, the class labels, the generator seeded with
     `request.seed` and the start image. Errors the request can cause (a label for an
     unconditional model, steps out of range, a start t below every step, an unreadable start
     image) are raised here as ConfigError / DataError, before any step runs."""
     if request.num_samples < 1:
         raise ConfigError(f"number of samples must be at least 1, got {request.num_samples}")
     check_guidance_scale(request.guidance_scale)
-    schedule = NoiseSchedule(ckpt.schedule_config)
+    schedule = forward_path(ckpt.objective, ckpt.schedule_config)
     sampler = make_sampler(request.sampler, schedule, ckpt.prediction_type)
     t_start = None if request.start_image is None else request.start_t
     if t_start is not None:
-        schedule.check_timesteps(torch.tensor([t_start]))
+        if isinstance(schedule, FlowPath):
+            schedule.time_of_index(t_start)  # an index 0..T-1 of the flow path's grid
+        else:
+            schedule.check_timesteps(torch.tensor([t_start]))
     x_start = start_image_tensor(ckpt, request)
     num_steps = len(sampling_timesteps(sampler, t_start))
     model = build_model_from_checkpoint(ckpt, device)
@@ -264,9 +274,11 @@ def prepare_sampling(
 
 def checkpoint_sampler_config(ckpt: Checkpoint) -> SamplerConfig:
     """The sampler a checkpoint starts from: its own (a diffusers scheduler config, kept in
-    `meta["sampler_defaults"]`), else core's default for its kind of data."""
+    `meta["sampler_defaults"]`), else core's default for its objective and kind of data."""
     defaults = (ckpt.meta or {}).get("sampler_defaults")
-    return default_sampler_config(ckpt.is_points, defaults if isinstance(defaults, dict) else None)
+    return default_sampler_config(
+        ckpt.is_points, defaults if isinstance(defaults, dict) else None, ckpt.objective
+    )
 
 
 def sample_checkpoint(

@@ -4,7 +4,8 @@
     sampler = make_sampler(SamplerConfig("ddim", 50, "trailing"), schedule, "epsilon")
 
 `base` holds the interface and the registry, `config` the SamplerConfig; each family module
-registers its samplers when imported (below, in the order the GUI and the CLI list them).
+registers its samplers when imported (below, in the order the GUI and the CLI list them);
+`flow_match` holds the samplers of flow-matching models (`samplers_for_objective("flow")`).
 Equations are cited in each module.
 """
 
@@ -15,6 +16,7 @@ from diffusion_studio.core.samplers import euler  # noqa: F401, I001
 from diffusion_studio.core.samplers import heun  # noqa: F401, I001
 from diffusion_studio.core.samplers import dpm_solver  # noqa: F401, I001
 from diffusion_studio.core.samplers import unipc  # noqa: F401, I001
+from diffusion_studio.core.samplers import flow_match  # noqa: F401, I001
 from diffusion_studio.core.samplers.base import (
     DIFFUSION_PREDICTION_TYPES,
     PREDICTION_TYPES,
@@ -27,19 +29,29 @@ from diffusion_studio.core.samplers.base import (
     SamplerSpec,
     StepOutput,
     TimestepSpacing,
+    check_sampler_objective,
     make_timesteps,
     sampler_spec,
+    samplers_for_objective,
     spec_for_diffusers_class,
     split_prediction,
     split_prediction_at,
 )
 from diffusion_studio.core.samplers.config import (
+    FLOW_DEFAULT_SAMPLER,
+    FLOW_DEFAULT_STEPS,
     SamplerConfig,
     default_sampler_config,
     make_sampler,
     sampler_defaults,
 )
 from diffusion_studio.core.samplers.ddim import DDIMOptions, DDIMSampler
+from diffusion_studio.core.samplers.flow_match import (
+    FlowEulerSampler,
+    FlowHeunSampler,
+    FlowOptions,
+    FlowSampler,
+)
 from diffusion_studio.core.samplers.ddpm import (
     VARIANCE_TYPES,
     DDPMOptions,
@@ -50,6 +62,14 @@ from diffusion_studio.core.samplers.ddpm import (
 SAMPLER_KINDS: tuple[str, ...] = tuple(REGISTRY)
 
 __all__ = [
+    "FLOW_DEFAULT_SAMPLER",
+    "FLOW_DEFAULT_STEPS",
+    "FlowEulerSampler",
+    "FlowHeunSampler",
+    "FlowOptions",
+    "FlowSampler",
+    "check_sampler_objective",
+    "samplers_for_objective",
     "DIFFUSION_PREDICTION_TYPES",
     "PREDICTION_TYPES",
     "REGISTRY",

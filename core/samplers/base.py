@@ -18,6 +18,10 @@ Every sampler is described by a `SamplerSpec` in `REGISTRY` (name, label, help, 
 dataclass, the diffusers scheduler classes it matches, network evaluations per step, whether it
 is deterministic). The CLI's choices, Playback's sampler form and the diffusers-folder mapping
 are all generated from the registry: adding a sampler is one module that registers itself.
+Each entry names the objective it samples (`SamplerSpec.objective`): "diffusion" (DDPM, DDIM,
+the Karras and DPM families, over a `NoiseSchedule`) or "flow" (`core.samplers.flow_match`,
+over a `core.flow.FlowPath`, on a network that predicts the velocity); `samplers_for_objective`
+lists one kind, for forms and the CLI.
 
 Clipping: when `clip_sample` is on, the x_0 estimate is clamped to [-r, r] and the noise
 estimate is **recomputed from the clamped x_0** (eps = (x_t - sqrt(ab) x_0) / sqrt(1 - ab)), so
@@ -38,6 +42,7 @@ import numpy as np
 import torch
 
 from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.flow import OBJECTIVES, check_objective
 from diffusion_studio.core.schedule import NoiseSchedule
 
 # What a network outputs: epsilon, v (= sqrt(ab) eps - sqrt(1 - ab) x_0) or x_0 for diffusion;
@@ -122,7 +127,9 @@ class SamplerSpec:
     default_karras); paper: the reference it cites;
     diffusers_clip_default: whether its diffusers scheduler clips x_0 when `clip_sample` is
     absent from the config (DDPM, DDIM); diffusers_spacing: the timestep_spacing it uses when
-    the config has none ("leading" for DDPM and DDIM, "linspace" for the others).
+    the config has none ("leading" for DDPM and DDIM, "linspace" for the others);
+    objective: the kind of model it samples, "diffusion" (a NoiseSchedule, epsilon / v / x0
+    prediction) or "flow" (a FlowPath, velocity prediction; `core.flow`).
     """
 
     name: str
@@ -139,6 +146,7 @@ class SamplerSpec:
     diffusers_clip_default: bool = False  # its diffusers scheduler clips x_0 by default
     diffusers_spacing: str = "linspace"  # its diffusers scheduler's default timestep_spacing
     default_karras: bool = False  # Karras sigmas on unless the user says otherwise
+    objective: str = "diffusion"  # "diffusion" or "flow" (core.flow.OBJECTIVES)
 
     def options_from_diffusers(self, scheduler_config: dict[str, Any]) -> dict[str, Any]:
         """The options a diffusers scheduler config sets (keys named as our option fields)."""
@@ -152,6 +160,8 @@ def register(spec: SamplerSpec) -> SamplerSpec:
     """Add a sampler to the registry (in import order: the order the GUI and CLI list them)."""
     if spec.name in REGISTRY:
         raise ValueError(f"sampler {spec.name!r} is registered twice")
+    if spec.objective not in OBJECTIVES:
+        raise ValueError(f"sampler {spec.name!r} has an unknown objective {spec.objective!r}")
     spec.sampler_class.spec = spec
     REGISTRY[spec.name] = spec
     return spec
@@ -161,6 +171,23 @@ def sampler_spec(name: str) -> SamplerSpec:
     """The registry entry for a sampler name (ConfigError naming the choices otherwise)."""
     check_choice("sampler", name, tuple(REGISTRY))
     return REGISTRY[name]
+
+
+def samplers_for_objective(objective: str) -> list[SamplerSpec]:
+    """The registered samplers of one objective ("diffusion" or "flow"), in registry order."""
+    check_objective(objective)
+    return [spec for spec in REGISTRY.values() if spec.objective == objective]
+
+
+def check_sampler_objective(spec: SamplerSpec, objective: str) -> None:
+    """Refuse a sampler of the other objective, in one line naming the samplers that fit."""
+    check_objective(objective)
+    if spec.objective != objective:
+        names = ", ".join(s.name for s in samplers_for_objective(objective))
+        raise ConfigError(
+            f"{spec.label} samples {spec.objective} models, not {objective} models: "
+            f"choose one of {names}"
+        )
 
 
 def spec_for_diffusers_class(

@@ -6,7 +6,8 @@ A sampler's test module subclasses `SamplerCommonTests` and sets `name`:
         name = "euler"
 
 and adds its own parity tests against diffusers. `tests/core/test_sampler_registry.py` checks
-that every registered sampler has such a subclass.
+that every registered sampler has such a subclass. A flow sampler (`SamplerSpec.objective`
+"flow") runs the same checks on a FlowPath with a velocity-predicting network.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.flow import FlowPath
 from diffusion_studio.core.samplers import REGISTRY, SamplerConfig, make_sampler, sampler_spec
 from diffusion_studio.core.sampling import first_step, sample
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
@@ -25,17 +27,22 @@ SHAPE = (4, 1, 3, 3)
 
 
 class _Constant(torch.nn.Module):
-    """A perfect x_0-prediction network for a data set of one image: always returns x0."""
+    """A perfect network for a data set of one image: x0 itself (x0 prediction), or for a flow
+    model on T grid points the velocity (x_t - x0) / t at t = timestep / T."""
 
-    def __init__(self, x0: torch.Tensor) -> None:
+    def __init__(self, x0: torch.Tensor, flow_T: int | None = None) -> None:
         super().__init__()
         self.x0 = x0
+        self.flow_T = flow_T
         self.calls = 0
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         assert x.shape == self.x0.shape and t.shape == (x.shape[0],)
         self.calls += 1
-        return self.x0.clone()
+        if self.flow_T is None:
+            return self.x0.clone()
+        time = (t.double() / self.flow_T).view(-1, *([1] * (x.dim() - 1)))
+        return ((x.double() - self.x0.double()) / time).to(x.dtype)
 
 
 class SamplerCommonTests:
@@ -45,11 +52,25 @@ class SamplerCommonTests:
 
     # ---- helpers
 
+    @property
+    def is_flow(self) -> bool:
+        return sampler_spec(self.name).objective == "flow"
+
     def config(self, steps: int = 10, **changes) -> SamplerConfig:
         return SamplerConfig(self.name, steps, "trailing", **changes)
 
-    def schedule(self, kind: str = "cosine", T: int = 1000) -> NoiseSchedule:
-        return NoiseSchedule(ScheduleConfig(kind, T))
+    def schedule(self, kind: str = "cosine", T: int = 1000) -> NoiseSchedule | FlowPath:
+        """The sampler's path: the schedule (diffusion), or a flow path of T points (flow)."""
+        return FlowPath(T) if self.is_flow else NoiseSchedule(ScheduleConfig(kind, T))
+
+    def prediction(self, diffusion_type: str) -> str:
+        """What the network predicts: `diffusion_type`, or the velocity for a flow sampler."""
+        return "velocity" if self.is_flow else diffusion_type
+
+    def perfect(self, x0: torch.Tensor, schedule) -> _Constant:
+        """A network that knows x0 (its output in this sampler's prediction type "x0" or the
+        velocity)."""
+        return _Constant(x0, schedule.num_timesteps if self.is_flow else None)
 
     def run(self, sampler, model, seed: int = 0, x_start=None, t_start=None) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
@@ -81,8 +102,10 @@ class SamplerCommonTests:
 
     def test_karras_offered_only_where_the_spec_says(self) -> None:
         if sampler_spec(self.name).karras:
-            plain = make_sampler(self.config(10), self.schedule(), "x0")
-            karras = make_sampler(self.config(10, karras=True), self.schedule(), "x0")
+            plain = make_sampler(self.config(10), self.schedule(), self.prediction("x0"))
+            karras = make_sampler(
+                self.config(10, karras=True), self.schedule(), self.prediction("x0")
+            )
             assert not torch.equal(plain.timesteps.double(), karras.timesteps.double())
         else:
             with pytest.raises(ConfigError, match="Karras"):
@@ -94,7 +117,8 @@ class SamplerCommonTests:
     @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
     def test_timesteps_descend_within_the_schedule(self, steps, spacing) -> None:
         schedule = self.schedule("linear", 100)
-        sampler = make_sampler(SamplerConfig(self.name, steps, spacing), schedule, "epsilon")
+        config = SamplerConfig(self.name, steps, spacing)
+        sampler = make_sampler(config, schedule, self.prediction("epsilon"))
         assert len(sampler.timesteps) == steps == sampler.num_inference_steps
         shown = [sampler.frame_timestep(i) for i in range(steps)]
         assert all(0 <= t <= 99 for t in shown)
@@ -108,8 +132,9 @@ class SamplerCommonTests:
         """Every sampler, deterministic or not, must end exactly on x_0 when the network
         always knows x_0 (the probability-flow ODE and the SDE both end there)."""
         x0 = torch.rand(SHAPE, generator=torch.Generator().manual_seed(3)) * 2 - 1
-        sampler = make_sampler(self.config(steps), self.schedule(schedule_kind), "x0")
-        frames = self.run(sampler, _Constant(x0))
+        schedule = self.schedule(schedule_kind)
+        sampler = make_sampler(self.config(steps), schedule, self.prediction("x0"))
+        frames = self.run(sampler, self.perfect(x0, schedule))
         torch.testing.assert_close(frames[-1].x_t, x0, rtol=1e-4, atol=1e-4)
         assert [f.step for f in frames] == list(range(steps + 1))
         assert frames[-1].t == -1 and all(f.t >= 0 for f in frames[:-1])
@@ -121,18 +146,19 @@ class SamplerCommonTests:
         """The first frame is pure noise in the x_t scale (unit variance), whatever the
         sampler's own state scale (sigma-space samplers start at sigma_max)."""
         x0 = torch.zeros(64, 1, 8, 8)
-        sampler = make_sampler(self.config(10), self.schedule("linear"), "x0")
+        schedule = self.schedule("linear")
+        sampler = make_sampler(self.config(10), schedule, self.prediction("x0"))
         generator = torch.Generator().manual_seed(0)
-        first = next(
-            iter(sample(_Constant(x0), sampler.schedule, sampler, 64, (1, 8, 8), generator))
-        )
+        model = self.perfect(x0, schedule)
+        first = next(iter(sample(model, sampler.schedule, sampler, 64, (1, 8, 8), generator)))
         assert 0.9 < float(first.x_t.std()) < 1.1
 
     def test_counts_its_network_evaluations(self) -> None:
         x0 = torch.zeros(SHAPE)
         for steps in (1, 5, 12):
-            sampler = make_sampler(self.config(steps), self.schedule(), "x0")
-            model = _Constant(x0)
+            schedule = self.schedule()
+            sampler = make_sampler(self.config(steps), schedule, self.prediction("x0"))
+            model = self.perfect(x0, schedule)
             self.run(sampler, model)
             assert model.calls == sampler.total_evaluations()
 
@@ -146,7 +172,7 @@ class SamplerCommonTests:
                 return torch.tanh(net(x)) + 1e-3 * t.float().view(-1, 1, 1, 1)
 
         def final(seed: int, noise_seed: int) -> torch.Tensor:
-            sampler = make_sampler(self.config(8), schedule, "epsilon")
+            sampler = make_sampler(self.config(8), schedule, self.prediction("epsilon"))
             x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(noise_seed))
             g = torch.Generator().manual_seed(seed)
             sampler.begin()
@@ -157,7 +183,7 @@ class SamplerCommonTests:
             return x
 
         torch.testing.assert_close(final(1, 0), final(1, 0), rtol=0, atol=0)
-        if make_sampler(self.config(8), schedule, "epsilon").is_deterministic:
+        if make_sampler(self.config(8), schedule, self.prediction("epsilon")).is_deterministic:
             torch.testing.assert_close(final(1, 0), final(2, 0), rtol=0, atol=0)
         else:
             assert not torch.equal(final(1, 0), final(2, 0))
@@ -165,7 +191,7 @@ class SamplerCommonTests:
     def test_a_run_does_not_depend_on_an_earlier_one(self) -> None:
         """Multistep history is forgotten between runs (`Sampler.begin`)."""
         x0 = torch.rand(SHAPE, generator=torch.Generator().manual_seed(5))
-        sampler = make_sampler(self.config(6), self.schedule(), "epsilon")
+        sampler = make_sampler(self.config(6), self.schedule(), self.prediction("epsilon"))
 
         class Net(torch.nn.Module):
             def forward(self, x, t):
@@ -177,9 +203,10 @@ class SamplerCommonTests:
 
     def test_start_from_a_noised_image(self) -> None:
         x0 = torch.rand(SHAPE, generator=torch.Generator().manual_seed(4)) * 2 - 1
-        sampler = make_sampler(self.config(20), self.schedule(), "x0")
+        schedule = self.schedule()
+        sampler = make_sampler(self.config(20), schedule, self.prediction("x0"))
         first = first_step(sampler, 500)
         assert first > 0 and sampler.frame_timestep(first) <= 500
-        frames = self.run(sampler, _Constant(x0), x_start=x0, t_start=500)
+        frames = self.run(sampler, self.perfect(x0, schedule), x_start=x0, t_start=500)
         assert len(frames) == 20 - first + 1 and frames[0].t <= 500
         torch.testing.assert_close(frames[-1].x_t, x0, rtol=1e-4, atol=1e-4)

@@ -13,7 +13,7 @@ import torch
 
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.samplers import (
-    PREDICTION_TYPES,
+    DIFFUSION_PREDICTION_TYPES,
     SamplerConfig,
     make_sampler,
     spec_for_diffusers_class,
@@ -47,7 +47,7 @@ GRID = [
     (*p, "cosine" if p[4] == 7 or (p[3] and p[4] == 20) else "linear")
     for p in itertools.product(
         ["dpmpp-2m", "dpmpp-2m-sde"],
-        PREDICTION_TYPES,
+        DIFFUSION_PREDICTION_TYPES,
         ["leading", "trailing", "linspace"],
         [False, True],  # Karras sigmas
         [1, 2, 7, 20],
@@ -83,7 +83,7 @@ def test_a_run_from_a_noised_image_matches_diffusers(name, karras, t_start):
 
 
 @pytest.mark.parametrize("name", ["dpmpp-2m", "dpmpp-2m-sde"])
-@pytest.mark.parametrize("prediction", PREDICTION_TYPES)
+@pytest.mark.parametrize("prediction", DIFFUSION_PREDICTION_TYPES)
 def test_clipped_x0_matches_diffusers_thresholding_at_one(name, prediction):
     """Our clip to [-1, 1] is diffusers' dynamic thresholding with sample_max_value = 1 (its
     threshold s is clamped to [1, 1]); DPM-Solver++ uses only x_0, so the updates agree."""

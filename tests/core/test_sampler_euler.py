@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from diffusion_studio.core.samplers import (
-    PREDICTION_TYPES,
+    DIFFUSION_PREDICTION_TYPES,
     SamplerConfig,
     make_sampler,
     sampler_spec,
@@ -244,7 +244,7 @@ def run_both(ours, ref, steps: int, seed: int = 0) -> float:
 
 STEP_GRID = list(
     itertools.product(
-        PREDICTION_TYPES,
+        DIFFUSION_PREDICTION_TYPES,
         ["leading", "trailing", "linspace"],
         [False, True],  # Karras sigmas
         [50, 7, 1],
@@ -410,7 +410,7 @@ def test_agrees_with_diffusers_own_float32_tables(name):
 # --------------------------------------------------------------------------- closed forms
 
 
-@pytest.mark.parametrize("prediction", PREDICTION_TYPES)
+@pytest.mark.parametrize("prediction", DIFFUSION_PREDICTION_TYPES)
 @pytest.mark.parametrize("clip", [False, True])
 def test_euler_is_ddim_eta0_in_the_sigma_scale(prediction, clip):
     """On DDIM's timesteps (leading spacing: the next timestep is t - T // n, then alphabar = 1)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from diffusion_studio.core.samplers import (
-    PREDICTION_TYPES,
+    DIFFUSION_PREDICTION_TYPES,
     SamplerConfig,
     make_sampler,
     sampler_spec,
@@ -121,7 +121,7 @@ def heun_both(ours, ref, steps: int, seed: int = 0) -> float:
 
 HEUN_GRID = list(
     itertools.product(
-        PREDICTION_TYPES,
+        DIFFUSION_PREDICTION_TYPES,
         ["leading", "trailing", "linspace"],
         [False, True],  # Karras sigmas
         [False, True],  # clip x_0
@@ -184,7 +184,7 @@ def test_whole_run_through_the_sampling_loop_matches_diffusers(kind, spacing, ka
     assert gap(frames[-1].x_t, whole[-1], whole[-1]) < 1e-5
 
 
-@pytest.mark.parametrize("prediction", PREDICTION_TYPES)
+@pytest.mark.parametrize("prediction", DIFFUSION_PREDICTION_TYPES)
 def test_where_diffusers_rounding_grows_ours_stays_near_float64(prediction):
     """Cosine, trailing, float32: the first step goes from sigma = 2e4 (|x| ~ 5e4) to 7.7, and
     the corrector brings float32 rounding back 2.6e3 times larger. diffusers' corrector

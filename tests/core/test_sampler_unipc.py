@@ -13,7 +13,7 @@ import torch
 
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.samplers import (
-    PREDICTION_TYPES,
+    DIFFUSION_PREDICTION_TYPES,
     SamplerConfig,
     make_sampler,
     spec_for_diffusers_class,
@@ -47,7 +47,7 @@ def _both(kind, prediction, spacing, karras, steps, order=2, tables="ours", **sc
 GRID = [
     (*p, "cosine" if p[3] == 7 or (p[2] and p[3] == 20) else "linear")
     for p in itertools.product(
-        PREDICTION_TYPES,
+        DIFFUSION_PREDICTION_TYPES,
         ["leading", "trailing", "linspace"],
         [False, True],  # Karras sigmas
         [1, 2, 7, 20],
@@ -80,7 +80,7 @@ def test_a_run_from_a_noised_image_matches_diffusers(order, karras, t_start):
     assert whole_run(ours, ref, 3, x_start, t_start) < 1e-5
 
 
-@pytest.mark.parametrize("prediction", PREDICTION_TYPES)
+@pytest.mark.parametrize("prediction", DIFFUSION_PREDICTION_TYPES)
 def test_clipped_x0_matches_diffusers_thresholding_at_one(prediction):
     """Our clip to [-1, 1] is diffusers' dynamic thresholding with sample_max_value = 1; UniPC
     with predict_x0 uses only x_0 (predictor and corrector)."""

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.samplers import (
-    PREDICTION_TYPES,
+    DIFFUSION_PREDICTION_TYPES,
     DDIMSampler,
     DDPMSampler,
     SamplerConfig,
@@ -92,7 +92,7 @@ def _run_both(ours, ref, num_steps: int, seed: int = 0):
 
 DDPM_GRID = list(
     itertools.product(
-        PREDICTION_TYPES,
+        DIFFUSION_PREDICTION_TYPES,
         ["fixed_small", "fixed_large"],
         ["leading", "trailing", "linspace"],
         [False, True],  # clip x0
@@ -122,7 +122,7 @@ def test_ddpm_step_matches_diffusers(prediction, variance, spacing, clip, steps)
 
 DDIM_GRID = list(
     itertools.product(
-        PREDICTION_TYPES,
+        DIFFUSION_PREDICTION_TYPES,
         [0.0, 0.3, 1.0],  # eta
         ["leading", "trailing", "linspace"],
         [False, True],  # clip x0
@@ -227,7 +227,7 @@ def test_ddim_eta0_is_deterministic_and_recovers_x0_from_exact_noise():
         torch.testing.assert_close(x, x0, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("prediction", PREDICTION_TYPES)
+@pytest.mark.parametrize("prediction", DIFFUSION_PREDICTION_TYPES)
 def test_split_prediction_inverts_the_forward_process(prediction):
     schedule = NoiseSchedule.from_kind("linear", 100)
     g = torch.Generator().manual_seed(2)
@@ -314,7 +314,7 @@ def test_unknown_prediction_type_rejected():
     T=st.integers(2, 300),
     frac=st.floats(0.0, 1.0),
     spacing=st.sampled_from(["leading", "trailing", "linspace"]),
-    prediction=st.sampled_from(PREDICTION_TYPES),
+    prediction=st.sampled_from(DIFFUSION_PREDICTION_TYPES),
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )
 def test_sampler_properties(kind, T, frac, spacing, prediction, dtype):
