@@ -207,8 +207,9 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from diffusion_studio.core.data import TOY_DATASETS
     from diffusion_studio.core.device import DEVICE_CHOICES
+    from diffusion_studio.core.flow import FLOW_TIME_SAMPLINGS, OBJECTIVES
     from diffusion_studio.core.guidance import DEFAULT_GUIDANCE_SCALE
-    from diffusion_studio.core.samplers import PREDICTION_TYPES
+    from diffusion_studio.core.samplers import DIFFUSION_PREDICTION_TYPES
     from diffusion_studio.core.training import MODEL_SIZES
 
     parser = argparse.ArgumentParser(
@@ -299,7 +300,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=_positive_int, help="batch size (default: the preset's)")
     p.add_argument("--lr", type=_positive_float, help="peak learning rate (default: the preset's)")
-    p.add_argument("--prediction", choices=PREDICTION_TYPES, help="what the network predicts")
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        help="diffusion (a noise schedule; --prediction) or flow (flow matching: the straight "
+        "path x_t = (1 - t) x0 + t eps, the network predicts the velocity eps - x0) "
+        "(default: diffusion)",
+    )
+    p.add_argument(
+        "--prediction",
+        choices=DIFFUSION_PREDICTION_TYPES,
+        help="what a diffusion network predicts (not for --objective flow)",
+    )
+    p.add_argument(
+        "--flow-time-sampling",
+        choices=FLOW_TIME_SAMPLINGS,
+        help="how --objective flow draws training times t: logit-normal (more at middle t) or "
+        "uniform (default: logit-normal)",
+    )
     p.add_argument(
         "--schedule",
         choices=["linear", "scaled_linear", "cosine", "sigmoid"],
@@ -539,8 +557,14 @@ def _train_config(args: argparse.Namespace):
     from diffusion_studio.core.schedule import ScheduleConfig
     from diffusion_studio.core.training import preset_config, resume_config
 
+    _check_objective_flags(args)
     if args.resume is not None:
         ckpt = load_checkpoint(args.resume)
+        if args.objective is not None and args.objective != ckpt.objective:
+            raise CliError(
+                f"--objective {args.objective} does not match the run being resumed "
+                f"({ckpt.objective})"
+            )
         overrides: dict[str, Any] = {"device": args.device}
         if args.steps is not None or args.minutes is not None:
             overrides["max_steps"] = args.steps
@@ -565,6 +589,10 @@ def _train_config(args: argparse.Namespace):
         overrides["learning_rate"] = args.lr
     if args.prediction is not None:
         overrides["prediction_type"] = args.prediction
+    if args.objective is not None:
+        overrides["objective"] = args.objective
+    if args.flow_time_sampling is not None:
+        overrides["flow_time_sampling"] = args.flow_time_sampling
     if args.unconditional:
         overrides["class_conditional"] = False
     config = preset_config(args.data, args.model_size, **overrides)
@@ -578,6 +606,19 @@ def _train_config(args: argparse.Namespace):
         )
         config = replace(config, schedule=schedule)
     return replace(config, **_preview_settings(args, config.schedule.num_timesteps)), None
+
+
+def _check_objective_flags(args: argparse.Namespace) -> None:
+    """--prediction is diffusion's, --flow-time-sampling flow's: refuse either with the other
+    objective (one line)."""
+    objective = args.objective or "diffusion"
+    if objective == "flow" and args.prediction is not None:
+        raise CliError(
+            "--prediction applies to --objective diffusion only: a flow model predicts the "
+            "velocity eps - x0"
+        )
+    if objective != "flow" and args.flow_time_sampling is not None:
+        raise CliError("--flow-time-sampling applies to --objective flow only")
 
 
 def _preview_settings(args: argparse.Namespace, num_timesteps: int) -> dict[str, Any]:
@@ -811,12 +852,19 @@ def _sampler_config(args: argparse.Namespace, ckpt: Any):
     """Settings given on the command line, else the model's own sampler (when the chosen
     sampler is the model's), else the chosen sampler's defaults (`sampler_defaults`: its step
     count and Karras choice, with the model's clip). CliError for an option or --karras the
-    chosen sampler lacks."""
-    from diffusion_studio.core.samplers import REGISTRY, SamplerConfig, sampler_defaults
+    chosen sampler lacks, or a sampler of the other objective (a diffusion sampler for a flow
+    model, or the reverse)."""
+    from diffusion_studio.core.samplers import (
+        REGISTRY,
+        SamplerConfig,
+        check_sampler_objective,
+        sampler_defaults,
+    )
     from diffusion_studio.core.sampling import checkpoint_sampler_config
 
     defaults = checkpoint_sampler_config(ckpt)
     kind = args.sampler or defaults.kind
+    check_sampler_objective(REGISTRY[kind], ckpt.objective)
     if kind != defaults.kind:
         defaults = sampler_defaults(kind, defaults.clip_sample)
     spec = REGISTRY[kind]
@@ -853,7 +901,16 @@ def cmd_samplers(args: argparse.Namespace) -> int:
     from diffusion_studio.core.samplers import REGISTRY
 
     flags = sampler_option_flags()
-    header = ("name", "label", "evals/step", "deterministic", "karras", "steps", "options")
+    header = (
+        "name",
+        "label",
+        "objective",
+        "evals/step",
+        "deterministic",
+        "karras",
+        "steps",
+        "options",
+    )
     rows = [header]
     for spec in REGISTRY.values():
         names = {f.name for f in fields(spec.options_class)}
@@ -862,6 +919,7 @@ def cmd_samplers(args: argparse.Namespace) -> int:
             (
                 spec.name,
                 spec.label,
+                spec.objective,
                 str(spec.evaluations_per_step),
                 "yes" if spec.deterministic else "no",
                 "yes" if spec.karras else "no",

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from diffusion_studio.app.cli import build_parser, main, sampler_option_flags
-from diffusion_studio.core.checkpoint import load_checkpoint
+from diffusion_studio.core.checkpoint import load_checkpoint, save_checkpoint
 from diffusion_studio.core.samplers import REGISTRY, SamplerConfig
 from diffusion_studio.core.sampling import Trajectory, sample_checkpoint
 from tests.cli.tiny_models import T, save_tiny_checkpoint
@@ -32,6 +32,21 @@ def points_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def images_ckpt(tmp_path_factory) -> Path:
     return save_tiny_checkpoint(tmp_path_factory.mktemp("i") / "images.safetensors", points=False)
+
+
+@pytest.fixture(scope="module")
+def flow_points_ckpt(tmp_path_factory) -> Path:
+    """The tiny points model as a flow model (objective flow, velocity prediction)."""
+    folder = tmp_path_factory.mktemp("f")
+    ckpt = load_checkpoint(save_tiny_checkpoint(folder / "diffusion.safetensors", points=True))
+    flow = dataclasses.replace(ckpt, objective="flow", prediction_type="velocity")
+    return save_checkpoint(folder / "flow.safetensors", flow)
+
+
+@pytest.fixture
+def ckpt_for(points_ckpt, flow_points_ckpt):
+    """The tiny points checkpoint a sampler can sample: flow for flow samplers."""
+    return lambda name: flow_points_ckpt if REGISTRY[name].objective == "flow" else points_ckpt
 
 
 def sample_action(dest: str):
@@ -69,9 +84,10 @@ def test_one_flag_per_option_field_of_every_sampler():
 def test_samplers_table_lists_the_registry(capsys):
     assert main(["samplers"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:6] == [
+    assert lines[0].split()[:7] == [
         "name",
         "label",
+        "objective",
         "evals/step",
         "deterministic",
         "karras",
@@ -81,6 +97,7 @@ def test_samplers_table_lists_the_registry(capsys):
     for line, spec in zip(lines[1:], REGISTRY.values()):
         words = line.split()
         assert words[0] == spec.name and spec.label in line and line.endswith(spec.help)
+        assert spec.objective in words
         assert str(spec.evaluations_per_step) in words and str(spec.default_steps) in words
         karras_and_deterministic = (
             "yes" if spec.deterministic else "no",
@@ -105,9 +122,9 @@ def option_cases() -> list[tuple[str, str, str]]:
 
 
 @pytest.mark.parametrize("flag,value,name", option_cases())
-def test_an_option_the_sampler_lacks_is_refused(capsys, points_ckpt, tmp_path, flag, value, name):
+def test_an_option_the_sampler_lacks_is_refused(capsys, ckpt_for, tmp_path, flag, value, name):
     out = tmp_path / "s.npy"
-    args = ["sample", "--checkpoint", str(points_ckpt), "--sampler", name, "--npy", str(out)]
+    args = ["sample", "--checkpoint", str(ckpt_for(name)), "--sampler", name, "--npy", str(out)]
     assert main([*args, flag, value]) == 2
     line = one_error_line(capsys)
     owners = next(o.owners for o in sampler_option_flags() if flag in o.flags)
@@ -128,8 +145,8 @@ def test_eta_for_ddpm_says_so(capsys, points_ckpt, tmp_path):
 
 
 @pytest.mark.parametrize("name", [s.name for s in REGISTRY.values() if not s.karras])
-def test_karras_is_refused_where_the_sampler_lacks_it(capsys, points_ckpt, tmp_path, name):
-    args = ["sample", "--checkpoint", str(points_ckpt), "--npy", str(tmp_path / "s.npy")]
+def test_karras_is_refused_where_the_sampler_lacks_it(capsys, ckpt_for, tmp_path, name):
+    args = ["sample", "--checkpoint", str(ckpt_for(name)), "--npy", str(tmp_path / "s.npy")]
     assert main([*args, "--sampler", name, "--karras"]) == 2
     line = one_error_line(capsys)
     assert "--karras applies to" in line and f"the sampler here is {name}" in line
@@ -145,10 +162,12 @@ def test_start_image_needs_start_t(capsys, images_ckpt, tmp_path):
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
-def test_every_sampler_samples_through_the_cli(capsys, points_ckpt, tmp_path, name):
+def test_every_sampler_samples_through_the_cli(capsys, ckpt_for, tmp_path, name):
     """Each registered sampler, its options at their defaults given explicitly, gives what
-    core's sample_checkpoint gives for the same config and seed."""
+    core's sample_checkpoint gives for the same config and seed (a flow sampler on a flow
+    model)."""
     spec = REGISTRY[name]
+    points_ckpt = ckpt_for(name)
     out = tmp_path / "s.npy"
     options = []
     for field in dataclasses.fields(spec.options_class):
