@@ -138,8 +138,11 @@ class FieldViewDialog(QDialog):
         self.exact_dots = scatter_item(4, (214, 39, 40, 200))
         self.exact_plot.addItem(self.exact_dots)
         self.error_image = pg.ImageItem()
-        self.error_image.setColorMap(pg.colormap.get("viridis"))
         self.error_plot.addItem(self.error_image)
+        self.error_bar = pg.ColorBarItem(
+            values=(0.0, 1.0), colorMap=pg.colormap.get("viridis"), interactive=False, width=12
+        )
+        self.error_bar.setImageItem(self.error_image, insert_in=self.error_plot.getPlotItem())
         for plot in (self.learned_plot, self.exact_plot, self.error_plot):
             plot.setMinimumSize(260, 260)
         self.slider.valueChanged.connect(self._on_slider)
@@ -233,7 +236,8 @@ class FieldViewDialog(QDialog):
         if view.exact is not None and view.error is not None:
             self.exact_arrows.set_field(self.grid, view.exact.vectors, scale)
             image = view.error.per_point.reshape(DEFAULT_GRID_SIZE, DEFAULT_GRID_SIZE)
-            self.error_image.setImage(image.T, autoLevels=True)  # ImageItem's axis 0 is x
+            self.error_image.setImage(image.T, autoLevels=False)  # ImageItem's axis 0 is x
+            self.error_bar.setLevels((0.0, max(float(image.max()), 1e-12)))
             half = spacing / 2
             self.error_image.setRect(
                 -POINT_EXTENT - half,
