@@ -11,6 +11,12 @@ Values are checked with core's own messages (`app.widgets.FieldCheck`): steps ag
 loaded model's T by building the sampler (`make_sampler`), each sampler's options by building
 its `SamplerConfig`. Every sampler's option fields are built once (one page each, only the
 chosen one shown), so a value typed for one sampler is kept when another is chosen for a while.
+
+The combo box lists only the samplers of the model's objective (`samplers_for_objective`):
+diffusion samplers for a diffusion model, flow samplers (`core.samplers.flow_match`) for a
+flow-matching one. When `set_model` brings the other objective, the list is replaced and the
+form shows core's default sampler for that objective (`default_sampler_config`): no sampler of
+the other kind stays chosen.
 """
 
 from __future__ import annotations
@@ -32,15 +38,18 @@ from diffusion_studio.app.widgets import (
     set_combo_data,
     spin_box,
 )
+from diffusion_studio.core.flow import ForwardPath, check_objective, forward_path
 from diffusion_studio.core.samplers import (
     REGISTRY,
     TIMESTEP_SPACINGS,
     PredictionType,
     SamplerConfig,
     SamplerSpec,
+    default_sampler_config,
     make_sampler,
+    samplers_for_objective,
 )
-from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
+from diffusion_studio.core.schedule import ScheduleConfig
 
 log = logging.getLogger(__name__)
 
@@ -123,22 +132,24 @@ class SamplerForm(QWidget):
 
     changed(): any setting changed (after it was checked). `valid` / `first_problem()` say
     whether `config()` (and, with a model set, its sampler) would be refused, and why.
-    `set_model` gives the schedule and prediction type steps are checked against (1..T).
+    `set_model` gives the schedule, prediction type and objective steps are checked against
+    (1..T); the sampler list holds the samplers of that objective (`objective`).
     """
 
     changed = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self._schedule: NoiseSchedule | None = None
+        self._schedule: ForwardPath | None = None
+        self._path_of: tuple[ScheduleConfig, str] | None = None  # what _schedule was made of
         self._prediction_type: PredictionType = "epsilon"
+        self.objective = "diffusion"  # whose samplers the list offers
         self._clip_range = 1.0
         self._updating = False
         start = SamplerConfig()  # core's default sampler, steps and spacing
 
-        self.kind = combo_box([(spec.label, spec.name) for spec in REGISTRY.values()], "")
-        for i, spec in enumerate(REGISTRY.values()):
-            self.kind.setItemData(i, spec.help, Qt.ItemDataRole.ToolTipRole)
+        self.kind = combo_box([], "")
+        self._fill_kinds()
         set_combo_data(self.kind, start.kind)
         self.steps = spin_box(
             1, 10000, start.num_inference_steps, "Number of sampling steps (1..T of the model)"
@@ -226,6 +237,19 @@ class SamplerForm(QWidget):
         for label in labels:
             label.setMinimumWidth(width)
 
+    def _fill_kinds(self) -> None:
+        """List the samplers of `self.objective` (label; help as the tooltip)."""
+        self.kind.blockSignals(True)
+        self.kind.clear()
+        for i, spec in enumerate(samplers_for_objective(self.objective)):
+            self.kind.addItem(spec.label, spec.name)
+            self.kind.setItemData(i, spec.help, Qt.ItemDataRole.ToolTipRole)
+        self.kind.blockSignals(False)
+
+    def kinds(self) -> list[str]:
+        """The sampler names the list offers now, in its order."""
+        return [self.kind.itemData(i) for i in range(self.kind.count())]
+
     # ------------------------------------------------------------------ state
 
     @property
@@ -283,14 +307,35 @@ class SamplerForm(QWidget):
             self._updating = False
         self._recheck_all()
 
-    def set_model(self, schedule: ScheduleConfig | None, prediction_type: PredictionType) -> None:
-        """The model the settings are for: steps are checked against its T (and shown at most
-        T when they were more)."""
+    def set_objective(self, objective: str) -> bool:
+        """Offer the samplers of `objective` ("diffusion" or "flow"). On a change the list is
+        replaced and core's default sampler for it is shown (`default_sampler_config`, image
+        defaults: a caller with a 2-D model sets its clipping). True when it changed."""
+        check_objective(objective)
+        if objective == self.objective:
+            return False
+        self.objective = objective
+        self._fill_kinds()  # (signals blocked: the shown page and tooltip follow here)
+        self._on_kind_changed()
+        self.set_config(default_sampler_config(False, None, objective))
+        return True
+
+    def set_model(
+        self,
+        schedule: ScheduleConfig | None,
+        prediction_type: PredictionType,
+        objective: str = "diffusion",
+    ) -> None:
+        """The model the settings are for: its objective's samplers are listed
+        (`set_objective`), steps are checked against its T (and shown at most T when they
+        were more) on its path (a NoiseSchedule, or a FlowPath for a flow model)."""
         if schedule is None:
-            self._schedule = None
+            self._schedule, self._path_of = None, None
         else:
-            if self._schedule is None or self._schedule.config != schedule:
-                self._schedule = NoiseSchedule(schedule)
+            self.set_objective(objective)
+            if self._schedule is None or self._path_of != (schedule, objective):
+                self._schedule = forward_path(objective, schedule)
+                self._path_of = (schedule, objective)
             self._prediction_type = prediction_type
             self.steps.setValue(min(self.steps.value(), schedule.num_timesteps))
         self.fields.recheck()

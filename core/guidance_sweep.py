@@ -6,6 +6,10 @@ gets the same initial noise (and, for an ancestral sampler, the same step noise)
 row, so a column shows what guidance alone changes. The first row is the unconditional
 model (no label); s = 0 gives the same samples, s = 1 is the plain conditional model and
 s > 1 pushes the samples towards their class (`core.guidance`).
+
+A class-conditional flow-matching model is swept the same way on its path
+(`core.flow.forward_path`) with a flow sampler: guidance mixes its two velocities as it mixes
+a diffusion model's two outputs.
 """
 
 from __future__ import annotations
@@ -34,10 +38,10 @@ from diffusion_studio.core.export import (
     to_uint8_images,
     upscale_nearest,
 )
+from diffusion_studio.core.flow import forward_path
 from diffusion_studio.core.guidance import check_guidance_scale, class_labels
 from diffusion_studio.core.samplers import SamplerConfig, make_sampler
 from diffusion_studio.core.sampling import sample, sampling_timesteps
-from diffusion_studio.core.schedule import NoiseSchedule
 
 DEFAULT_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0)
 MAX_SCALES = 16  # rows of guided samples in one sweep
@@ -182,7 +186,7 @@ def run_guidance_sweep(
     step of every run (a caller stops between them to cancel), then the GuidanceSweep.
     ConfigError before any step for a refused request (`check_sweep`)."""
     check_sweep(ckpt, request)
-    schedule = NoiseSchedule(ckpt.schedule_config)
+    schedule = forward_path(ckpt.objective, ckpt.schedule_config)  # a FlowPath for flow
     make_sampler(request.sampler, schedule, ckpt.prediction_type)  # refuse bad settings now
     model = build_model_from_checkpoint(ckpt, device)
     rows: list[float | None] = [None] if request.unconditional_row else []

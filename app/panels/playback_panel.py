@@ -3,6 +3,11 @@
 Frames arrive from `core.sampling.sample` as the worker produces them and are stored in a
 `core.sampling.Trajectory` (uint8 images / float points, bounded memory) owned by the GUI
 thread; a 30 Hz timer draws the newest frame while sampling and the chosen frame afterwards.
+
+A flow-matching checkpoint (core.flow) samples on its path with the flow samplers: the sampler
+form lists the samplers of the model's objective only, and a model of the other objective
+brings core's default sampler for it. Its frames carry the path index k of t = (k + 1) / T;
+the frame caption shows both.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ from diffusion_studio.core.export import (
     save_png_frames,
     select_frame_indices,
 )
+from diffusion_studio.core.flow import FlowPath, ForwardPath, forward_path
 from diffusion_studio.core.guidance import (
     DEFAULT_GUIDANCE_SCALE,
     MAX_GUIDANCE_SCALE,
@@ -91,7 +97,6 @@ from diffusion_studio.core.sampling import (
     sampling_timesteps,
     start_image_tensor,
 )
-from diffusion_studio.core.schedule import NoiseSchedule
 
 log = logging.getLogger(__name__)
 
@@ -419,7 +424,8 @@ class PlaybackPanel(Panel):
         # options) with core's reason; start t is refused here (the schedule, the sampler's
         # timesteps); the number of samples and the export settings keep their ranges
         # (memory; core has no export settings object).
-        self._checked_schedule: NoiseSchedule | None = None
+        self._checked_schedule: ForwardPath | None = None
+        self._checked_for: tuple[object, str] | None = None  # (schedule config, objective)
         # Guidance is core's check_guidance_scale's to judge; the seed keeps its range (what
         # torch's generator takes here). The view's and export's frame numbers keep the range
         # of the stored frames (set_range when frames arrive).
@@ -547,7 +553,8 @@ class PlaybackPanel(Panel):
             self.from_image.setChecked(False)  # 2-D models start from noise (see the label)
         T = model.schedule_config.num_timesteps
         # A new model: steps and start t follow its T (what the user types is checked).
-        self.sampler_form.set_model(model.schedule_config, model.prediction_type)
+        # (a model of the other objective: its samplers are listed, core's default chosen)
+        self.sampler_form.set_model(model.schedule_config, model.prediction_type, model.objective)
         self.start_t.setValue(min(self.start_t.value(), T - 1))
         if was_points != model.is_points:
             self.num_samples.setValue(1000 if model.is_points else 16)
@@ -573,8 +580,13 @@ class PlaybackPanel(Panel):
             f"{MODEL_NAMES.get(model.model_config.kind, model.model_config.kind)}, "
             f"{params / 1e6:.2f} M parameters<br>"
             f"data: {html.escape(str(data.get('name', '?')))} ({shape})<br>"
-            f"schedule: {describe(model.schedule_config)}<br>"
-            f"predicts: {model.prediction_type}"
+            + (
+                f"path: flow matching (rectified), T={T}<br>"
+                f"predicts: the velocity ({model.prediction_type})"
+                if model.objective == "flow"
+                else f"schedule: {describe(model.schedule_config)}<br>"
+                f"predicts: {model.prediction_type}"
+            )
             + (f"<br>class-conditional: {classes} classes" if classes else "")
             + (f"<br>trained for {step:,} steps" if isinstance(step, int) else "")
             + "".join(f"<br><i>{html.escape(n)}</i>" for n in notes)
@@ -648,10 +660,11 @@ class PlaybackPanel(Panel):
         2-D points: `core.samplers.default_sampler_config`)."""
         defaults = (model.meta or {}).get("sampler_defaults")
         if not isinstance(defaults, dict):
-            self.clip_x0.setChecked(default_sampler_config(model.is_points).clip_sample)
+            core_default = default_sampler_config(model.is_points, None, model.objective)
+            self.clip_x0.setChecked(core_default.clip_sample)
             return
         try:
-            config = default_sampler_config(model.is_points, defaults)
+            config = default_sampler_config(model.is_points, defaults, model.objective)
         except (DiffusionStudioError, TypeError):
             return
         T = model.schedule_config.num_timesteps
@@ -700,11 +713,16 @@ class PlaybackPanel(Panel):
         if self.guidance.isEnabled():
             check_guidance_scale(request.guidance_scale)
         schedule = self._checked_schedule
-        if schedule is None or schedule.config != ckpt.schedule_config:
-            schedule = self._checked_schedule = NoiseSchedule(ckpt.schedule_config)
+        if schedule is None or self._checked_for != (ckpt.schedule_config, ckpt.objective):
+            schedule = forward_path(ckpt.objective, ckpt.schedule_config)
+            self._checked_schedule = schedule
+            self._checked_for = (ckpt.schedule_config, ckpt.objective)
         sampler = make_sampler(request.sampler, schedule, ckpt.prediction_type)
         if request.start_t is not None and not ckpt.is_points:
-            schedule.check_timesteps(torch.tensor([request.start_t]))
+            if isinstance(schedule, FlowPath):
+                schedule.time_of_index(request.start_t)  # an index 0..T-1 of the path
+            else:
+                schedule.check_timesteps(torch.tensor([request.start_t]))
             sampling_timesteps(sampler, request.start_t)
 
     def start_sampling(self) -> bool:
@@ -877,7 +895,7 @@ class PlaybackPanel(Panel):
         step = int(traj.steps[i])
         self.frame_label.setText(
             f"frame {i + 1}/{len(traj)} · step {step} · "
-            + ("final samples" if t < 0 else f"t = {t}")
+            + ("final samples" if t < 0 else self.time_text(t))
         )
         k = min(self.sample_index.value(), traj.x_t(i).shape[0] - 1)
         if traj.is_points:
@@ -897,6 +915,14 @@ class PlaybackPanel(Panel):
         self.grid_view.set_title(
             f"All {shown.shape[0]} samples: " + ("x_t" if shown is xt else "x_0 predictions")
         )
+
+    def time_text(self, t: int) -> str:
+        """A frame's time: "t = 437"; for a flow model the path's t and its index k."""
+        ckpt = self.checkpoint
+        if ckpt is not None and ckpt.objective == "flow":
+            time = float(FlowPath(ckpt.schedule_config.num_timesteps).time_of_index(t))
+            return f"t = {time:.3f} (k = {t})"
+        return f"t = {t}"
 
     def _draw_trails(self, i: int) -> None:
         first = max(0, i - TRAIL_FRAMES)

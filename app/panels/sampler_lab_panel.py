@@ -11,6 +11,10 @@ doubles the actual calls). For a 2-D model the paths of a few points under every
 drawn in one plot. The Convergence tab runs `core.convergence` in the worker: the RMS error of
 every deterministic sampler's samples against a high-accuracy reference, against network
 evaluations, on log-log axes.
+
+A flow-matching model (core.flow) is compared with the flow samplers: every column's form
+lists the samplers of the model's objective, and a model of the other objective gives the
+columns that objective's samplers in registry order (each at its defaults).
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ from diffusion_studio.core.export import (
     save_png,
     upscale_nearest,
 )
+from diffusion_studio.core.flow import FlowPath, ForwardPath, forward_path
 from diffusion_studio.core.guidance import (
     DEFAULT_GUIDANCE_SCALE,
     MAX_GUIDANCE_SCALE,
@@ -96,9 +101,9 @@ from diffusion_studio.core.samplers import (
     default_sampler_config,
     make_sampler,
     sampler_defaults,
+    samplers_for_objective,
 )
 from diffusion_studio.core.sampling import MAX_FRAMES, Frame, Trajectory, sample
-from diffusion_studio.core.schedule import NoiseSchedule
 
 MIN_COLUMNS, MAX_COLUMNS = 2, 4
 PROGRESS_TICKS = 1000  # the lockstep slider's resolution
@@ -243,7 +248,7 @@ class SamplerLabPanel(Panel):
         )
         self.export_runner = self.make_export_runner("lab-export")
         self.checkpoint: Checkpoint | None = None
-        self.schedule: NoiseSchedule | None = None
+        self.schedule: ForwardPath | None = None  # the model's path (FlowPath for flow)
         self.columns: list[LabColumn] = []
         self.made_with: LabRequest | None = None
         self.records: list[ConvergenceRecord] = []
@@ -422,15 +427,25 @@ class SamplerLabPanel(Panel):
 
     # ------------------------------------------------------------------ columns
 
+    @property
+    def objective(self) -> str:
+        """The objective of the model (whose samplers the columns offer); diffusion without one."""
+        return self.checkpoint.objective if self.checkpoint is not None else "diffusion"
+
+    def _next_sampler(self, used: set[str]) -> str:
+        """The first sampler of the model's objective not in `used` (else its first)."""
+        names = [spec.name for spec in samplers_for_objective(self.objective)]
+        return next((n for n in names if n not in used), names[0])
+
     def add_column(self) -> LabColumn | None:
-        """Another sampler (at most MAX_COLUMNS): the next registered sampler not shown yet,
-        at its default step count."""
+        """Another sampler (at most MAX_COLUMNS): the next registered sampler of the model's
+        objective not shown yet, at its default step count."""
         if len(self.columns) >= MAX_COLUMNS:
             return None
         column = LabColumn(len(self.columns))
-        used = {c.form.spec.name for c in self.columns}
-        name = next((n for n in REGISTRY if n not in used), next(iter(REGISTRY)))
+        name = self._next_sampler({c.form.spec.name for c in self.columns})
         clip = self.columns[0].form.clip_x0.isChecked() if self.columns else False
+        self._set_form_model(column.form)  # (the objective's samplers listed first)
         column.form.set_config(sampler_defaults(name, clip))
         self._set_form_model(column.form)
         column.form.changed.connect(self._update_buttons)
@@ -474,8 +489,11 @@ class SamplerLabPanel(Panel):
         for runner in (self.runner, self.convergence_runner):
             if runner.is_running:
                 runner.cancel()
+        objective_before = self.objective
         self.checkpoint = ckpt
-        self.schedule = NoiseSchedule(ckpt.schedule_config) if ckpt is not None else None
+        self.schedule = (
+            forward_path(ckpt.objective, ckpt.schedule_config) if ckpt is not None else None
+        )
         self.clear_results()
         self.records = []
         self._draw_convergence()
@@ -485,18 +503,26 @@ class SamplerLabPanel(Panel):
         else:
             data = str((ckpt.data or {}).get("name", "?"))
             T = ckpt.schedule_config.num_timesteps
+            flow = " (flow matching)" if ckpt.objective == "flow" else ""
             self.model_info.setText(
                 f"{data} ({ckpt.model_config.kind}), T = {T}, predicts {ckpt.prediction_type}"
-                "<br><i>chosen on the Playback tab</i>"
+                f"{flow}<br><i>chosen on the Playback tab</i>"
             )
             self.num_samples.setValue(500 if ckpt.is_points else 16)
             self.conv_samples.setValue(256 if ckpt.is_points else 8)
             self.conv_most.setValue(max(default_step_counts(T)))
             self.guidance.setEnabled(getattr(ckpt.model_config, "num_classes", 0) > 0)
+        used: set[str] = set()
         for column in self.columns:
             self._set_form_model(column.form)
+            if self.objective != objective_before:  # the other objective: its samplers, in turn
+                name = self._next_sampler(used)
+                used.add(name)
+                column.form.set_config(sampler_defaults(name, False))
+                self._set_form_model(column.form)  # steps at most T
             if ckpt is not None:  # core's x_0 clipping for this kind of model
-                column.form.clip_x0.setChecked(default_sampler_config(ckpt.is_points).clip_sample)
+                default = default_sampler_config(ckpt.is_points, None, ckpt.objective)
+                column.form.clip_x0.setChecked(default.clip_sample)
         self._show_kind()
         self.fields.recheck()
         self.conv_fields.recheck()
@@ -504,10 +530,11 @@ class SamplerLabPanel(Panel):
 
     def _set_form_model(self, form: SamplerForm) -> None:
         ckpt = self.checkpoint
-        if ckpt is None:
+        if ckpt is None:  # no model: the diffusion samplers, as at start
+            form.set_objective("diffusion")
             form.set_model(None, "epsilon")
         else:
-            form.set_model(ckpt.schedule_config, ckpt.prediction_type)
+            form.set_model(ckpt.schedule_config, ckpt.prediction_type, ckpt.objective)
 
     def _show_kind(self) -> None:
         points = self.checkpoint is not None and self.checkpoint.is_points
@@ -590,7 +617,7 @@ class SamplerLabPanel(Panel):
             return False
         try:
             request = self.request()
-            schedule = NoiseSchedule(ckpt.schedule_config)
+            schedule = forward_path(ckpt.objective, ckpt.schedule_config)
             samplers = [make_sampler(c, schedule, ckpt.prediction_type) for c in request.configs]
         except DiffusionStudioError as exc:
             self.show_problem("Cannot sample", str(exc))
@@ -694,7 +721,12 @@ class SamplerLabPanel(Panel):
         assert column.trajectory is not None and column.config is not None
         t = int(column.trajectory.timesteps[index])
         step = int(column.trajectory.steps[index])
-        where = "samples" if t < 0 else f"t = {t}"
+        if t < 0:
+            where = "samples"
+        elif isinstance(self.schedule, FlowPath):  # the path index k of t = (k + 1) / T
+            where = f"t = {float(self.schedule.time_of_index(t)):.3f}"
+        else:
+            where = f"t = {t}"
         done = evaluations_at(column.config, column.total, step)
         made = self.made_with
         guided = GUIDED_SUFFIX if made is not None and made.guided else ""
@@ -793,10 +825,14 @@ class SamplerLabPanel(Panel):
         if self.runner.is_running or self.convergence_runner.is_running:
             self.report_error("Convergence", "A job of the Lab is running: wait or cancel it.")
             return False
-        schedule = NoiseSchedule(ckpt.schedule_config)
+        schedule = forward_path(ckpt.objective, ckpt.schedule_config)
         counts = step_counts_up_to(self.conv_most.value())
-        names = deterministic_samplers(schedule, ckpt.prediction_type)
-        reference = reference_config(schedule, ckpt.prediction_type)
+        try:
+            names = deterministic_samplers(schedule, ckpt.prediction_type)
+            reference = reference_config(schedule, ckpt.prediction_type)
+        except DiffusionStudioError as exc:
+            self.report_error("Convergence", str(exc))
+            return False
         seed, n = self.seed.value(), self.conv_samples.value()
         scale = self.guidance.value() if self.guidance.isEnabled() else 1.0
         self.records = []

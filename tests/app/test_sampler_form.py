@@ -14,7 +14,14 @@ from PySide6.QtWidgets import QCheckBox, QComboBox
 from diffusion_studio.app.sampler_form import SamplerForm, option_label, widget_value
 from diffusion_studio.app.widgets import set_combo_data
 from diffusion_studio.core.errors import ConfigError
-from diffusion_studio.core.samplers import REGISTRY, SamplerConfig, make_sampler
+from diffusion_studio.core.flow import FlowPath, forward_path
+from diffusion_studio.core.samplers import (
+    REGISTRY,
+    SamplerConfig,
+    default_sampler_config,
+    make_sampler,
+    samplers_for_objective,
+)
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 from tests.app.test_field_validation import assert_all_clear, assert_refused, type_into
 
@@ -28,18 +35,59 @@ def form(show):
     return form
 
 
-def test_every_registered_sampler_is_offered_with_its_help(form):
-    kinds = [form.kind.itemData(i) for i in range(form.kind.count())]
-    assert kinds == list(REGISTRY)
-    for i, spec in enumerate(REGISTRY.values()):
+PREDICTION = {"diffusion": "epsilon", "flow": "velocity"}
+
+
+def use_objective(form, objective: str) -> None:
+    """Give the form a model of `objective` on SCHEDULE's T."""
+    form.set_model(SCHEDULE, PREDICTION[objective], objective)
+
+
+@pytest.mark.parametrize("objective", ["diffusion", "flow"])
+def test_every_registered_sampler_of_the_models_objective_is_offered_with_its_help(form, objective):
+    use_objective(form, objective)
+    specs = samplers_for_objective(objective)
+    assert form.kinds() == [spec.name for spec in specs] and specs
+    assert {s.name for s in samplers_for_objective("diffusion")} | set(
+        s.name for s in samplers_for_objective("flow")
+    ) == set(REGISTRY)
+    for i, spec in enumerate(specs):
         assert form.kind.itemText(i) == spec.label
         assert form.kind.itemData(i, Qt.ItemDataRole.ToolTipRole) == spec.help
+
+
+def test_switching_objective_lists_its_samplers_with_cores_defaults(form):
+    """A flow model: flow samplers only, core's flow default shown; back to a diffusion model:
+    diffusion samplers with core's diffusion default (no flow sampler left chosen)."""
+    form.set_config(SamplerConfig("ddim", 20, "linspace", options={"eta": 0.5}))
+    use_objective(form, "flow")
+    assert form.objective == "flow"
+    assert all(REGISTRY[k].objective == "flow" for k in form.kinds())
+    assert form.config() == default_sampler_config(False, None, "flow")
+    make_sampler(form.config(), FlowPath(SCHEDULE.num_timesteps), "velocity")  # core takes it
+    assert form.valid
+    set_combo_data(form.kind, "flow-heun")
+    use_objective(form, "flow")  # the same objective again: the user's choice stays
+    assert form.config().kind == "flow-heun"
+    use_objective(form, "diffusion")
+    assert all(REGISTRY[k].objective == "diffusion" for k in form.kinds())
+    assert form.config() == default_sampler_config(False, None, "diffusion")
+    assert form.valid
+
+
+def test_steps_are_checked_on_a_flow_models_path(form, qtbot):
+    form.set_model(ScheduleConfig("linear", 40), "velocity", "flow")
+    type_into(qtbot, form.steps, "41")
+    assert not form.valid and "1..40" in form.first_problem()
+    type_into(qtbot, form.steps, "40")
+    assert form.valid
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_each_samplers_options_and_karras_follow_its_spec(form, name):
     spec = REGISTRY[name]
-    set_combo_data(form.kind, name)
+    use_objective(form, spec.objective)
+    assert set_combo_data(form.kind, name)
     assert form.spec is spec and spec.help in form.kind.toolTip()
     assert form.karras.isVisible() == spec.karras
     for other, page in form.pages.items():
@@ -67,12 +115,14 @@ def test_each_samplers_options_and_karras_follow_its_spec(form, name):
         options={o: widget_value(w) for o, w in form.option_widgets[name].items()},
     )
     assert config.options == {f: getattr(spec.options_class(), f) for f in expected}
-    make_sampler(config, NoiseSchedule(SCHEDULE), "epsilon")  # core takes it
+    # core takes it
+    make_sampler(config, forward_path(spec.objective, SCHEDULE), PREDICTION[spec.objective])
 
 
 def test_karras_reaches_the_config_only_where_offered(form):
-    karras = [n for n, s in REGISTRY.items() if s.karras]
-    plain = [n for n, s in REGISTRY.items() if not s.karras]
+    diffusion = {s.name: s for s in samplers_for_objective("diffusion")}
+    karras = [n for n, s in diffusion.items() if s.karras]
+    plain = [n for n, s in diffusion.items() if not s.karras]
     if not karras:
         pytest.skip("no sampler with Karras sigmas registered yet")
     set_combo_data(form.kind, karras[0])
@@ -97,7 +147,8 @@ def test_numbers_are_refused_with_cores_message(form, qtbot):
             high = f.metadata.get("maximum")
             if high is None or "choices" in f.metadata or isinstance(f.default, bool):
                 continue
-            set_combo_data(form.kind, name)
+            use_objective(form, spec.objective)
+            assert set_combo_data(form.kind, name)
             widget = form.option_widget(f.name)
             type_into(qtbot, widget, str(high + 1))
             checks = form.option_checks[name]
