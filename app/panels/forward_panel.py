@@ -1,10 +1,18 @@
-"""Forward panel: an image, noised to any timestep, live.
+"""Forward panel: an image or a 2-D data set, noised to any timestep, live.
 
-x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps  (DDPM eq. 4), with one fixed eps per
-seed. Slider position k = 0 shows the clean image x_0; k = 1..T shows timestep index t = k - 1.
-All of that maths is `core.forward.ForwardProcess` (the CLI uses the same): it is rebuilt when
-the image, seed or schedule changes, so a slider move is one fused multiply-add over the image
-(x_t_uint8) and one over a fixed pixel subsample for the histogram (x_t_sample).
+x_t = a_t x_0 + s_t eps with one fixed eps per seed, on the path chosen here: a diffusion
+schedule from the Schedules tab (a = sqrt(alphabar_t), s = sqrt(1 - alphabar_t), DDPM eq. 4)
+or flow matching (rectified flow: a = 1 - t, s = t, t = k / T at slider position k). Slider
+position k = 0 shows the clean x_0; k = 1..T shows timestep index k - 1.
+
+Image source: `core.forward.ForwardProcess` (the CLI uses the same) is rebuilt when the image,
+seed or path changes, so a slider move is one fused multiply-add over the image (x_t_uint8)
+and one over a fixed pixel subsample for the histogram (x_t_sample).
+
+2-D source (issue 16, item 5): `core.forward_points.ForwardPoints` holds 2000 points of a toy
+set and their noise; a slider move computes x_t and the density p_t of x_t on a 128 x 128 grid
+over [-3, 3]^2 (cell means of the Gaussian mixture, a few milliseconds), drawn behind the
+points with fixed levels, so the data's shape visibly melts into N(0, I).
 
 The "Timestep inspector" tab (issue 16) shows, for a chosen image model, what the network makes
 of this image noised to the slider's t with the panel's seed: `core.inspect.inspect_at` (one
@@ -24,7 +32,7 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 from PIL import Image
-from PySide6.QtCore import QSettings, QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QRectF, QSettings, QSize, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QGridLayout,
@@ -33,6 +41,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QSlider,
     QSplitter,
+    QStackedWidget,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -57,6 +66,7 @@ from diffusion_studio.app.widgets import (
     pinned_below,
     pixmap_from_uint8,
     plot_widget,
+    scatter_item,
     set_combo_data,
     spin_box,
 )
@@ -64,14 +74,23 @@ from diffusion_studio.app.worker import Job, JobRunner, JobStatus
 from diffusion_studio.core import checkpoint as core_checkpoint
 from diffusion_studio.core.checkpoint import Checkpoint, load_checkpoint
 from diffusion_studio.core.data import (
+    TOY_DATASETS,
     default_photo_path,
     is_builtin_digits,
     load_image,
     sample_photo_paths,
 )
 from diffusion_studio.core.errors import DiffusionStudioError
-from diffusion_studio.core.export import forward_caption, save_gif
-from diffusion_studio.core.forward import ForwardProcess
+from diffusion_studio.core.export import save_gif
+from diffusion_studio.core.flow import FlowPath, ForwardPath
+from diffusion_studio.core.forward import ForwardNumbers, ForwardProcess, step_caption
+from diffusion_studio.core.forward_points import (
+    DENSITY_TOP,
+    EXTENT,
+    POINT_COLOR,
+    ForwardPoints,
+    density_ramp,
+)
 from diffusion_studio.core.inspect import (
     CurveBatch,
     InspectCurve,
@@ -98,6 +117,33 @@ NO_INSPECT_MODEL = (
     "The timestep inspector shows what an image model predicts for this image at the "
     "slider's t. Choose a model above (nothing is computed until then)."
 )
+# The Source choice: an image, or one of core.data's 2-D toy sets (its name is the item's data).
+IMAGE_SOURCE = "image"
+SOURCES = [("Image", IMAGE_SOURCE)] + [(f"2-D points: {name}", name) for name in TOY_DATASETS]
+# The Path choice: the Schedules tab's noise schedule, or the rectified-flow path on its T.
+PATHS = [
+    ("Diffusion (schedule from the Schedules tab)", "diffusion"),
+    ("Flow matching (rectified)", "flow"),
+]
+SLIDER_TIPS = {
+    "diffusion": "Timestep: 0 shows the clean x_0, k shows x_t at t = k - 1 "
+    "(x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps)",
+    "flow": "Flow time: 0 shows the clean x_0, k shows x_t at t = k / T "
+    "(x_t = (1 - t) x_0 + t eps, a straight line from the data to the noise)",
+}
+NUMBERS_TIPS = {
+    "diffusion": "The coefficients at t: x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps, "
+    "alphabar_t = prod alpha_s, SNR_t = alphabar_t / (1 - alphabar_t)",
+    "flow": "The coefficients at t: x_t = (1 - t) x_0 + t eps (rectified flow; there is no "
+    "alphabar), SNR_t = (1 - t)^2 / t^2",
+}
+TV_ROW = "TV distance to N(0, I)"
+POINTS_TIP = (
+    "The points x_t (blue) over the density of x_t (orange, fixed levels 0 to "
+    f"{DENSITY_TOP:g}): p_t(x) = (1/N) sum_i N(x; a_t x0_i, s_t^2 I), the mean of each cell "
+    "of a 128 x 128 grid. At the end it is N(0, I), whose peak is 1/(2 pi) = 0.16."
+)
+
 INSPECT_ERROR_COLORS = {"loss": (31, 119, 180), "x0_mse": (214, 39, 40)}
 LOG_SNR_COLOR = (120, 120, 120)
 
@@ -125,6 +171,13 @@ class ForwardPanel(Panel):
         self.x0: np.ndarray | None = None  # (C, H, W) float32 in [-1, 1]
         self.process: ForwardProcess | None = None  # x_t of x0 with the seed's eps
         self.xt: np.ndarray | None = None  # the displayed x_t, uint8 (H, W) or (H, W, 3)
+        self._flow_path: FlowPath | None = None  # built once per T
+        # 2-D source: the points' forward process and what is drawn (x_t (N, 2), density)
+        self.points: ForwardPoints | None = None
+        self.points_xt: np.ndarray | None = None
+        self.density: np.ndarray | None = None
+        self.shown_numbers: ForwardNumbers | None = None
+        self._seed = 0  # the seed of the noise shown (a seed typed out of range keeps it)
         self._hist_top = HIST_TOP
         self.export_runner = self.make_export_runner("forward-export")
         # the timestep inspector: its model list (a Path until first chosen), what it shows
@@ -155,6 +208,18 @@ class ForwardPanel(Panel):
     # ------------------------------------------------------------------ layout
 
     def _build(self) -> None:
+        self.source = combo_box(
+            SOURCES,
+            "What is noised: an image, or 2000 points of a 2-D data set (the density of x_t "
+            "is drawn behind the points)",
+        )
+        self.source.currentIndexChanged.connect(self._on_source_changed)
+        self.path_choice = combo_box(
+            PATHS,
+            "The forward path: a diffusion schedule (x_t = sqrt(alphabar_t) x_0 + "
+            "sqrt(1 - alphabar_t) eps) or flow matching (x_t = (1 - t) x_0 + t eps)",
+        )
+        self.path_choice.currentIndexChanged.connect(self._on_path_changed)
         self.photo = QComboBox()
         self.photo.setToolTip("One of the photographs shipped with Diffusion Studio")
         for path in sample_photo_paths():
@@ -173,10 +238,6 @@ class ForwardPanel(Panel):
 
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(0, self.schedule.num_timesteps)
-        self.slider.setToolTip(
-            "Timestep: 0 shows the clean image x_0, k shows x_t at t = k - 1 "
-            "(x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps)"
-        )
         self.slider.valueChanged.connect(self._on_slider)
         self.play_button = button("Play", "Run the forward process from the clean image to noise")
         self.play_button.setCheckable(True)
@@ -187,26 +248,18 @@ class ForwardPanel(Panel):
 
         self.numbers = QLabel()
         self.numbers.setTextFormat(Qt.TextFormat.RichText)
-        self.numbers.setToolTip(
-            "The coefficients at t: x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps, "
-            "alphabar_t = prod alpha_s, SNR_t = alphabar_t / (1 - alphabar_t)"
-        )
-        widest = numbers_table(
-            (
-                ("beta_t", "0.00050601"),
-                ("alphabar_t = prod alpha_s", "0.00040358"),
-                ("sqrt(alphabar_t)", "0.020089"),
-                ("sqrt(1 - alphabar_t)", "0.99979"),
-                ("SNR_t", "4.038e-05"),
-                ("log SNR_t", "-10.12"),
-            )
-        )
-        self.numbers.setText(widest)
-        # fixed: a new text needs no relayout while playing; sized for the widest readout
-        self.numbers.setFixedSize(self.numbers.sizeHint() + QSize(24, 4))
+        # fixed: a new text needs no relayout while playing; sized for the widest readout of
+        # either path, with the 2-D source's extra row
+        widest = QSize(0, 0)
+        for objective in ("diffusion", "flow"):
+            self.numbers.setText(numbers_table(widest_rows(objective)))
+            widest = widest.expandedTo(self.numbers.sizeHint())
+        self.numbers.setFixedSize(widest + QSize(24, 4))
         self.schedule_label = QLabel()
         self.schedule_label.setWordWrap(True)
-        self.schedule_label.setToolTip("The noise schedule is chosen on the Schedules tab")
+        self.schedule_label.setToolTip(
+            "The noise schedule is chosen on the Schedules tab (flow matching takes its T)"
+        )
 
         self.gif_frames = spin_box(2, 500, 40, "Number of frames in the GIF (evenly spaced in t)")
         self.gif_fps = spin_box(1, 50, 10, "GIF frames per second", suffix=" fps")
@@ -224,7 +277,10 @@ class ForwardPanel(Panel):
         self.gif_button.clicked.connect(self.export_gif)
         self.error = ErrorLabel()
 
-        image_box = form_group(
+        source_box = form_group(
+            "Forward process", [("Source", self.source), ("Path", self.path_choice)]
+        )
+        self.image_box = form_group(
             "Image", [("Sample photo", self.photo), self.open_button, self.path_label]
         )
         noise_box = form_group("Noise eps", [("Seed", self.seed), self.reseed_button])
@@ -306,15 +362,18 @@ class ForwardPanel(Panel):
         right_layout.setContentsMargins(0, 0, 0, 0)
         right_layout.addWidget(top, 1)
         right_layout.addWidget(self.filmstrip)
+        self.view_stack = QStackedWidget()
+        self.view_stack.addWidget(right)
+        self.view_stack.addWidget(self._build_points_view())
         self.view_tabs = QTabWidget()
         self.view_tabs.setDocumentMode(True)
-        self.view_tabs.addTab(right, "Noised image")
+        self.view_tabs.addTab(self.view_stack, "Noised image")
         self.view_tabs.addTab(self._build_inspector(), "Timestep inspector")
         self.view_tabs.setTabToolTip(
             1, "What a model predicts for this image at t, and its errors over every t"
         )
 
-        settings = control_column((image_box, noise_box, t_box, gif_box), 300)
+        settings = control_column((source_box, self.image_box, noise_box, t_box, gif_box), 300)
         # Export GIF and the error line stay on screen under the settings (small screens)
         controls = pinned_below(settings, self.gif_button, self.error)
         self.splitter = controls_beside_views(self, controls, self.view_tabs)
@@ -329,6 +388,24 @@ class ForwardPanel(Panel):
         self.seed_field.add(self.seed, keep_range=True)
         guard_wheel_in(self)
         self._add_pretrained_inspect_models()
+
+    def _build_points_view(self) -> QWidget:
+        """The 2-D source's view: the density of x_t (an ImageItem with fixed levels) behind
+        the points x_t (a ScatterPlotItem) on fixed axes [-EXTENT, EXTENT]^2."""
+        self.points_plot = plot_widget("x_t and its density p_t", POINTS_TIP)
+        self.points_plot.setMenuEnabled(False)
+        self.points_plot.setMouseEnabled(False, False)
+        self.points_plot.setAspectLocked(True)
+        self.points_plot.setRange(xRange=(-EXTENT, EXTENT), yRange=(-EXTENT, EXTENT), padding=0)
+        self.points_plot.showGrid(x=False, y=False)
+        self.density_item = pg.ImageItem(axisOrder="row-major")
+        self.density_item.setLookupTable(density_ramp())
+        self.density_item.setLevels((0.0, DENSITY_TOP))
+        self.density_item.setZValue(-10)
+        self.points_plot.addItem(self.density_item)
+        self.points_scatter = scatter_item(3, (*POINT_COLOR, 200))
+        self.points_plot.addItem(self.points_scatter)
+        return self.points_plot
 
     # ------------------------------------------------------------------ inputs
 
@@ -357,7 +434,8 @@ class ForwardPanel(Panel):
         self.path_label.setToolTip(str(self.image_path))
         # the sample photo shown, or none when the image is the user's own
         self.photo.setCurrentIndex(self.photo.findData(str(self.image_path)))
-        self._prepare_image()
+        self._set_source(IMAGE_SOURCE)  # an image opened: the image is what is noised
+        self._prepare()
         self.image_changed.emit(str(self.image_path))
         if announce:
             self.file_used.emit(str(self.image_path))
@@ -366,7 +444,7 @@ class ForwardPanel(Panel):
 
     def _on_seed_changed(self) -> None:
         if self.seed_field.valid:  # a seed out of range is refused at the field, eps stays
-            self._prepare_image()
+            self._prepare()
 
     def set_schedule(self, config: ScheduleConfig) -> None:
         """Use this schedule (from the Schedules tab); the slider keeps its relative place."""
@@ -375,28 +453,103 @@ class ForwardPanel(Panel):
         old_max = max(1, self.slider.maximum())
         fraction = self.slider.value() / old_max
         self.schedule = NoiseSchedule(config)
+        self._flow_path = None
         self.clear_problem()  # a message about the old schedule's view no longer applies
         self._show_schedule()
         self.slider.blockSignals(True)
         self.slider.setRange(0, self.schedule.num_timesteps)
         self.slider.setValue(round(fraction * self.schedule.num_timesteps))
         self.slider.blockSignals(False)
-        self._prepare_image()
+        self._prepare()
+
+    # ------------------------------------------------------------------ source and path
+
+    @property
+    def objective(self) -> str:
+        """The path chosen: "diffusion" or "flow"."""
+        return str(self.path_choice.currentData())
+
+    @property
+    def path(self) -> ForwardPath:
+        """The forward path shown: the Schedules tab's schedule, or the flow path on its T."""
+        if self.objective != "flow":
+            return self.schedule
+        if self._flow_path is None or self._flow_path.num_timesteps != self.schedule.num_timesteps:
+            self._flow_path = FlowPath(self.schedule.num_timesteps)
+        return self._flow_path
+
+    @property
+    def dataset(self) -> str | None:
+        """The 2-D data set noised, or None when the source is an image."""
+        source = self.source.currentData()
+        return None if source == IMAGE_SOURCE else str(source)
+
+    def set_source(self, source: str) -> bool:
+        """Noise an image (IMAGE_SOURCE) or a 2-D data set (one of core.data.TOY_DATASETS)."""
+        return set_combo_data(self.source, source)
+
+    def set_path(self, objective: str) -> bool:
+        """Noise along a diffusion schedule ("diffusion") or the flow path ("flow")."""
+        return set_combo_data(self.path_choice, objective)
+
+    def _set_source(self, source: str) -> None:
+        """Choose the source without recomputing (the caller does)."""
+        self.source.blockSignals(True)
+        set_combo_data(self.source, source)
+        self.source.blockSignals(False)
+        self._show_source()
+
+    def _show_source(self) -> None:
+        """The views and controls of the source: the image's, or the 2-D set's (no image
+        controls, no inspector: it inspects image models)."""
+        points = self.dataset is not None
+        self.view_stack.setCurrentIndex(1 if points else 0)
+        self.image_box.setVisible(not points)
+        self.view_tabs.setTabText(0, "Noised points" if points else "Noised image")
+        if points and self.view_tabs.currentIndex() == 1:
+            self.view_tabs.setCurrentIndex(0)
+        self.view_tabs.setTabEnabled(1, not points)
+        self.view_tabs.setTabToolTip(
+            1,
+            "The timestep inspector needs an image: choose Image as the source"
+            if points
+            else "What a model predicts for this image at t, and its errors over every t",
+        )
+
+    def _on_source_changed(self, _index: int = 0) -> None:
+        self._show_source()
+        self._prepare()
+
+    def _on_path_changed(self, _index: int = 0) -> None:
+        self.clear_problem()
+        self._show_schedule()
+        self._prepare()
 
     # ------------------------------------------------------------------ precomputation
 
     def _show_schedule(self) -> None:
-        text = f"Schedule: {describe(self.schedule.config)} (set on the Schedules tab)"
+        if self.objective == "flow":
+            text = (
+                "Flow matching: x_t = (1 - t) x_0 + t eps, t = k / T, "
+                f"T = {self.schedule.num_timesteps} (set on the Schedules tab)"
+            )
+        else:
+            text = f"Schedule: {describe(self.schedule.config)} (set on the Schedules tab)"
         self.schedule_label.setText(text)
+        self.slider.setToolTip(SLIDER_TIPS[self.objective])
+        self.numbers.setToolTip(NUMBERS_TIPS[self.objective])
 
-    def _prepare_image(self) -> None:
-        """Rebuild the forward process (image, seed or schedule changed) and redraw."""
-        if self.x0 is None:
-            self.render()
-            return
-        seed = self.seed.value() if self.seed_field.valid else self.process.seed
-        self.process = ForwardProcess(self.schedule, self.x0, seed=seed)
-        self._update_filmstrip()
+    def _prepare(self) -> None:
+        """Rebuild the forward process (source, image, seed or path changed) and redraw."""
+        if self.seed_field.valid:
+            self._seed = self.seed.value()
+        seed = self._seed
+        dataset = self.dataset
+        if dataset is not None:
+            self.points = ForwardPoints(self.path, dataset, seed=seed)
+        elif self.x0 is not None:
+            self.process = ForwardProcess(self.path, self.x0, seed=seed)
+            self._update_filmstrip()
         self.render()
 
     # ------------------------------------------------------------------ drawing
@@ -409,22 +562,30 @@ class ForwardPanel(Panel):
     def _on_slider(self, _value: int) -> None:
         self.render()
 
+    def _t_text(self, k: int) -> str:
+        if k == 0:
+            return "clean x_0"
+        if self.objective == "flow":
+            return f"t = {k / self.schedule.num_timesteps:.3f}"
+        return f"t = {k - 1} / {self.schedule.num_timesteps - 1}"
+
     def render(self) -> None:
-        """Compute x_t for the slider's position and show it, its histogram and its numbers."""
+        """Compute x_t for the slider's position and show it, its histogram (an image) or its
+        density (2-D points), and its numbers."""
         k = self.slider.value()
-        t = k - 1
-        self.t_label.setText(
-            "clean x_0" if k == 0 else f"t = {t} / {self.schedule.num_timesteps - 1}"
-        )
+        self.t_label.setText(self._t_text(k))
+        if self.dataset is not None:
+            self._render_points(k)
+            return
         process = self.process
         if process is None:
             return
         self._refresh_inspector()
-        self._show_numbers(k)
+        self._show_numbers(process.numbers(k))
         xt = process.x_t_uint8(k)  # uint8 (H, W, C)
         self.xt = xt[..., 0] if xt.shape[2] == 1 else xt
         self.view.set_image(self.xt)
-        self.view.set_title("x_0 (clean)" if k == 0 else f"x_t at t = {t}")
+        self.view.set_title("x_0 (clean)" if k == 0 else f"x_t at {step_caption(self.path, k)}")
         density, _ = np.histogram(
             process.x_t_sample(k), bins=len(HIST_BINS) - 1, range=HIST_RANGE, density=True
         )
@@ -435,29 +596,30 @@ class ForwardPanel(Panel):
             self._hist_top = top
             self.hist.setYRange(0, top, padding=0)
 
-    def _show_numbers(self, k: int) -> None:
-        """The coefficients at slider position k (from the forward process)."""
-        numbers = self.process.numbers(k)
-        beta_text = "–" if k == 0 else f"{float(self.schedule.betas[k - 1]):.5g}"
-        snr = numbers.snr
-        if math.isinf(snr):
-            snr_text, log_text = "∞", "∞"
-        elif snr > 0:
-            snr_text, log_text = f"{snr:.4g}", f"{math.log(snr):.2f}"
-        else:
-            snr_text, log_text = "0", "-∞"
-        self.numbers.setText(
-            numbers_table(
-                (
-                    ("beta_t", beta_text),
-                    ("alphabar_t = prod alpha_s", f"{numbers.alpha_bar:.5g}"),
-                    ("sqrt(alphabar_t)", f"{numbers.sqrt_alpha_bar:.5g}"),
-                    ("sqrt(1 - alphabar_t)", f"{numbers.sqrt_one_minus_alpha_bar:.5g}"),
-                    ("SNR_t", snr_text),
-                    ("log SNR_t", log_text),
-                )
-            )
-        )
+    def _render_points(self, k: int) -> None:
+        """x_t of the points and the density of x_t at slider position k, and the numbers."""
+        points = self.points
+        if points is None:
+            return
+        self.density = points.density(k)  # (G, G) [y cell, x cell], row 0 at y = -EXTENT
+        self.points_xt = points.x_t(k)  # (N, 2)
+        numbers = points.numbers(k, self.density)
+        self.density_item.setImage(self.density, autoLevels=False, levels=(0.0, DENSITY_TOP))
+        self.density_item.setRect(QRectF(-EXTENT, -EXTENT, 2 * EXTENT, 2 * EXTENT))
+        self.points_scatter.setData(pos=self.points_xt)
+        title = "x_0 (clean)" if k == 0 else f"x_t at {step_caption(self.path, k)}"
+        self.points_plot.setTitle(f"{points.dataset}: {title} and its density")
+        self._show_numbers(numbers.path, numbers.tv_to_normal)
+
+    def _show_numbers(self, numbers: ForwardNumbers, tv: float | None = None) -> None:
+        """The path's numbers at a slider position (and, for points, the TV distance)."""
+        k = numbers.step
+        beta = None if k == 0 or numbers.objective == "flow" else float(self.schedule.betas[k - 1])
+        rows = numbers_rows(numbers, beta)
+        if tv is not None:
+            rows += ((TV_ROW, f"{tv:.4f}"),)
+        self.shown_numbers = numbers
+        self.numbers.setText(numbers_table(rows))
 
     def _update_filmstrip(self) -> None:
         if self.process is None:
@@ -469,7 +631,7 @@ class ForwardPanel(Panel):
             self.thumbs, self.thumb_captions, self.filmstrip_positions, frames
         ):
             thumb.setPixmap(pixmap_from_uint8(frame[::stride, ::stride]))
-            caption.setText("x_0" if k == 0 else f"t = {k - 1}")
+            caption.setText("x_0" if k == 0 else step_caption(self.path, k))
 
     def _on_thumb_clicked(self, index: int) -> None:
         if index < len(self.filmstrip_positions):
@@ -693,7 +855,7 @@ class ForwardPanel(Panel):
         """Rebuild what is inspected when the model, image, seed or label changed (and start
         its curve in the worker); then show the row at the slider's t (one forward pass)."""
         ckpt = self.inspect_ckpt
-        if ckpt is None or ckpt.is_points:
+        if ckpt is None or ckpt.is_points or self.dataset is not None:
             return
         if self.image_path is None or self.process is None:
             self._clear_inspector("Load an image to inspect.")
@@ -877,34 +1039,47 @@ class ForwardPanel(Panel):
         return [self.export_runner, self.curve_runner]
 
     def export_gif(self) -> None:
-        """Ask for a file name and write the forward trajectory as a GIF (in the worker)."""
-        if self.x0 is None or self.process is None:
+        """Ask for a file name and write the forward trajectory as a GIF (in the worker): the
+        image's x_t, or the points x_t over their density (ForwardPoints.frame)."""
+        dataset = self.dataset
+        if dataset is None and (self.x0 is None or self.process is None):
             self.report_error("Export GIF", "Load an image first.")
             return
         if not self.gif_fields.valid:
             self.report_error("Export GIF", self.gif_fields.first_problem())
             return
+        stem = dataset if dataset is not None else (self.image_path or Path("image")).stem
         path = dialogs.ask_save_path(
             self,
             "Export forward process as GIF",
             dialogs.GIF_FILTER,
-            f"{forward_gif_name(self.image_path, self.schedule.config)}.gif",
+            f"{forward_gif_name(stem, self.path)}.gif",
         )
         if path is None:
             return
-        positions = tuple(int(k) for k in self.process.frame_steps(self.gif_frames.value()))
+        forward_path, seed = self.path, self._seed
+        if dataset is not None:
+            positions = tuple(int(k) for k in self.points.frame_steps(self.gif_frames.value()))
+        else:
+            positions = tuple(int(k) for k in self.process.frame_steps(self.gif_frames.value()))
         request = GifRequest(path, positions, float(self.gif_fps.value()), self.gif_size.value())
-        schedule, x0, seed = self.schedule, self.x0.copy(), self.process.seed
+        x0 = None if self.x0 is None else self.x0.copy()
         n = len(positions)
 
         def run() -> Iterator[int]:
-            # its own ForwardProcess: x_t_uint8 reuses a buffer, the GUI thread's is not shared
-            process = ForwardProcess(schedule, x0, seed=seed)
+            # its own process: x_t_uint8 reuses a buffer, the GUI thread's is not shared
             frames = []
-            for i, k in enumerate(request.positions):
-                frames.append(_fit(process.x_t_uint8(k), request.max_side))
-                yield i + 1
-            captions = [forward_caption(k) for k in request.positions]
+            if dataset is not None:
+                points = ForwardPoints(forward_path, dataset, seed=seed)
+                for i, k in enumerate(request.positions):
+                    frames.append(points.frame(k, request.max_side))
+                    yield i + 1
+            else:
+                process = ForwardProcess(forward_path, x0, seed=seed)
+                for i, k in enumerate(request.positions):
+                    frames.append(_fit(process.x_t_uint8(k), request.max_side))
+                    yield i + 1
+            captions = [step_caption(forward_path, k) for k in request.positions]
             save_gif(request.path, frames, fps=request.fps, captions=captions)
             yield n + 1
 
@@ -918,7 +1093,8 @@ class ForwardPanel(Panel):
     # ------------------------------------------------------------------ settings
 
     def persistent_widgets(self) -> dict[str, Persistent]:
-        return {name: getattr(self, name) for name in ("seed", "gif_frames", "gif_fps", "gif_size")}
+        names = ("seed", "gif_frames", "gif_fps", "gif_size", "path_choice", "source")
+        return {name: getattr(self, name) for name in names}
 
     def save_state(self, settings: QSettings) -> None:
         super().save_state(settings)
@@ -930,10 +1106,12 @@ class ForwardPanel(Panel):
     def restore_state(self, settings: QSettings) -> None:
         super().restore_state(settings)  # the seed before the image: eps is drawn once
         key = self.key()
+        source = self.source.currentData()  # loading an image chooses the Image source
         saved = settings.value(f"{key}/image")
         restored = saved and Path(str(saved)).is_file()
         if not (restored and self.load_image(Path(str(saved)), announce=False)):
             self.load_default_image()
+        self.set_source(source)
         _set_int(self.slider, settings.value(f"{key}/position"))
 
     def load_default_image(self) -> None:
@@ -942,11 +1120,65 @@ class ForwardPanel(Panel):
             self.slider.setValue(self.slider.maximum() // 4)
 
 
-def forward_gif_name(image: Path | None, config: ScheduleConfig) -> str:
-    """A file name stem for a forward GIF: 'astronaut_forward_cosine_T1000'."""
-    stem = image.stem if image is not None else "image"
-    name = f"{stem}_forward_{config.kind}_T{config.num_timesteps}"
-    return dialogs.file_stem(name)
+def forward_gif_name(stem: str, path: ForwardPath) -> str:
+    """A file name stem for a forward GIF: 'astronaut_forward_cosine_T1000',
+    'moons_forward_flow_T1000'."""
+    kind = "flow" if isinstance(path, FlowPath) else path.config.kind
+    return dialogs.file_stem(f"{stem}_forward_{kind}_T{path.num_timesteps}")
+
+
+def _snr_texts(numbers: ForwardNumbers) -> tuple[str, str]:
+    snr = numbers.snr
+    if math.isinf(snr):
+        return "∞", "∞"
+    if snr > 0:
+        return f"{snr:.4g}", f"{math.log(snr):.2f}"
+    return "0", "-∞"
+
+
+def numbers_rows(numbers: ForwardNumbers, beta: float | None = None) -> tuple[tuple[str, str], ...]:
+    """The readout's rows at a step, named for the path: diffusion's alphabar_t and its
+    roots; flow's t and its coefficients 1 - t and t (a flow path has no alphabar)."""
+    snr_text, log_text = _snr_texts(numbers)
+    if numbers.objective == "flow":
+        return (
+            ("t (flow time)", f"{numbers.time:.5g}"),
+            ("signal coefficient 1 - t", f"{numbers.signal:.5g}"),
+            ("noise coefficient t", f"{numbers.noise:.5g}"),
+            ("SNR_t = (1 - t)^2 / t^2", snr_text),
+            ("log SNR_t", log_text),
+        )
+    return (
+        ("beta_t", "–" if beta is None else f"{beta:.5g}"),
+        ("alphabar_t = prod alpha_s", f"{numbers.alpha_bar:.5g}"),
+        ("sqrt(alphabar_t)", f"{numbers.signal:.5g}"),
+        ("sqrt(1 - alphabar_t)", f"{numbers.noise:.5g}"),
+        ("SNR_t", snr_text),
+        ("log SNR_t", log_text),
+    )
+
+
+def widest_rows(objective: str) -> tuple[tuple[str, str], ...]:
+    """The widest readout of a path (the numbers box is sized for it, with the TV row)."""
+    wide = "0.00050601"
+    if objective == "flow":
+        rows = (
+            ("t (flow time)", wide),
+            ("signal coefficient 1 - t", wide),
+            ("noise coefficient t", wide),
+            ("SNR_t = (1 - t)^2 / t^2", "9.998e+05"),
+            ("log SNR_t", "-13.82"),
+        )
+    else:
+        rows = (
+            ("beta_t", wide),
+            ("alphabar_t = prod alpha_s", wide),
+            ("sqrt(alphabar_t)", wide),
+            ("sqrt(1 - alphabar_t)", wide),
+            ("SNR_t", "4.038e-05"),
+            ("log SNR_t", "-10.12"),
+        )
+    return rows + ((TV_ROW, "0.8477"),)
 
 
 def numbers_table(rows: tuple[tuple[str, str], ...]) -> str:
