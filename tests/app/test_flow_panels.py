@@ -237,3 +237,21 @@ def test_the_guidance_sweep_runs_on_a_class_conditional_flow_model(panel, qtbot,
     assert config.kind in FLOW_KINDS
     expected = guidance_sweep(ckpt, SweepRequest(config, (3, 8), (1.0, 4.0), seed=2))
     np.testing.assert_array_equal(dialog.sweep.samples, expected.samples)
+
+
+def test_playback_starts_a_flow_model_from_an_image(panel, qtbot, flow_checkpoints):
+    """Start from an image at index k: the run takes only the steps at or below k, and its
+    samples are core's for the same request."""
+    from diffusion_studio.core.data import default_photo_path
+    from diffusion_studio.core.sampling import prepare_sampling
+
+    assert panel.load_checkpoint(flow_checkpoints.images)
+    panel.set_start_image(str(default_photo_path()))
+    panel.from_image.setChecked(True)
+    panel.start_t.setValue(40)
+    sample_in(panel, qtbot, FLOW_KINDS[0], steps=10, n=2)
+    traj = panel.trajectory
+    assert traj.timesteps[0] <= 40 and len(traj) < 11
+    ckpt = load_checkpoint(flow_checkpoints.images)
+    frames = list(prepare_sampling(ckpt, panel.request()).frames)
+    np.testing.assert_array_equal(traj.final_samples, frames[-1].x_t.numpy())
