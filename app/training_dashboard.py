@@ -36,7 +36,7 @@ DASHBOARD_REDRAW_MS = 400  # the dashboard redraws at most 2.5 times a second, w
 MAX_CURVE_POINTS = 20_000  # curve points kept (evenly thinned beyond): memory stays flat
 MAX_PREVIEWS = 300  # previews kept; beyond, every second one goes (the first and last stay)
 GIF_FPS = 4.0
-HEATMAP_TITLE = "Loss by noise level t (log10)"
+HEATMAP_TITLE = "Loss by noise level t"
 TIMELINE_TITLE = "Previews (same noise each time)"
 
 
@@ -91,6 +91,20 @@ def log_loss_image(image: np.ndarray) -> np.ndarray:
     """log10 of a LossHeatmap image (bins, columns); NaN where empty or not positive."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(image > 0, np.log10(np.where(image > 0, image, 1.0)), np.nan)
+
+
+def log_ticks(low: float, high: float) -> list[tuple[float, str]]:
+    """Ticks of a colour bar over log10 values low..high, labelled with the values themselves:
+    1, 2 and 5 times the powers of ten inside (the two ends when fewer than two are)."""
+    ticks = []
+    for power in range(int(np.floor(low)), int(np.ceil(high)) + 1):
+        for mantissa in (1, 2, 5):
+            position = power + np.log10(mantissa)
+            if low - 1e-9 <= position <= high + 1e-9:
+                ticks.append((float(position), f"{mantissa * 10.0**power:.3g}"))
+    if len(ticks) < 2:
+        ticks = [(low, f"{10.0**low:.3g}"), (high, f"{10.0**high:.3g}")]
+    return ticks
 
 
 def preview_caption(step: int) -> str:
@@ -148,20 +162,19 @@ class TrainingDashboard(QWidget):
             HEATMAP_TITLE,
             "Each column: a window of training steps; each row: a band of noise levels t\n"
             "(bottom: t near 0, almost clean data; top: t near T, almost pure noise).\n"
-            "The colour is the mean loss of the samples drawn there (log10, colour bar on the "
-            "right); blank: no sample fell there yet.\nThe loss-against-t scatter's history: "
+            "The colour is the mean loss of the samples drawn there (a log scale: the colour bar "
+            "on the right); blank: no sample fell there yet.\nThe loss-against-t scatter's history: "
             "watch which noise levels the model learns first.",
         )
         self.heatmap_plot.showGrid(x=False, y=False)
         self.heatmap_plot.setLabel("bottom", "training step")
-        self.heatmap_plot.setLabel("left", "noise level t")
+        self.heatmap_plot.setLabel("left", "t")  # the title says: noise level t
         use_integer_ticks(self.heatmap_plot)
         self.heatmap_item = pg.ImageItem(axisOrder="row-major")
         self.heatmap_plot.addItem(self.heatmap_item)
         self.color_bar = pg.ColorBarItem(
             values=(-2.0, 0.0),
             colorMap=pg.colormap.get("viridis"),
-            label="log10 loss",
             interactive=False,
             width=12,
         )
@@ -191,6 +204,7 @@ class TrainingDashboard(QWidget):
             curve.setClipToView(True)
         for plot in (self.loss_plot, self.heatmap_plot, self.grad_plot, self.lr_plot):
             plot.setMinimumSize(160, 110)
+            plot.getPlotItem().getAxis("left").enableAutoSIPrefix(False)  # 0.7, not 7·10² m
 
         self.preview_view = ImageView(TIMELINE_TITLE)
         self.preview_view.setToolTip(
@@ -379,7 +393,9 @@ class TrainingDashboard(QWidget):
         finite = image[np.isfinite(image)]
         if finite.size:
             lo, hi = float(finite.min()), float(finite.max())
-            self.color_bar.setLevels((lo, hi if hi > lo else lo + 1e-3))
+            hi = hi if hi > lo else lo + 1e-3
+            self.color_bar.setLevels((lo, hi))
+            self.color_bar.axis.setTicks([log_ticks(lo, hi)])  # the colours read as loss
 
     @property
     def heatmap_shown(self) -> np.ndarray | None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion_studio.app.training_dashboard import TrainingDashboard, log_loss_image
+from diffusion_studio.app.training_dashboard import TrainingDashboard, log_loss_image, log_ticks
 from diffusion_studio.core.checkpoint import load_checkpoint, save_checkpoint
 from diffusion_studio.core.run_log import LossHeatmap, preview_picture, step_record
 from diffusion_studio.core.schedule import ScheduleConfig
@@ -97,6 +97,11 @@ def test_the_curves_and_the_heatmap_are_the_runs_records(dashboard, run, qtbot):
     low, high = dashboard.color_bar.levels()
     finite = shown[np.isfinite(shown)]
     assert (low, high) == pytest.approx((finite.min(), finite.max()))
+    ticks = log_ticks(low, high)  # the colour bar is labelled in loss, not log10 loss
+    assert len(ticks) >= 2
+    for position, label in ticks:
+        assert low - 1e-9 <= position <= high + 1e-9
+        assert float(label) == pytest.approx(10**position, rel=5e-3)
 
 
 def test_the_timeline_keeps_every_preview_and_scrubs(dashboard, run, qtbot):
