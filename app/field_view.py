@@ -10,7 +10,6 @@ JobRunner, then a QTimer plays them (Play / Pause).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import pyqtgraph as pg
@@ -33,7 +32,8 @@ from diffusion_studio.core.fields import (
     DEFAULT_GRID_SIZE,
     FieldView,
     ModelFields,
-    ParticlePaths,
+    ParticleProgress,
+    ParticleRun,
     field_grid,
     field_name,
 )
@@ -55,15 +55,6 @@ EXPLAIN = {
         "and follow the probability-flow ODE (DDIM steps, no noise) down to t = 0."
     ),
 }
-
-
-@dataclass(frozen=True)
-class ParticleRun:
-    """The particles for index k: along the learned field, and the exact one (same start)."""
-
-    index: int
-    learned: ParticlePaths
-    exact: ParticlePaths | None
 
 
 class FieldArrows:
@@ -263,15 +254,15 @@ class FieldViewDialog(QDialog):
         if fields is None:
             return
 
-        def run() -> Iterator[ParticleRun]:  # worker thread
-            learned = fields.particles(k)
-            exact = fields.particles(k, exact=True) if fields.mixture is not None else None
-            yield ParticleRun(k, learned, exact)
+        def run() -> Iterator[ParticleProgress | ParticleRun]:  # worker thread
+            yield from fields.particle_run(k)
 
         self.runner.start(Job("2-D field particles", run, JobControl(), describe=describe))
         self.status.setText("Moving particles…")
 
     def _on_record(self, record: object) -> None:
+        if isinstance(record, ParticleProgress):
+            self.status.setText(f"Moving particles… step {record.done} of {record.total}")
         if isinstance(record, ParticleRun) and record.index == self.index:
             self.particles = record
             self.frame = 0
@@ -331,6 +322,8 @@ class FieldViewDialog(QDialog):
 
 def describe(record: object) -> JobStatus | None:
     """The status bar's line for a particle run."""
+    if isinstance(record, ParticleProgress):
+        return JobStatus("2-D field: moving particles…", record.done / record.total)
     if isinstance(record, ParticleRun):
         return JobStatus(f"Particles moved from k = {record.index}", 1.0)
     return None

@@ -32,7 +32,7 @@ Points are float64 numpy arrays (N, 2); the network sees float32.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -313,12 +313,19 @@ def particle_paths(denoise: Denoiser, start: np.ndarray, levels: list[NoiseLevel
       (1 - t') (x - t v) + t' (x + (1 - t) v) = x + (t' - t) v.
     For diffusion it is DDIM with eta = 0 (Song et al. 2021a, eq. 12 with sigma = 0)."""
     x = np.asarray(start, dtype=np.float64)
-    rows = [x]
+    rows = [x, *particle_steps(denoise, x, levels)]
+    return ParticlePaths(np.stack(rows), np.array([lv.time for lv in levels]))
+
+
+def particle_steps(
+    denoise: Denoiser, start: np.ndarray, levels: list[NoiseLevel]
+) -> Iterator[np.ndarray]:
+    """The particles (P, 2) after each step of `particle_paths` (len(levels) - 1 of them)."""
+    x = np.asarray(start, dtype=np.float64)
     for here, there in zip(levels[:-1], levels[1:], strict=True):
         x0, eps = denoise(x, here)
-        x = there.signal * x0 + there.noise * eps
-        rows.append(x)
-    return ParticlePaths(np.stack(rows), np.array([lv.time for lv in levels]))
+        x = there.signal * x0 + there.noise * eps  # x' = a' x0_hat + s' eps_hat
+        yield x
 
 
 def start_particles(
@@ -337,6 +344,25 @@ def start_particles(
 
 
 # --------------------------------------------------------------------------- one model's fields
+
+
+@dataclass(frozen=True)
+class ParticleProgress:
+    """`done` of `total` steps of the learned field's particles made (for a progress line)."""
+
+    index: int
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ParticleRun:
+    """Particles from index k to t = 0 along the learned field, and along the exact one from
+    the same start (None when the data has no exact field)."""
+
+    index: int
+    learned: ParticlePaths
+    exact: ParticlePaths | None
 
 
 @dataclass(frozen=True)
@@ -386,3 +412,26 @@ class ModelFields:
         start = start_particles(self.checkpoint, levels[0], count, seed)
         denoise = mixture_denoiser(self.mixture) if exact and self.mixture else self.denoise
         return particle_paths(denoise, start, levels)
+
+    def particle_run(
+        self,
+        k: int,
+        count: int = DEFAULT_PARTICLES,
+        steps: int = DEFAULT_PARTICLE_STEPS,
+        seed: int = 0,
+    ) -> Iterator[ParticleProgress | ParticleRun]:
+        """`particles(k, ...)` and, for gaussians, `particles(k, ..., exact=True)` as a job: a
+        ParticleProgress after each learned step (a worker can stop between them), then the
+        ParticleRun."""
+        levels = particle_levels(self.path, k, steps)
+        start = start_particles(self.checkpoint, levels[0], count, seed)
+        rows = [start]
+        for x in particle_steps(self.denoise, start, levels):
+            rows.append(x)
+            yield ParticleProgress(k, len(rows) - 1, len(levels) - 1)
+        times = np.array([lv.time for lv in levels])
+        learned = ParticlePaths(np.stack(rows), times)
+        exact = None
+        if self.mixture is not None:
+            exact = particle_paths(mixture_denoiser(self.mixture), start, levels)
+        yield ParticleRun(k, learned, exact)

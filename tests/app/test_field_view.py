@@ -11,7 +11,7 @@ from diffusion_studio.app.field_view import FieldViewDialog
 from diffusion_studio.app.panels.playback_panel import PlaybackPanel
 from diffusion_studio.core.checkpoint import Checkpoint, save_checkpoint
 from diffusion_studio.core.fields import ModelFields
-from diffusion_studio.core.models import MLPConfig, build_model
+from diffusion_studio.core.models import MLPConfig, UNetConfig, build_model
 from diffusion_studio.core.schedule import ScheduleConfig
 
 T = 50
@@ -108,3 +108,13 @@ def test_button_only_for_2d_models(show, qtbot, checkpoints, tmp_path, fake_dial
     wait_for_particles(dialog, qtbot, dialog.index)
     dialog.close()
     assert dialog.shutdown(10)
+
+
+def test_an_image_model_is_refused_with_a_message(dialog, fake_dialogs):
+    image = Checkpoint(UNetConfig(), ScheduleConfig("cosine", T), "v", {}, {"name": "digits"})
+    assert not dialog.set_checkpoint(image)
+    assert fake_dialogs.errors[-1][0] == "2-D field"
+    assert "2-D point model" in dialog.error.text() and dialog.fields is None
+    assert dialog.set_checkpoint(tiny("diffusion", "moons"))  # a point model still works
+    assert not dialog.error.text() and dialog.view is not None
+    dialog.shutdown(10)

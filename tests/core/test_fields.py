@@ -231,3 +231,14 @@ def test_exact_particles_start_where_the_learned_ones_do():
     moons = ModelFields(checkpoint("flow", "velocity", data="moons"))
     with pytest.raises(ConfigError, match="exact field"):
         moons.particles(60, exact=True)
+
+
+def test_particle_run_reports_each_step_and_ends_with_both_paths():
+    fields = ModelFields(checkpoint("diffusion", "v"))  # a random tiny network
+    records = list(fields.particle_run(70, count=30, steps=6, seed=4))
+    assert [(r.done, r.total) for r in records[:-1]] == [(i, 6) for i in range(1, 7)]
+    run = records[-1]
+    assert run.index == 70
+    np.testing.assert_array_equal(run.learned.positions, fields.particles(70, 30, 6, 4).positions)
+    exact = fields.particles(70, 30, 6, 4, exact=True)
+    np.testing.assert_array_equal(run.exact.positions, exact.positions)
