@@ -22,6 +22,7 @@ import torch
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.export import forward_caption, select_frame_indices
 from diffusion_studio.core.flow import FlowPath, ForwardPath, index_noise_levels
+from diffusion_studio.core.schedule import NoiseSchedule
 
 HIST_SAMPLES = 65536  # at most this many values in x_t_sample (a pixel-value histogram)
 
@@ -109,6 +110,26 @@ def frame_steps(path: ForwardPath, num_frames: int) -> np.ndarray:
         raise ConfigError(f"a forward trajectory needs at least 2 frames, got {num_frames}")
     total = path.num_timesteps + 1
     return select_frame_indices(total, min(num_frames, total))
+
+
+def flow_time_at_snr(snr: float) -> float:
+    """The flow time t with this SNR: (1 - t)^2 / t^2 = SNR, so t = 1 / (1 + sqrt(SNR))
+    (0 for the clean SNR = inf, 1 for SNR = 0)."""
+    if math.isinf(snr):
+        return 0.0
+    return 1.0 / (1.0 + math.sqrt(max(snr, 0.0)))
+
+
+def schedule_index_at_log_snr(schedule: NoiseSchedule, log_snr: float) -> int | None:
+    """The schedule's timestep index whose log-SNR is nearest `log_snr` (None for the
+    clean +inf): where a diffusion schedule is as noisy as a flow time, or another schedule."""
+    if math.isinf(log_snr) and log_snr > 0:
+        return None
+    table = schedule.log_snr.numpy().astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        gap = np.abs(table - log_snr)
+    gap[np.isnan(gap)] = 0.0  # -inf against -inf: the same (zero terminal SNR)
+    return int(np.argmin(gap))
 
 
 class ForwardProcess:

@@ -83,7 +83,13 @@ from diffusion_studio.core.data import (
 from diffusion_studio.core.errors import DiffusionStudioError
 from diffusion_studio.core.export import save_gif
 from diffusion_studio.core.flow import FlowPath, ForwardPath
-from diffusion_studio.core.forward import ForwardNumbers, ForwardProcess, step_caption
+from diffusion_studio.core.forward import (
+    ForwardNumbers,
+    ForwardProcess,
+    flow_time_at_snr,
+    schedule_index_at_log_snr,
+    step_caption,
+)
 from diffusion_studio.core.forward_points import (
     DENSITY_TOP,
     EXTENT,
@@ -133,11 +139,15 @@ SLIDER_TIPS = {
 }
 NUMBERS_TIPS = {
     "diffusion": "The coefficients at t: x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps, "
-    "alphabar_t = prod alpha_s, SNR_t = alphabar_t / (1 - alphabar_t)",
+    "alphabar_t = prod alpha_s, SNR_t = alphabar_t / (1 - alphabar_t). 'flow t with this "
+    "SNR': the flow-matching time that is exactly as noisy, t = 1 / (1 + sqrt(SNR_t))",
     "flow": "The coefficients at t: x_t = (1 - t) x_0 + t eps (rectified flow; there is no "
-    "alphabar), SNR_t = (1 - t)^2 / t^2",
+    "alphabar), SNR_t = (1 - t)^2 / t^2. 'schedule's t with this SNR': the timestep of the "
+    "Schedules tab's noise schedule whose SNR is nearest",
 }
 TV_ROW = "TV distance to N(0, I)"
+# The other path's t that is as noisy (equal SNR): how flow's t and a schedule's t relate.
+TWIN_ROWS = {"diffusion": "flow t with this SNR", "flow": "schedule's t with this SNR"}
 POINTS_TIP = (
     "The points x_t (blue) over the density of x_t (orange, fixed levels 0 to "
     f"{DENSITY_TOP:g}): p_t(x) = (1/N) sum_i N(x; a_t x0_i, s_t^2 I), the mean of each cell "
@@ -615,7 +625,12 @@ class ForwardPanel(Panel):
         """The path's numbers at a slider position (and, for points, the TV distance)."""
         k = numbers.step
         beta = None if k == 0 or numbers.objective == "flow" else float(self.schedule.betas[k - 1])
-        rows = numbers_rows(numbers, beta)
+        if numbers.objective == "flow":  # the Schedules tab's t that is as noisy
+            index = schedule_index_at_log_snr(self.schedule, numbers.log_snr)
+            twin = "–" if index is None else str(index)
+        else:  # the flow time that is as noisy
+            twin = f"{flow_time_at_snr(numbers.snr):.4g}"
+        rows = numbers_rows(numbers, beta, twin)
         if tv is not None:
             rows += ((TV_ROW, f"{tv:.4f}"),)
         self.shown_numbers = numbers
@@ -1136,9 +1151,12 @@ def _snr_texts(numbers: ForwardNumbers) -> tuple[str, str]:
     return "0", "-∞"
 
 
-def numbers_rows(numbers: ForwardNumbers, beta: float | None = None) -> tuple[tuple[str, str], ...]:
+def numbers_rows(
+    numbers: ForwardNumbers, beta: float | None = None, twin: str = "–"
+) -> tuple[tuple[str, str], ...]:
     """The readout's rows at a step, named for the path: diffusion's alphabar_t and its
-    roots; flow's t and its coefficients 1 - t and t (a flow path has no alphabar)."""
+    roots; flow's t and its coefficients 1 - t and t (a flow path has no alphabar). twin:
+    the other path's t with the same SNR (TWIN_ROWS)."""
     snr_text, log_text = _snr_texts(numbers)
     if numbers.objective == "flow":
         return (
@@ -1147,6 +1165,7 @@ def numbers_rows(numbers: ForwardNumbers, beta: float | None = None) -> tuple[tu
             ("noise coefficient t", f"{numbers.noise:.5g}"),
             ("SNR_t = (1 - t)^2 / t^2", snr_text),
             ("log SNR_t", log_text),
+            (TWIN_ROWS["flow"], twin),
         )
     return (
         ("beta_t", "–" if beta is None else f"{beta:.5g}"),
@@ -1155,6 +1174,7 @@ def numbers_rows(numbers: ForwardNumbers, beta: float | None = None) -> tuple[tu
         ("sqrt(1 - alphabar_t)", f"{numbers.noise:.5g}"),
         ("SNR_t", snr_text),
         ("log SNR_t", log_text),
+        (TWIN_ROWS["diffusion"], twin),
     )
 
 
@@ -1168,6 +1188,7 @@ def widest_rows(objective: str) -> tuple[tuple[str, str], ...]:
             ("noise coefficient t", wide),
             ("SNR_t = (1 - t)^2 / t^2", "9.998e+05"),
             ("log SNR_t", "-13.82"),
+            (TWIN_ROWS["flow"], "999"),
         )
     else:
         rows = (
@@ -1177,6 +1198,7 @@ def widest_rows(objective: str) -> tuple[tuple[str, str], ...]:
             ("sqrt(1 - alphabar_t)", wide),
             ("SNR_t", "4.038e-05"),
             ("log SNR_t", "-10.12"),
+            (TWIN_ROWS["diffusion"], "0.0009995"),
         )
     return rows + ((TV_ROW, "0.8477"),)
 

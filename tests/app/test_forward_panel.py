@@ -16,7 +16,11 @@ from diffusion_studio.app.panels.forward_panel import ForwardPanel
 from diffusion_studio.core.data import default_photo_path, load_image
 from diffusion_studio.core.export import caption_frame, forward_caption, to_uint8_images
 from diffusion_studio.core.flow import FlowPath
-from diffusion_studio.core.forward import step_caption
+from diffusion_studio.core.forward import (
+    flow_time_at_snr,
+    schedule_index_at_log_snr,
+    step_caption,
+)
 from diffusion_studio.core.forward_points import (
     DENSITY_TOP,
     EXTENT,
@@ -357,3 +361,21 @@ def test_flow_numbers_readout_is_not_cut_off(panel, source):
         panel.slider.setValue(k)
         assert panel.numbers.sizeHint().width() <= panel.numbers.width(), panel.numbers.text()
         assert panel.numbers.sizeHint().height() <= panel.numbers.height()
+
+
+def test_readout_relates_flow_time_and_the_schedule(panel, small_image):
+    """Issue 17: each path's readout names the other path's t that is as noisy (equal SNR),
+    as core computes it."""
+    panel.load_image(small_image)
+    schedule = NoiseSchedule(ScheduleConfig())
+    panel.slider.setValue(401)  # diffusion index 400
+    t = flow_time_at_snr(float(schedule.snr[400]))
+    assert 0 < t < 1 and ((1 - t) / t) ** 2 == pytest.approx(float(schedule.snr[400]))
+    assert f"flow t with this SNR</td><td>{t:.4g}</td>" in panel.numbers.text()
+    panel.set_path("flow")
+    panel.slider.setValue(501)  # flow t = 0.501
+    index = schedule_index_at_log_snr(schedule, float(FlowPath(1000).log_snr[500]))
+    assert 0 < index < 999
+    assert f"schedule's t with this SNR</td><td>{index}</td>" in panel.numbers.text()
+    panel.slider.setValue(0)
+    assert "schedule's t with this SNR</td><td>–</td>" in panel.numbers.text()

@@ -13,7 +13,9 @@ from diffusion_studio.core.forward import (
     HIST_SAMPLES,
     ForwardProcess,
     display_levels,
+    flow_time_at_snr,
     path_numbers,
+    schedule_index_at_log_snr,
     step_caption,
 )
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
@@ -122,3 +124,21 @@ def test_display_levels_prepend_the_clean_step():
     assert numbers.objective == "diffusion" and numbers.time is None
     assert numbers.log_snr == pytest.approx(float(schedule.log_snr[6]), rel=1e-9)
     assert step_caption(schedule, 7) == "t = 6"
+
+
+def test_flow_and_schedule_meet_at_equal_snr():
+    """Where a flow time and a diffusion timestep are equally noisy (equal SNR)."""
+    schedule = NoiseSchedule(ScheduleConfig("linear", 1000))
+    path = FlowPath(1000)
+    for index in (0, 99, 499, 998):
+        snr = float(schedule.snr[index])
+        t = flow_time_at_snr(snr)
+        assert ((1 - t) / t) ** 2 == pytest.approx(snr, rel=1e-9)
+        flow_index = int(round(t * 1000)) - 1  # the flow grid point nearest t
+        back = schedule_index_at_log_snr(schedule, float(path.log_snr[flow_index]))
+        assert abs(back - index) <= max(2, 0.02 * index)
+    assert flow_time_at_snr(float("inf")) == 0.0 and flow_time_at_snr(0.0) == 1.0
+    assert schedule_index_at_log_snr(schedule, float("inf")) is None
+    assert schedule_index_at_log_snr(schedule, float(schedule.log_snr[321])) == 321
+    zero = NoiseSchedule(ScheduleConfig("cosine", 50, zero_terminal_snr=True))
+    assert schedule_index_at_log_snr(zero, float("-inf")) == 49
