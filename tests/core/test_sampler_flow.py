@@ -4,11 +4,17 @@ FlowMatchEulerDiscreteScheduler / FlowMatchHeunDiscreteScheduler step by step an
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
+import numpy as np
 import pytest
 import torch
 
+from diffusion_studio.core.checkpoint import load_checkpoint
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.flow import FlowPath
+from diffusion_studio.core.models import MLPConfig
 from diffusion_studio.core.samplers import (
     FLOW_DEFAULT_SAMPLER,
     FLOW_DEFAULT_STEPS,
@@ -19,8 +25,24 @@ from diffusion_studio.core.samplers import (
     samplers_for_objective,
     spec_for_diffusers_class,
 )
-from diffusion_studio.core.sampling import first_step, sample
+from diffusion_studio.core.sampling import (
+    SampleRequest,
+    checkpoint_sampler_config,
+    first_step,
+    prepare_sampling,
+    sample,
+    sample_checkpoint,
+)
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
+from diffusion_studio.core.training import (
+    TrainConfig,
+    Trainer,
+    TrainPreview,
+    TrainProgress,
+    resume_config,
+)
+from tests.cli.tiny_models import T as TINY_T
+from tests.cli.tiny_models import save_tiny_checkpoint
 from tests.core.sampler_common import SamplerCommonTests
 
 diffusers = pytest.importorskip("diffusers")
@@ -285,3 +307,103 @@ def test_default_sampler_config_by_objective():
     )
     with pytest.raises(ConfigError, match="objective"):
         default_sampler_config(True, objective="score")
+
+
+# --------------------------------------------------------------------------- flow checkpoints
+
+
+def _flow_train_config(**overrides) -> TrainConfig:
+    base = dict(
+        data="moons",
+        model=MLPConfig(hidden=32, layers=2),
+        schedule=ScheduleConfig("linear", 100),
+        objective="flow",
+        batch_size=64,
+        learning_rate=3e-3,
+        warmup_steps=5,
+        max_steps=20,
+        max_minutes=None,
+        num_points=512,
+        device="cpu",
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def test_a_flow_checkpoint_round_trips_samples_and_resumes_exactly(tmp_path):
+    config = _flow_train_config()
+    straight = [r.loss for r in Trainer(config).run() if isinstance(r, TrainProgress)]
+
+    first = Trainer(config)
+    losses = []
+    for record in first.run():
+        losses.append(record.loss)
+        if record.step == 8:
+            break
+    path = tmp_path / "flow.safetensors"
+    first.save(path)
+    ckpt = load_checkpoint(path)
+    assert (ckpt.objective, ckpt.prediction_type) == ("flow", "velocity")
+    # the flow default sampler, and samples through it
+    assert checkpoint_sampler_config(ckpt) == default_sampler_config(True, objective="flow")
+    samples = sample_checkpoint(ckpt, 16, SamplerConfig("flow-heun", 4, "trailing"), seed=3)
+    assert samples.shape == (16, 2) and np.isfinite(samples).all()
+    with pytest.raises(ConfigError, match="flow-euler, flow-heun"):
+        sample_checkpoint(ckpt, 4, SamplerConfig("ddim", 4, "trailing"))
+    # resume continues the very same run
+    resumed = Trainer(resume_config(ckpt), resume=ckpt)
+    assert resumed.step == 8 and resumed.config.objective == "flow"
+    losses += [r.loss for r in resumed.run() if isinstance(r, TrainProgress)]
+    np.testing.assert_allclose(losses, straight, rtol=1e-6, atol=1e-7)
+
+
+def test_a_flow_run_previews_with_the_flow_sampler():
+    config = _flow_train_config(max_steps=4, preview_every=2, preview_count=3, preview_steps=5)
+    previews = [r for r in Trainer(config).run() if isinstance(r, TrainPreview)]
+    assert [p.step for p in previews] == [2, 4]
+    assert previews[-1].samples.shape == (3, 2) and np.isfinite(previews[-1].samples).all()
+
+
+def _without_objective(path, out):
+    """A copy of a checkpoint as written before flow matching: no "objective" in its config."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    config = json.loads(metadata["config"])
+    del config["objective"]
+    metadata["config"] = json.dumps(config)
+    save_file(tensors, str(out), metadata=metadata)
+    return out
+
+
+def test_an_old_checkpoint_without_objective_opens_as_diffusion(tmp_path):
+    path = save_tiny_checkpoint(tmp_path / "new.safetensors", points=True)
+    old = load_checkpoint(_without_objective(path, tmp_path / "old.safetensors"))
+    assert old.objective == "diffusion" and old.prediction_type == "epsilon"
+    assert checkpoint_sampler_config(old) == default_sampler_config(True)
+    run = prepare_sampling(old, SampleRequest(SamplerConfig("ddim", 3, "trailing"), 2))
+    assert isinstance(run.schedule, NoiseSchedule)
+
+
+def test_a_flow_image_model_starts_from_a_noised_image(tmp_path):
+    """prepare_sampling on a flow checkpoint: its FlowPath, the start index checked against
+    the path's grid, the image noised to the first step's time."""
+    from PIL import Image
+
+    ckpt = load_checkpoint(save_tiny_checkpoint(tmp_path / "d.safetensors", points=False))
+    flow = dataclasses.replace(ckpt, objective="flow", prediction_type="velocity")
+    image = tmp_path / "start.png"
+    Image.fromarray(np.full((8, 8), 200, dtype=np.uint8)).save(image)
+    request = SampleRequest(
+        SamplerConfig("flow-euler", 10, "trailing"), 2, start_image=image, start_t=24
+    )
+    run = prepare_sampling(flow, request)
+    assert isinstance(run.schedule, FlowPath) and run.schedule.num_timesteps == TINY_T
+    frames = list(run.frames)
+    assert len(frames) == run.num_steps + 1 and frames[0].t <= 24
+    assert run.sampler.sigma(first_step(run.sampler, 24)) <= (24 + 1) / TINY_T
+    with pytest.raises(ConfigError, match="out of range"):
+        prepare_sampling(flow, dataclasses.replace(request, start_t=TINY_T))
