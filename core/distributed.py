@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -154,9 +155,10 @@ def is_collective_failure(exc: BaseException) -> bool:
 
 def peer_failure_message(exc: BaseException) -> str:
     """One line for a collective that failed (a peer died, hung past the timeout, or left)."""
-    detail = " ".join(str(exc).split())
-    if len(detail) > 160:
-        detail = detail[:157] + "..."
+    detail = re.sub(r"\[[^\]]*\]:?\d*\s*", "", " ".join(str(exc).split()))  # no [file:line]
+    detail = detail.split(". ")[0].strip().rstrip(".")
+    if len(detail) > 100:
+        detail = detail[:97] + "..."
     return f"another process of the data-parallel run failed or stopped answering ({detail})"
 
 
