@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QCloseEvent
+from PySide6.QtGui import QCloseEvent, QShowEvent
 from PySide6.QtWidgets import QDialog, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
 from diffusion_studio.app import dialogs
@@ -122,6 +122,8 @@ class FieldViewDialog(QDialog):
         )
         self.samples = scatter_item(3, (150, 150, 150, 90))  # the particles' start, x_t
         self.learned_plot.addItem(self.samples)
+        self.exact_samples = scatter_item(3, (150, 150, 150, 90))
+        self.exact_plot.addItem(self.exact_samples)
         self.learned_arrows = FieldArrows(self.learned_plot, (31, 119, 180))
         self.learned_dots = scatter_item(4, (214, 39, 40, 200))
         self.learned_plot.addItem(self.learned_dots)
@@ -242,6 +244,7 @@ class FieldViewDialog(QDialog):
                 f"largest |learned - exact| {view.error.per_point.max():.3g}"
             )
         self.samples.setData(pos=np.zeros((0, 2)))
+        self.exact_samples.setData(pos=np.zeros((0, 2)))
         self.learned_dots.setData(pos=np.zeros((0, 2)))
         self.exact_dots.setData(pos=np.zeros((0, 2)))
         self.particle_timer.start()
@@ -271,6 +274,8 @@ class FieldViewDialog(QDialog):
                 f"t = 0 in {record.learned.positions.shape[0] - 1} steps"
             )
             self.samples.setData(pos=record.learned.positions[0])
+            if record.exact is not None:
+                self.exact_samples.setData(pos=record.exact.positions[0])
             self.show_frame(0)
             if self.play_button.isChecked():
                 self.frame_timer.start()
@@ -311,6 +316,16 @@ class FieldViewDialog(QDialog):
         self.particle_timer.stop()
         self.frame_timer.stop()
         return self.runner.shutdown(timeout_s)
+
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt's name
+        """Shown again after closing: the particles move on (or are made again)."""
+        super().showEvent(event)
+        if self.fields is None:
+            return
+        if self.particles is None or self.particles.index != self.index:
+            self.particle_timer.start()
+        elif self.play_button.isChecked():
+            self.frame_timer.start()
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt's name
         """Closing the window stops the animation and a running particle job."""

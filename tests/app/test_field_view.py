@@ -106,6 +106,12 @@ def test_button_only_for_2d_models(show, qtbot, checkpoints, tmp_path, fake_dial
     assert panel.load_checkpoint(checkpoints.points)  # moons: the same window, no exact panel
     assert panel.open_field_view() is dialog and not dialog.exact_plot.isVisible()
     wait_for_particles(dialog, qtbot, dialog.index)
+    assert dialog.frame_timer.isActive()
+    dialog.close()  # stops the motion; opening it again moves the same particles on
+    assert not dialog.frame_timer.isActive()
+    shown = dialog.particles
+    assert panel.open_field_view() is dialog and dialog.frame_timer.isActive()
+    assert dialog.particles is shown
     dialog.close()
     assert dialog.shutdown(10)
 
