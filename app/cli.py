@@ -36,11 +36,13 @@ examples:
   diffusion-studio schedule --kind cosine --out schedule.csv
   diffusion-studio forward photo.png --gif forward.gif
   diffusion-studio train --data digits --minutes 5 --out digits.safetensors
+  diffusion-studio train --data moons --objective flow --steps 3000 --out moons-flow.safetensors
   diffusion-studio sample --checkpoint digits.safetensors --gif reverse.gif --grid grid.png
   diffusion-studio samplers                         list the samplers and their options
 
 The maths: alpha_t = 1 - beta_t, alphabar_t = prod_{s<=t} alpha_s (a product), and
-x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps."""
+x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps. Flow matching (--objective flow):
+x_t = (1 - t) x_0 + t eps, t in [0, 1]; the network predicts the velocity eps - x_0."""
 
 
 # `train`: previews every this many steps by default (and by time; see --preview-every)
