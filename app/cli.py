@@ -785,8 +785,10 @@ def _train_run(args: argparse.Namespace, config: Any, ckpt: Any, context: Any) -
                 )
         bar.close()
         together = True
-        if signals.received is not None:
-            status, message = "stopped", f"{signals.received} at step {trainer.step}"
+        if signals.received is not None or not trainer.is_done:
+            # a signal here, or (data-parallel) one that reached another process
+            cause = signals.received or "a signal to another process"
+            status, message = "stopped", f"{cause} at step {trainer.step}"
             return _end_interrupted(saver, out)
         status = "finished"
         if saver is None:

@@ -192,7 +192,28 @@ def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
         time.sleep(0.2)
 
 
-def test_ctrl_c_stops_every_process_and_saves_once(tmp_path):
+def worker_of_rank(torchrun_pid: int, rank: int, seconds: float = 30) -> int:
+    """The pid of the worker of `rank` that torchrun (`torchrun_pid`) started (Linux /proc)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                status = (entry / "status").read_text()
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"PPid:\t{torchrun_pid}\n" in status and f"RANK={rank}".encode() in environ:
+                return int(entry.name)
+        time.sleep(0.2)
+    raise AssertionError(f"no worker of rank {rank} under torchrun {torchrun_pid}")
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm-to-rank-1"])
+def test_a_signal_stops_every_process_and_rank_0_saves_once(tmp_path, how):
+    if how == "sigterm-to-rank-1" and not sys.platform.startswith("linux"):
+        pytest.skip("finds the worker through /proc")
     out = tmp_path / "run.safetensors"
     proc = subprocess.Popen(
         torchrun_command(
@@ -211,13 +232,17 @@ def test_ctrl_c_stops_every_process_and_saves_once(tmp_path):
     try:
         wait_for(out, proc)
         assert out.exists(), "training never saved"
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: every process of the job gets it
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)  # every process of the job gets it
+        else:
+            os.kill(worker_of_rank(proc.pid, 1), signal.SIGTERM)  # one process only
         _, err = proc.communicate(timeout=TIMEOUT_S)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert err.count("interrupted: saved step") == 1, err
+    assert "diffusion-studio: error" not in err
     records = read_log(metrics_log_path(out))
     ends = [r for r in records if isinstance(r, EndRecord)]
     assert len(ends) == 1 and ends[0].status == "stopped", err
