@@ -228,6 +228,14 @@ class SchedulesPanel(Panel):
             "SNR_t = alphabar_t / (1 - alphabar_t)"
         )
         formulas.setToolTip("The DDPM forward process (Ho et al. 2020, eq. 4)")
+        # shown with the flow path: its forward process beside DDPM's
+        self.flow_formulas = QLabel(
+            "flow matching:<br>"
+            "x_t = (1 - t) x_0 + t eps<br>"
+            "SNR_t = (1 - t)<sup>2</sup> / t<sup>2</sup>, t = (k + 1) / T"
+        )
+        self.flow_formulas.setToolTip(FLOW_TIP)
+        self.flow_formulas.setVisible(False)
 
         compare = QGroupBox("Compare and export")
         compare_layout = QVBoxLayout(compare)
@@ -235,7 +243,7 @@ class SchedulesPanel(Panel):
         for b in (self.add_button, self.clear_button, self.csv_button, self.plot_button):
             compare_layout.addWidget(b)
 
-        controls = control_column((box, self.error, compare, formulas), 250)
+        controls = control_column((box, self.error, compare, formulas, self.flow_formulas), 250)
 
         self.plots = pg.GraphicsLayoutWidget()
         self.plot_items: dict[str, pg.PlotItem] = {}
@@ -392,6 +400,7 @@ class SchedulesPanel(Panel):
                 self.flow_curves[key].setData(k, plot_values(table[flow_key]), connect="finite")
         for item in self.flow_curves.values():
             item.setVisible(on)
+        self.flow_formulas.setVisible(on)
         for key, title, _ in CURVES:
             self.plot_items[key].setTitle(f"{title}   ({FLOW_TITLES[key]})" if on else title)
         self._refresh_legend()

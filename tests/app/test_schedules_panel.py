@@ -129,6 +129,7 @@ def test_a_long_comparison_does_not_squeeze_the_plots(window, qtbot, screen):
             set_combo_data(panel.kind, kind)
             panel.steps.setValue(steps)
             panel.add_to_comparison()
+    panel.show_flow.setChecked(True)  # the flow path too, with its formulas
     panel.set_hover_t(100)
     qtbot.wait(50)
     assert len(panel.comparison) == 8
@@ -169,6 +170,7 @@ def test_flow_matching_is_drawn_beside_the_schedules_from_core_flow(panel):
     assert "no beta_t" in panel.plot_items["beta"].titleLabel.text
     assert "no alphabar_t" in panel.plot_items["alpha_bar"].titleLabel.text
     assert panel.flow_label() in [label.text for _, label in panel.legend.items]
+    assert panel.flow_formulas.isVisible() and "(1 - t) x_0 + t eps" in panel.flow_formulas.text()
     # the cosine curve stays the schedule's; the flow follows T
     _, cosine = plotted(panel, "log_snr")
     np.testing.assert_allclose(cosine, NoiseSchedule(ScheduleConfig("cosine", 200)).log_snr.numpy())
@@ -181,6 +183,7 @@ def test_flow_matching_is_drawn_beside_the_schedules_from_core_flow(panel):
     panel.show_flow.setChecked(False)
     assert not any(item.isVisible() for item in panel.flow_curves.values())
     assert "flow" not in panel.plot_items["beta"].titleLabel.text
+    assert not panel.flow_formulas.isVisible()
     assert len(panel.legend.items) == 1 and "flow" not in panel.readout.text()
 
 
