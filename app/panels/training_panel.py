@@ -1296,11 +1296,13 @@ class TrainingPanel(Panel):
         history_steps = ckpt.training_state.get("history/step")
         history_losses = ckpt.training_state.get("history/loss")
         if history_steps is not None and history_losses is not None:
-            for step, value in zip(history_steps.tolist(), history_losses.tolist()):
-                self._append_loss(step, value)
+            for done, value in zip(history_steps.tolist(), history_losses.tolist()):
+                self._append_loss(done, value)
             # the dashboard keeps no per-step details of the earlier part: its loss is overlaid
             self.dashboard.set_overlay(
-                f"before step {step} (resumed)", history_steps.numpy(), history_losses.numpy()
+                f"steps 1-{step}, before resuming",
+                history_steps.numpy(),
+                history_losses.float().numpy(),
             )
             self._history_overlaid = True
         self.redraw_now()

@@ -576,7 +576,7 @@ def test_a_resumed_run_overlays_its_history_on_the_dashboard(panel, qtbot, tmp_p
     save_checkpoint(path, trainer.checkpoint())
     assert panel.set_resume_checkpoint(path)
     label, steps, losses = panel.dashboard.overlay
-    assert "resumed" in label
+    assert label == "steps 1-6, before resuming"
     np.testing.assert_array_equal(steps, [s for s, _ in trainer.loss_history])
     np.testing.assert_array_equal(losses, np.float32([v for _, v in trainer.loss_history]))
     panel.clear_resume()
