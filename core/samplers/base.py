@@ -270,8 +270,10 @@ def split_prediction_at(
         pred_x0 = model_output
         pred_eps = (x_t - sqrt_ab * model_output) / sqrt_1m_ab
     else:
+        # "velocity" is a flow model's output: core.samplers.flow_match samples those
         raise ConfigError(
-            f"unknown prediction type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}"
+            f"a diffusion sampler cannot use prediction type {prediction_type!r}; choose one of "
+            f"{', '.join(DIFFUSION_PREDICTION_TYPES)}"
         )
     return pred_x0, pred_eps
 
