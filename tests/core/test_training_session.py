@@ -111,3 +111,64 @@ def test_a_failed_write_keeps_the_model(tmp_path):
     result = saver.save_run()
     assert result.path is None and result.step == 2 and "does not exist" in result.error
     assert result.checkpoint.training["step"] == 2  # still in memory, to save elsewhere
+
+
+def test_the_recorder_logs_steps_previews_and_the_end_once(tmp_path):
+    from diffusion_studio.core.run_log import (
+        EndRecord,
+        PreviewRecord,
+        RunHeader,
+        StepRecord,
+        read_log,
+    )
+    from diffusion_studio.core.training import TrainPreview
+    from diffusion_studio.core.training_session import RunRecorder
+
+    trainer = tiny_trainer(max_steps=3)
+    path = tmp_path / "run.safetensors"
+    recorder = RunRecorder(trainer, path, fresh=True)
+    assert recorder.error is None
+    for record in trainer.run():
+        assert recorder.record(record) is None
+    points = trainer.preview().samples
+    assert recorder.record(TrainPreview(3, points, final=True)) is None
+    assert recorder.end("finished") is None
+    assert recorder.end("failed", "again") is None  # once only
+    records = read_log(recorder.path)
+    assert [type(r) for r in records] == [RunHeader, *[StepRecord] * 3, PreviewRecord, EndRecord]
+    assert records[0].world_size == 1 and records[0].num_timesteps == 50
+    assert records[-1] == EndRecord("finished", 3, "")
+    assert (tmp_path / records[-2].png).exists()
+
+
+def test_a_log_that_cannot_be_written_never_stops_training(tmp_path):
+    from diffusion_studio.core.training_session import RunRecorder
+
+    trainer = tiny_trainer(max_steps=2)
+    recorder = RunRecorder(trainer, tmp_path / "missing" / "run.safetensors", fresh=True)
+    assert recorder.error is not None and "metrics log" in recorder.error
+    steps = [record.step for record in trainer.run() if recorder.record(record) is None]
+    assert steps == [1, 2] and recorder.end("finished") is None
+
+
+def test_a_log_that_fails_midway_says_so_once_and_stops(tmp_path, monkeypatch):
+    from diffusion_studio.core import run_log
+    from diffusion_studio.core.training_session import RunRecorder
+
+    trainer = tiny_trainer(max_steps=4)
+    recorder = RunRecorder(trainer, tmp_path / "run.safetensors", fresh=True)
+    warnings = []
+    for record in trainer.run():
+        if record.step == 2:
+
+            def full(self, record):
+                raise run_log.RunLogError("cannot write the metrics log: the disk is full")
+
+            monkeypatch.setattr(run_log.MetricsLogWriter, "write", full)
+        warnings.append(recorder.record(record))
+    assert warnings[0] is None and warnings[2:] == [None, None]
+    assert "the disk is full" in warnings[1] and "stops here" in warnings[1]
+    assert recorder.end("finished") is None
+    monkeypatch.undo()
+    lines = run_log.read_log(recorder.path)
+    assert [type(r).__name__ for r in lines] == ["RunHeader", "StepRecord"]
