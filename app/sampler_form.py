@@ -411,7 +411,13 @@ class SamplerForm(QWidget):
         try:
             kind = state.get("kind")
             if kind is not None and not set_combo_data(self.kind, kind):
-                skipped.append(f"sampler {kind!r} (no longer available)")
+                other = REGISTRY.get(kind) if isinstance(kind, str) else None
+                skipped.append(
+                    f"sampler {kind!r} (it samples {other.objective} models, the model is "
+                    f"{self.objective})"
+                    if other is not None
+                    else f"sampler {kind!r} (no longer available)"
+                )
             steps = state.get("num_inference_steps")
             if isinstance(steps, int) and not isinstance(steps, bool):
                 self.steps.setValue(steps)

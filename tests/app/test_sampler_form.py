@@ -203,3 +203,19 @@ def test_picking_a_sampler_sets_its_karras_default(form):
     assert not form.karras.isChecked() and not form.config().karras
     form.karras.setChecked(True)  # the user's own choice stays until the sampler changes
     assert form.config().karras
+
+
+def test_a_saved_sampler_of_the_other_objective_is_skipped_with_the_reason(form, show):
+    """Settings saved with a flow model, restored while a diffusion model is loaded: the flow
+    sampler is not chosen (the form keeps a diffusion sampler) and the log says why."""
+    use_objective(form, "flow")
+    set_combo_data(form.kind, "flow-heun")
+    state = form.state()
+    again = show(SamplerForm())
+    again.set_model(SCHEDULE, "epsilon")
+    before = again.config().kind
+    skipped = again.restore(state)
+    assert any("flow-heun" in s and "flow models" in s for s in skipped)
+    assert again.config().kind == before and again.valid
+    use_objective(again, "flow")
+    assert again.restore(state) == [] and again.config().kind == "flow-heun"
