@@ -22,6 +22,7 @@ from diffusion_studio.app.widgets import (
     POINT_EXTENT,
     ErrorLabel,
     button,
+    check_box,
     points_plot,
     scatter_item,
 )
@@ -61,7 +62,8 @@ class FieldArrows:
     """Arrows on a plot: one line item of segment pairs (shaft and two head strokes each).
 
     `points` (G, 2), `vectors` (G, 2) the field shown, `scale` the drawing's length per unit
-    of field: arrow i goes from points[i] to points[i] + scale * vectors[i].
+    of field: arrow i goes from points[i] to points[i] + scale * vectors[i]; with
+    `directions_only` every arrow is `length` long, along vectors[i].
     """
 
     def __init__(self, plot: pg.PlotWidget, rgb: tuple[int, int, int]) -> None:
@@ -71,10 +73,21 @@ class FieldArrows:
         self.vectors = np.zeros((0, 2))
         self.scale = 1.0
 
-    def set_field(self, points: np.ndarray, vectors: np.ndarray, scale: float) -> None:
+    def set_field(
+        self,
+        points: np.ndarray,
+        vectors: np.ndarray,
+        scale: float,
+        directions_only: bool = False,
+        length: float = 1.0,
+    ) -> None:
         self.points, self.vectors, self.scale = points, vectors, scale
-        tips = points + scale * vectors
-        back = -HEAD * scale * vectors  # from the tip back along the shaft
+        drawn = scale * vectors
+        if directions_only:
+            size = np.linalg.norm(vectors, axis=1, keepdims=True)
+            drawn = length * vectors / np.where(size > 0, size, 1.0)
+        tips = points + drawn
+        back = -HEAD * drawn  # from the tip back along the shaft
         side = np.stack([-back[:, 1], back[:, 0]], axis=1) * 0.5
         left, right = tips + back + side, tips + back - side
         # (G, 6, 2): tail-tip, tip-left, tip-right; drawn as pairs
@@ -110,6 +123,11 @@ class FieldViewDialog(QDialog):
         self.play_button.setCheckable(True)
         self.play_button.setChecked(True)
         self.play_button.toggled.connect(self._on_play_toggled)
+        self.directions_only = check_box(
+            "Directions only",
+            "Draw every arrow the same length (the field's size varies a lot, most at small t)",
+        )
+        self.directions_only.toggled.connect(lambda _on: self.show_index(self.index))
         self.explain = QLabel("")
         self.explain.setWordWrap(True)
         self.error = ErrorLabel()
@@ -152,6 +170,7 @@ class FieldViewDialog(QDialog):
         controls.addWidget(QLabel("t"))
         controls.addWidget(self.slider, 1)
         controls.addWidget(self.level_label)
+        controls.addWidget(self.directions_only)
         controls.addWidget(self.play_button)
         plots = QHBoxLayout()
         for plot in (self.learned_plot, self.exact_plot, self.error_plot):
@@ -225,9 +244,11 @@ class FieldViewDialog(QDialog):
         if view.exact is not None:  # one scale for both, so their lengths compare
             longest = max(longest, np.linalg.norm(view.exact.vectors, axis=1).max())
         scale = ARROW_LENGTH * spacing / longest if longest > 0 else 1.0
-        self.learned_arrows.set_field(self.grid, view.learned.vectors, scale)
+        unit = self.directions_only.isChecked()
+        length = ARROW_LENGTH * spacing
+        self.learned_arrows.set_field(self.grid, view.learned.vectors, scale, unit, length)
         if view.exact is not None and view.error is not None:
-            self.exact_arrows.set_field(self.grid, view.exact.vectors, scale)
+            self.exact_arrows.set_field(self.grid, view.exact.vectors, scale, unit, length)
             image = view.error.per_point.reshape(DEFAULT_GRID_SIZE, DEFAULT_GRID_SIZE)
             self.error_image.setImage(image.T, autoLevels=False)  # ImageItem's axis 0 is x
             self.error_bar.setLevels((0.0, max(float(image.max()), 1e-12)))

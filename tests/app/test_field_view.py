@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from diffusion_studio.app.field_view import FieldViewDialog
 from diffusion_studio.app.panels.playback_panel import PlaybackPanel
@@ -18,6 +19,13 @@ T = 50
 TINY_MLP = MLPConfig(hidden=16, layers=1, time_embed_dim=8)
 
 
+def random_state(seed: int = 0) -> dict:
+    """A tiny MLP's weights, all random (an untrained MLP's last layer is zero: it predicts 0)."""
+    g = torch.Generator().manual_seed(seed)
+    state = build_model(TINY_MLP).state_dict()
+    return {name: 0.5 * torch.randn(t.shape, generator=g) for name, t in state.items()}
+
+
 def tiny(objective: str, data: str) -> Checkpoint:
     """An untrained tiny 2-D model (the view shows whatever field the network has)."""
     prediction = "velocity" if objective == "flow" else "v"
@@ -25,7 +33,7 @@ def tiny(objective: str, data: str) -> Checkpoint:
         TINY_MLP,
         ScheduleConfig("cosine", T),
         prediction,
-        build_model(TINY_MLP).state_dict(),
+        random_state(),
         {"name": data, "kind": "points"},
         objective=objective,
     )
@@ -76,6 +84,13 @@ def test_arrows_are_cores_field_at_the_sliders_t(dialog, qtbot, objective):
         dialog.learned_dots.getData()[0],
         dialog.particles.learned.positions[min(dialog.frame, exact.shape[0] - 1), :, 0],
     )
+    # directions only: every arrow as long, along core's field
+    dialog.directions_only.setChecked(True)
+    tails, tips = dialog.learned_arrows.drawn()
+    lengths = np.linalg.norm(tips - tails, axis=1)
+    np.testing.assert_allclose(lengths, lengths[0], rtol=1e-4)
+    unit = expected.learned.vectors / np.linalg.norm(expected.learned.vectors, axis=1)[:, None]
+    np.testing.assert_allclose((tips - tails) / lengths[0], unit, atol=1e-4)
     dialog.play_button.click()  # pause: the frame stays
     assert dialog.play_button.text() == "Play" and not dialog.frame_timer.isActive()
 

@@ -37,11 +37,18 @@ SCHEDULE = ScheduleConfig("cosine", T)
 TINY_MLP = MLPConfig(hidden=16, layers=1, time_embed_dim=8)
 
 
+def random_state(seed: int = 0) -> dict:
+    """A tiny MLP's weights, all random (an untrained MLP's last layer is zero: it predicts 0)."""
+    g = torch.Generator().manual_seed(seed)
+    state = build_model(TINY_MLP).state_dict()
+    return {name: 0.5 * torch.randn(t.shape, generator=g) for name, t in state.items()}
+
+
 def checkpoint(
     objective: str, prediction_type: str, data: str = "gaussians", model: nn.Module | None = None
 ) -> Checkpoint:
     """A 2-D point checkpoint with a tiny random MLP (or no weights when `model` is given)."""
-    state = {} if model is not None else build_model(TINY_MLP).state_dict()
+    state = {} if model is not None else random_state()
     return Checkpoint(
         TINY_MLP,
         SCHEDULE,
