@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion_studio.app.training_dashboard import TrainingDashboard, log_loss_image, log_ticks
+from diffusion_studio.app.training_dashboard import (
+    DASHBOARD_REDRAW_MS,
+    MAX_PREVIEWS,
+    TrainingDashboard,
+    log_loss_image,
+    log_ticks,
+)
 from diffusion_studio.core.checkpoint import load_checkpoint, save_checkpoint
 from diffusion_studio.core.run_log import LossHeatmap, preview_picture, step_record
 from diffusion_studio.core.schedule import ScheduleConfig
@@ -164,3 +170,31 @@ def test_overlay_is_the_checkpoints_history(dashboard, run, fake_dialogs, tmp_pa
     assert dashboard.overlay is None
     assert len(fake_dialogs.errors) == 1
     assert "keeps no loss history" in fake_dialogs.errors[0][1]
+
+
+def test_hidden_it_does_not_redraw_and_shown_it_catches_up(qtbot, run):
+    dashboard = TrainingDashboard()  # never shown yet
+    qtbot.addWidget(dashboard)
+    dashboard.reset(T)
+    feed(dashboard, run)
+    qtbot.wait(3 * DASHBOARD_REDRAW_MS)
+    drawn, _ = dashboard.loss_curve.getOriginalDataset()
+    assert drawn is None or len(drawn) == 0
+    assert dashboard.steps.size == 24  # the records are kept all the same
+    dashboard.show()
+    qtbot.waitExposed(dashboard)
+    x, _ = dashboard.loss_curve.getOriginalDataset()
+    np.testing.assert_array_equal(x, dashboard.steps)
+    assert dashboard.heatmap_shown.shape == dashboard.heatmap.image().shape
+
+
+def test_a_long_run_keeps_a_bounded_evenly_thinned_timeline(dashboard):
+    picture = np.zeros((4, 4, 3), dtype=np.uint8)
+    for step in range(1, MAX_PREVIEWS + 2):
+        dashboard.add_preview(10 * step, picture + step % 256)
+    steps = [step for step, _ in dashboard.previews]
+    assert len(steps) <= MAX_PREVIEWS
+    assert steps[0] == 10 and steps[-1] == 10 * (MAX_PREVIEWS + 1)  # first and newest kept
+    assert set(np.diff(steps[:-1])) == {20}  # every second one of the older ones
+    assert dashboard.shown_preview == len(steps) - 1
+    assert dashboard.slider.maximum() == len(steps) - 1
