@@ -154,6 +154,28 @@ POINTS_TIP = (
     "of a 128 x 128 grid. At the end it is N(0, I), whose peak is 1/(2 pi) = 0.16."
 )
 
+# The inspector's panel tips: a diffusion model predicts eps, v or x0; a flow model the velocity
+# v = eps - x_0, from which its eps and x_0 follow (core.flow.FlowPath.split_velocity).
+INSPECT_TIPS = {
+    "diffusion": (
+        "x_t: the image (resized to the model) noised to t with the panel's seed",
+        "The true noise eps (shown as eps / 3: +-3 sigma spans black..white)",
+        "The noise the model predicts (same scale as the true noise)",
+        "The x_0 the model predicts, in [-1, 1]",
+        "|predicted x_0 - x_0| on a black-red-yellow-white ramp (1 or more is white)",
+    ),
+    "flow": (
+        "x_t = (1 - t) x_0 + t eps: the image (resized to the model) on the flow path at t, "
+        "with the panel's seed",
+        "The true noise eps (shown as eps / 3: +-3 sigma spans black..white)",
+        "The noise the model's velocity v implies: eps = x_t + (1 - t) v (same scale as the "
+        "true noise)",
+        "The x_0 the model's velocity v implies: x_0 = x_t - t v, in [-1, 1]",
+        "|predicted x_0 - x_0| on a black-red-yellow-white ramp (1 or more is white)",
+    ),
+}
+INSPECT_AXIS = {"diffusion": "t", "flow": "timestep index k (flow time t = (k + 1) / T)"}
+
 INSPECT_ERROR_COLORS = {"loss": (31, 119, 180), "x0_mse": (214, 39, 40)}
 LOG_SNR_COLOR = (120, 120, 120)
 
@@ -680,9 +702,9 @@ class ForwardPanel(Panel):
         self.inspect_numbers = QLabel()
         self.inspect_numbers.setTextFormat(Qt.TextFormat.RichText)
         self.inspect_numbers.setToolTip(
-            "loss: the training loss in the model's own parametrisation (eps, v or x0), "
-            "unweighted; x0 MSE and eps MSE: of the model's x_0 and eps estimates "
-            "([-1, 1] pixel scale)"
+            "loss: the training loss in the model's own parametrisation (eps, v or x0; a flow "
+            "model's velocity eps - x_0), unweighted; x0 MSE and eps MSE: of the model's x_0 "
+            "and eps estimates ([-1, 1] pixel scale)"
         )
         choices = QHBoxLayout()
         choices.addWidget(QLabel("Model"))
@@ -693,15 +715,8 @@ class ForwardPanel(Panel):
         choices.addWidget(self.inspect_csv_button)
 
         self.inspect_views = [ImageView(caption) for caption in PANEL_CAPTIONS]
-        tips = (
-            "x_t: the image (resized to the model) noised to t with the panel's seed",
-            "The true noise eps (shown as eps / 3: +-3 sigma spans black..white)",
-            "The noise the model predicts (same scale as the true noise)",
-            "The x_0 the model predicts, in [-1, 1]",
-            "|predicted x_0 - x_0| on a black-red-yellow-white ramp (1 or more is white)",
-        )
         row = QHBoxLayout()
-        for view, tip in zip(self.inspect_views, tips):
+        for view, tip in zip(self.inspect_views, INSPECT_TIPS["diffusion"]):
             view.setMinimumSize(90, 90)
             view.setToolTip(tip)
             row.addWidget(view)
@@ -886,10 +901,17 @@ class ForwardPanel(Panel):
                 return
             self.inspect_setup = setup
             self._inspect_key = key
+            self._show_inspect_objective("flow" if setup.is_flow else "diffusion")
             self.inspect_message.setVisible(False)
             self.inspect_body.setVisible(True)
             self._start_curve(ckpt, image, self.process.seed, label)
         self._show_inspect_row()
+
+    def _show_inspect_objective(self, objective: str) -> None:
+        """The panels' tips and the curve's t axis for a diffusion or a flow model."""
+        for view, tip in zip(self.inspect_views, INSPECT_TIPS[objective]):
+            view.setToolTip(tip)
+        self.curve_plot.getPlotItem().setLabel("bottom", INSPECT_AXIS[objective])
 
     def _show_inspect_row(self) -> None:
         """The five panels, the numbers and the curve's marker at the inspected t."""
@@ -905,10 +927,18 @@ class ForwardPanel(Panel):
         self.inspect_png_button.setEnabled(True)
 
     def _inspect_notes(self, t: int) -> list[str]:
-        """Where the inspector's t or schedule differ from the panel's."""
+        """Where the inspector's t or path differ from the panel's."""
         ckpt = self.inspect_ckpt
         notes = []
-        if ckpt is not None and ckpt.schedule_config != self.schedule.config:
+        if ckpt is not None and ckpt.objective == "flow":
+            if self.objective != "flow" or ckpt.schedule_config.num_timesteps != len(self.path):
+                notes.append(
+                    "a flow-matching model: its own path is used, x_t = (1 - t) x_0 + t eps "
+                    f"with T = {ckpt.schedule_config.num_timesteps}"
+                )
+        elif ckpt is not None and (
+            self.objective == "flow" or ckpt.schedule_config != self.schedule.config
+        ):
             notes.append(f"the model's own schedule is used: {describe(ckpt.schedule_config)}")
         shown = self.timestep()
         if shown is None:
@@ -1216,12 +1246,13 @@ def numbers_table(rows: tuple[tuple[str, str], ...]) -> str:
 
 
 def inspect_numbers_text(record: InspectRecord, notes: list[str] = ()) -> str:
-    """The inspector's readout: t, log-SNR, the loss (in the model's parametrisation) and the
-    two MSEs, as core.inspect computed them; then the notes, in italics."""
+    """The inspector's readout: t (a flow model's time t with its index k), log-SNR, the loss
+    (in the model's parametrisation: "velocity" for flow) and the two MSEs, as core.inspect
+    computed them; then the notes, in italics."""
     label = "no label" if record.label is None else str(record.label)
     table = numbers_table(
         (
-            ("t", str(record.t)),
+            ("t", str(record.t) if record.time is None else f"{record.time:.4g} (k = {record.t})"),
             ("log-SNR_t", f"{record.log_snr:.3f}"),
             (f"loss ({record.prediction_type})", f"{record.loss:.5g}"),
             ("x0 MSE", f"{record.x0_mse:.5g}"),

@@ -8,10 +8,12 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffusion_studio.app.panels.forward_panel import NO_INSPECT_MODEL, ForwardPanel
-from diffusion_studio.core.checkpoint import load_checkpoint
+from diffusion_studio.core.checkpoint import load_checkpoint, save_checkpoint
+from diffusion_studio.core.flow import FlowPath
 from diffusion_studio.core.inspect import (
     CURVE_COLUMNS,
     inspect_at,
@@ -21,6 +23,9 @@ from diffusion_studio.core.inspect import (
     setup_from_checkpoint,
 )
 from diffusion_studio.core.inspect_render import panel_pictures, render_row
+from diffusion_studio.core.models import UNetConfig
+from diffusion_studio.core.schedule import ScheduleConfig
+from diffusion_studio.core.training import Trainer, preset_config
 
 
 @pytest.fixture
@@ -247,3 +252,76 @@ def test_choosing_no_model_stops_the_curve(panel, picture, checkpoints, qtbot):
     assert panel.inspect_curve is None and panel.inspect_setup is None
     assert panel.inspect_message.text() == NO_INSPECT_MODEL
     assert all(item.xData is None for item in panel.curve_items.values())  # nothing drawn
+
+
+# ---------------------------------------------------------------- a flow-matching model
+
+
+@pytest.fixture(scope="module")
+def flow_checkpoint(tmp_path_factory):
+    """A tiny unconditional digits UNet trained 2 steps with the flow objective (T = 50)."""
+    tiny_unet = UNetConfig(channels=(8, 8), attention_heads=0, norm_groups=4)
+    trainer = Trainer(
+        preset_config(
+            "digits",
+            "small",
+            max_steps=2,
+            max_minutes=None,
+            batch_size=4,
+            device="cpu",
+            schedule=ScheduleConfig("linear", 50),
+            model=tiny_unet,
+            objective="flow",
+        )
+    )
+    for _ in trainer.run():
+        pass
+    path = tmp_path_factory.mktemp("flow") / "flow.safetensors"
+    save_checkpoint(path, trainer.checkpoint())
+    return path
+
+
+@pytest.mark.slow  # trains a tiny flow model (2 steps) first
+def test_a_flow_model_is_shown_on_its_path(panel, picture, flow_checkpoint, qtbot):
+    """Issue 17: the inspector shows a flow model's x_t = (1 - t) x_0 + t eps at t = (k + 1) / T,
+    the eps and x_0 its velocity implies, its velocity loss and the flow path's log-SNR curve,
+    all as core.inspect computes them."""
+    assert panel.load_image(picture)
+    panel.set_path("flow")
+    ckpt = choose(panel, flow_checkpoint, qtbot, seed=4)
+    assert ckpt.objective == "flow"
+    setup = core_setup(ckpt, picture, seed=4)
+    assert setup.is_flow and setup.num_timesteps == 50
+    for k in (0, 20, 49):
+        panel.slider.setValue(k + 1)  # slider position k + 1: index k, flow t = (k + 1) / 50
+        assert panel.inspect_t() == k
+        expected = inspect_at(setup, k)
+        assert expected.time == pytest.approx((k + 1) / 50)
+        assert_row_is(panel, expected)
+        text = panel.inspect_numbers.text()
+        assert f"{expected.time:.4g} (k = {k})" in text and "loss (velocity)" in text
+        assert "own path" not in text and "own schedule" not in text  # the panel's path too
+    panel.slider.setValue(21)
+    record, t = panel.inspect_record, 21 / 50
+    x0, eps = setup.image.numpy(), setup.noise.numpy()
+    np.testing.assert_allclose(record.x_t, (1 - t) * x0 + t * eps, atol=1e-6)
+    model = setup.model.eval()
+    with torch.no_grad():
+        velocity = model(torch.from_numpy(record.x_t)[None], torch.tensor([t * 50]))[0].numpy()
+    # the panels' eps and x_0 are the velocity's: eps - x_0 = v
+    np.testing.assert_allclose(record.pred_noise - record.pred_x0, velocity, atol=1e-4)
+    np.testing.assert_allclose(record.pred_x0, record.x_t - t * velocity, atol=1e-4)
+    assert "x_0 = x_t - t v" in panel.inspect_views[3].toolTip()
+    # the curve over k and its log-SNR axis: the flow path's 2 log((1 - t) / t)
+    expected = inspect_curve(setup)
+    np.testing.assert_allclose(panel.inspect_curve.loss, expected.loss, rtol=1e-5)
+    log_snr = FlowPath(50).log_snr.numpy()
+    finite = np.isfinite(log_snr)
+    assert not finite[-1]  # t = 1: -inf, not drawn
+    np.testing.assert_allclose(panel.snr_curve.yData, log_snr[finite], rtol=1e-6)
+    np.testing.assert_array_equal(panel.snr_curve.xData, np.arange(50)[finite])
+    assert "flow time" in panel.curve_plot.getPlotItem().getAxis("bottom").labelText
+    # the panel on a diffusion schedule: the readout says the model keeps its own path
+    panel.set_path("diffusion")
+    assert "a flow-matching model: its own path is used" in panel.inspect_numbers.text()
+    assert_row_is(panel, inspect_at(setup, 20))
