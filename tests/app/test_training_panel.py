@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PySide6.QtCore import Qt
 
 from diffusion_studio.app.panels.training_panel import TrainingPanel
 from diffusion_studio.app.widgets import set_combo_data
@@ -517,6 +518,20 @@ def test_start_pause_stop_stay_visible_on_a_small_screen(window, qtbot, screen):
     for plot in (panel.loss_plot, panel.scatter_plot):
         assert plot.height() >= 150 and plot.width() >= 300
     assert panel.preview_stack.height() >= 250
+    # the Dashboard tab: its plots keep their room, its buttons are on screen
+    panel.views.setCurrentWidget(panel.dashboard)
+    qtbot.waitUntil(lambda: panel.dashboard.isVisible())
+    qtbot.wait(50)
+    dash = panel.dashboard
+    for plot in (dash.loss_plot, dash.heatmap_plot, dash.grad_plot, dash.lr_plot):
+        assert plot.height() >= 110 and plot.width() >= 200
+        item = plot.getPlotItem()
+        assert item.effectiveSizeHint(Qt.SizeHint.MinimumSize).width() <= plot.width()  # no clip
+    assert dash.preview_view.height() >= 150
+    for b in (dash.gif_button, dash.overlay_button, dash.clear_overlay_button, dash.slider):
+        assert inside_the_window(b, window), b
+    for b in (panel.start_button, panel.stop_button):
+        assert inside_the_window(b, window), b.text()
 
 
 # ---------------------------------------------------------------------- dashboard, objective
