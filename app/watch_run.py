@@ -48,6 +48,7 @@ from diffusion_studio.core.run_log import (
 POLL_MS = 500  # how often the window reads the log
 STALE_S = 120.0  # no new bytes for this long: the run may have stopped
 NOTE_S = 10.0  # how long "the log was rewritten" stays in the status line
+HEAD_BYTES = 256  # a log that no longer starts with these bytes was replaced by a new run
 DEFAULT_TIMESTEPS = 1000  # the dashboard's T until a header names it
 CLOSE_TIMEOUT_S = 15.0  # closing waits this long for a GIF export to stop
 
@@ -169,6 +170,7 @@ class RunFollower:
         self.clock = clock
         self.wall_clock = wall_clock
         self.reader = MetricsLogReader(self.log)
+        self.head = b""  # the log's first bytes as read (its header: the run's start time)
         self.problem: str | None = None
         self.last_growth: float | None = None
         self.rewritten_at: float | None = None
@@ -199,16 +201,21 @@ class RunFollower:
             return FollowResult([])
         offset, first = self.reader.offset, self.last_growth is None
         try:
+            restarted = not self._same_file()
+            if restarted:
+                self.reader = MetricsLogReader(self.log)
             records = self.reader.poll()
+            if self.reader.restarted:  # it shrank: read afresh (and count afresh)
+                restarted, self.reader = True, MetricsLogReader(self.log)
+                records = self.reader.poll()
+            self._read_head()
             if first:  # the file's own age: a log opened after its run ended is not "running"
                 age = self.wall_clock() - self.log.stat().st_mtime
         except (RunLogError, OSError) as exc:
             self.problem = str(exc)
             return FollowResult([])
         self.problem = None
-        restarted = self.reader.restarted
         if restarted:
-            self.reader.restarted = False
             self.rewritten_at = now
             self.missing_previews = self.skipped_records = 0
             self._clear()
@@ -237,6 +244,19 @@ class RunFollower:
                 self.end = record
                 self.last_step = record.step
         return FollowResult(kept, restarted)
+
+    def _same_file(self) -> bool:
+        """False when the log no longer starts as it did: a new run replaced it (a shorter
+        file, or one that grew past what was read before the next poll)."""
+        if not self.head:
+            return True
+        with open(self.log, "rb") as f:
+            return f.read(len(self.head)) == self.head
+
+    def _read_head(self) -> None:
+        if len(self.head) < HEAD_BYTES and self.reader.offset > len(self.head):
+            with open(self.log, "rb") as f:
+                self.head = f.read(min(HEAD_BYTES, self.reader.offset))
 
     def status(self) -> str:
         """One line: how the run stands, then what the reader met (damaged lines skipped, a

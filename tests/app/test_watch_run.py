@@ -186,6 +186,15 @@ def test_a_rewritten_log_is_read_again(qtbot, run_folder):
     window.poll()
     np.testing.assert_array_equal(window.dashboard.steps, [1])
     assert window.status.text().endswith("the log was rewritten; reading it again")
+    # a new run whose log grew past what was read before the next poll
+    log.unlink()
+    new_run = encode(header(data="a longer data set name"))
+    log.write_text(new_run + "".join(encode(step(n)) for n in range(1, 9)))
+    window.poll()
+    assert "a longer data set name" in window.facts.text()
+    np.testing.assert_array_equal(window.dashboard.steps, np.arange(1, 9))
+    assert window.status.text().startswith("Running — step 8")
+    assert "damaged" not in window.status.text()
 
 
 def test_a_folder_without_logs_and_a_deleted_folder(qtbot, run_folder, tmp_path):
