@@ -113,7 +113,8 @@ OBJECTIVE_TIP = (
     "Diffusion: undo DDPM noise, x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps, "
     "on the noise schedule;\n"
     "Flow matching: the straight path x_t = (1 - t) x_0 + t eps (rectified flow), the network "
-    "predicts the velocity eps - x_0"
+    "predicts the velocity eps - x_0;\nits Steps T is only the network's time scale (it is "
+    "given T t) and the loss-against-t axis"
 )
 FLOW_TIME_TIP = (
     "Which t in (0, 1) a flow step trains on: logit-normal draws the middle of the path more "
