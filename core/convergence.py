@@ -33,10 +33,17 @@ from torch import nn
 
 from diffusion_studio.core.checkpoint import Checkpoint, build_model_from_checkpoint
 from diffusion_studio.core.errors import ConfigError
+from diffusion_studio.core.flow import FlowPath, ForwardPath, forward_path
 from diffusion_studio.core.guidance import sampling_labels
-from diffusion_studio.core.samplers import REGISTRY, PredictionType, SamplerConfig, make_sampler
+from diffusion_studio.core.samplers import (
+    REGISTRY,
+    PredictionType,
+    SamplerConfig,
+    check_sampler_objective,
+    make_sampler,
+    samplers_for_objective,
+)
 from diffusion_studio.core.sampling import sample
-from diffusion_studio.core.schedule import NoiseSchedule
 
 # Samplers tried as the reference, most accurate per network evaluation first (see above);
 # a name not registered is skipped, and any deterministic sampler serves when none is.
@@ -74,11 +81,14 @@ class ConvergenceProgress:
         return self.evaluations_done / max(1, self.evaluations_total)
 
 
-def deterministic_samplers(schedule: NoiseSchedule, prediction_type: PredictionType) -> list[str]:
-    """The registered samplers that are deterministic at their default options, in registry
-    order (`Sampler.is_deterministic`)."""
+def deterministic_samplers(schedule: ForwardPath, prediction_type: PredictionType) -> list[str]:
+    """The registered samplers of the path's objective (flow for a FlowPath, else diffusion)
+    that are deterministic at their default options, in registry order
+    (`Sampler.is_deterministic`)."""
+    objective = "flow" if isinstance(schedule, FlowPath) else "diffusion"
     names = []
-    for name in REGISTRY:
+    for spec in samplers_for_objective(objective):
+        name = spec.name
         sampler = make_sampler(SamplerConfig(name, 1, SPACING), schedule, prediction_type)
         if sampler.is_deterministic:
             names.append(name)
@@ -86,7 +96,7 @@ def deterministic_samplers(schedule: NoiseSchedule, prediction_type: PredictionT
 
 
 def reference_config(
-    schedule: NoiseSchedule, prediction_type: PredictionType, clip_sample: bool = False
+    schedule: ForwardPath, prediction_type: PredictionType, clip_sample: bool = False
 ) -> SamplerConfig:
     """The reference run: the first of REFERENCE_PREFERENCE that is registered and
     deterministic, else the first deterministic sampler, at T steps (the schedule's most)."""
@@ -133,7 +143,7 @@ def rms(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def convergence(
     model: nn.Module,
-    schedule: NoiseSchedule,
+    schedule: ForwardPath,
     prediction_type: PredictionType,
     sample_shape: tuple[int, ...],
     samplers: Sequence[str],
@@ -158,9 +168,11 @@ def convergence(
     samples to compare with instead (e.g. a known exact solution; no reference run then).
     """
     deterministic = deterministic_samplers(schedule, prediction_type)
+    objective = "flow" if isinstance(schedule, FlowPath) else "diffusion"
     for name in samplers:
         if name not in REGISTRY:
             raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(REGISTRY)}")
+        check_sampler_objective(REGISTRY[name], objective)
         if name not in deterministic:
             raise ConfigError(
                 f"{REGISTRY[name].label} is not deterministic: its samples differ from the "
@@ -236,14 +248,14 @@ def checkpoint_convergence(
     clipped, points not: `default_sampler_config`)."""
     from diffusion_studio.core.samplers import default_sampler_config
 
-    schedule = NoiseSchedule(ckpt.schedule_config)
+    schedule = forward_path(ckpt.objective, ckpt.schedule_config)
     model = build_model_from_checkpoint(ckpt, device)
     if samplers is None:
         samplers = deterministic_samplers(schedule, ckpt.prediction_type)
     if step_counts is None:
         step_counts = default_step_counts(schedule.num_timesteps)
     if clip_sample is None:
-        clip_sample = default_sampler_config(ckpt.is_points).clip_sample
+        clip_sample = default_sampler_config(ckpt.is_points, None, ckpt.objective).clip_sample
     labels = sampling_labels(model, num_samples)
     yield from convergence(
         model,

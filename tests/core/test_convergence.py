@@ -30,7 +30,8 @@ from diffusion_studio.core.convergence import (
 )
 from diffusion_studio.core.errors import ConfigError
 from diffusion_studio.core.export import save_csv
-from diffusion_studio.core.samplers import REGISTRY
+from diffusion_studio.core.flow import FlowPath
+from diffusion_studio.core.samplers import REGISTRY, samplers_for_objective
 from diffusion_studio.core.samplers.sigmas import schedule_sigmas
 from diffusion_studio.core.schedule import NoiseSchedule, ScheduleConfig
 
@@ -89,7 +90,55 @@ def test_the_analytic_model_is_what_the_samplers_solve(schedule):
     assert records[0].rms_error < 3e-3
 
 
-@pytest.mark.parametrize("name", [n for n in REGISTRY if REGISTRY[n].deterministic])
+DIFFUSION_DETERMINISTIC = [s.name for s in samplers_for_objective("diffusion") if s.deterministic]
+FLOW_DETERMINISTIC = [s.name for s in samplers_for_objective("flow") if s.deterministic]
+
+
+class GaussianVelocity(nn.Module):
+    """The exact flow-matching velocity for data N(MU, S^2 I) on x_t = (1 - t) x_0 + t eps:
+    x_t's marginal is N((1 - t) MU, r_t^2 I) with r_t^2 = (1 - t)^2 S^2 + t^2, and the flow
+    carries z = (x_t - (1 - t) MU) / r_t unchanged, so v = -MU + z dr_t/dt with
+    dr_t/dt = (t - (1 - t) S^2) / r_t. The network input is t * T (core.flow)."""
+
+    def __init__(self, path: FlowPath) -> None:
+        super().__init__()
+        self.T = path.num_timesteps
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        tt = (t.double() / self.T)[:, None]
+        r = torch.sqrt((1 - tt) ** 2 * S**2 + tt**2)
+        z = (x.double() - (1 - tt) * MU) / r
+        return (-MU + z * (tt - (1 - tt) * S**2) / r).float()
+
+
+@pytest.mark.parametrize("name", FLOW_DETERMINISTIC)
+def test_flow_samplers_converge_to_the_exact_flow(name):
+    """A flow sampler on the exact velocity converges to the flow's exact end point
+    x_0 = MU + S x_1 (z is constant along the flow; x_1 is the initial noise at t = 1)."""
+    path = FlowPath(1000)
+    x_1 = torch.randn((N, 2), generator=torch.Generator().manual_seed(SEED))
+    exact = (MU + S * x_1).float()
+    out = convergence(
+        GaussianVelocity(path),
+        path,
+        "velocity",
+        (2,),
+        [name],
+        [5, 10, 20],
+        seed=SEED,
+        num_samples=N,
+        reference_samples=exact,
+    )
+    errors = [r.rms_error for r in out if isinstance(r, ConvergenceRecord)]
+    assert len(errors) == 3 and errors[-1] < errors[0] / 2, errors
+
+
+def test_a_sampler_of_the_other_objective_is_refused(schedule):
+    with pytest.raises(ConfigError, match="flow"):
+        run(schedule, [FLOW_DETERMINISTIC[0]], [10])
+
+
+@pytest.mark.parametrize("name", DIFFUSION_DETERMINISTIC)
 def test_error_falls_as_steps_rise(schedule, name):
     """Every deterministic sampler converges: 4 times the steps, at least half the error; the
     ones whose order this test knows at about that order (log-log slope against evaluations;
