@@ -744,7 +744,7 @@ class MainWindow(QMainWindow):
 
     def watch_run(self) -> None:
         """File > Watch Run…: choose a run's folder and follow its metrics log."""
-        folder = dialogs.ask_folder(self, "Watch a training run: its folder", dialogs.CHECKPOINTS)
+        folder = dialogs.ask_folder(self, "Watch a training run: its folder", dialogs.RUNS)
         if folder is not None:
             self.open_watch_window(folder)
 

@@ -591,6 +591,9 @@ class PlaybackPanel(Panel):
             + (f"<br>trained for {step:,} steps" if isinstance(step, int) else "")
             + "".join(f"<br><i>{html.escape(n)}</i>" for n in notes)
         )
+        if self.field_dialog is not None and model.is_points:
+            # an open 2-D field window follows the chosen model (another 2-D one)
+            self.field_dialog.set_checkpoint(model, self.model_label())
         self._update_buttons()
         self.model_changed.emit(model)
 
@@ -688,7 +691,10 @@ class PlaybackPanel(Panel):
     # ------------------------------------------------------------------ sampling
 
     def runners(self) -> list[JobRunner]:
-        return [self.runner, self.export_runner, self.sweep_runner]
+        runners = [self.runner, self.export_runner, self.sweep_runner]
+        if self.field_dialog is not None:  # its particle job: closing the app waits for it
+            runners.append(self.field_dialog.runner)
+        return runners
 
     def request(self) -> SampleRequest:
         use_image = self.from_image.isChecked()
