@@ -108,6 +108,29 @@ def test_two_processes_train_the_weights_of_one(runs):
     assert_same_weights(one, two)
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--data", "moons", "--objective", "flow", "--batch-size", "32", "--steps", "20"],
+        # a class-conditional UNet: the dropped labels are drawn for the global batch too
+        ["--data", "digits", "--batch-size", "16", "--steps", "6"],
+    ],
+    ids=["flow", "class-conditional-digits"],
+)
+def test_two_processes_train_flow_and_labelled_models_like_one(tmp_path, flags):
+    common = ["train", *flags, "--model-size", "small", "--preview-every", "0"]
+    result = single(*common, "--out", "one.safetensors", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    result = torchrun(*common, "--out", "two.safetensors", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    one, two = (
+        load_checkpoint(tmp_path / "one.safetensors"),
+        load_checkpoint(tmp_path / "two.safetensors"),
+    )
+    assert one.objective == two.objective and two.training["world_size"] == 2
+    assert_same_weights(one, two)
+
+
 def test_rank_0_writes_the_metrics_log_beside_the_checkpoint(runs):
     records = read_log(metrics_log_path(runs / "two.safetensors"))
     header, end = records[0], records[-1]
