@@ -272,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a model and save a checkpoint",
         description="Train a diffusion model on built-in digits, a 2-D toy set or a "
-        "folder of images. Saves at intervals, at the end and on Ctrl-C.",
+        "folder of images. Saves at intervals, at the end and on Ctrl-C or SIGTERM, and "
+        "writes a metrics log beside the checkpoint (CKPT.metrics.jsonl: a JSON line per step; "
+        "previews in CKPT.previews/) that File > Watch Run… follows.",
     )
     p.add_argument(
         "--data",
@@ -300,7 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="model preset (default: %(default)s)",
     )
-    p.add_argument("--batch-size", type=_positive_int, help="batch size (default: the preset's)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="batch size; under torchrun the global batch, split evenly across the processes "
+        "(default: the preset's)",
+    )
     p.add_argument("--lr", type=_positive_float, help="peak learning rate (default: the preset's)")
     p.add_argument(
         "--objective",
