@@ -240,6 +240,10 @@ def test_points_source_shows_cores_density_and_x_t(panel, small_image):
     assert f"<td>{tv:.4f}</td>" in text
     ab = float(NoiseSchedule(ScheduleConfig()).alphas_cumprod[200])
     assert f"<td>{ab:.5g}</td>" in text
+    built = panel.points
+    for k in (0, 500, 1000, 201):  # a slider move reuses the points and their noise
+        panel.slider.setValue(k)
+    assert panel.points is built
     panel.seed.setValue(5)  # new noise: the same points x_0
     reseeded = ForwardPoints(NoiseSchedule(ScheduleConfig()), "moons", seed=5)
     np.testing.assert_allclose(shown_points(panel), reseeded.x_t(201), rtol=0, atol=1e-6)
