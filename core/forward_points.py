@@ -232,7 +232,10 @@ class ForwardPoints:
         extent = self.grid.extent
         picture = density_picture(self.density(step, PointsGrid(size, extent)))
         white = (255, 255, 255)
-        dots = render_points(self.x_t(step), size, extent, background=white, color=POINT_COLOR)
+        dot = max(1, size // 256)  # small dots: the density stays visible between them
+        dots = render_points(
+            self.x_t(step), size, extent, background=white, color=POINT_COLOR, dot=dot
+        )
         drawn = (dots != 255).any(axis=2)  # render_points painted a point there
         picture[drawn] = dots[drawn]
         return picture

@@ -163,7 +163,7 @@ def test_frame_is_the_density_picture_under_the_points(schedule):
     frame = process.frame(400, size=96)
     assert frame.shape == (96, 96, 3) and frame.dtype == np.uint8
     background = density_picture(process.density(400, PointsGrid(96, 3.0)))
-    dots = render_points(process.x_t(400), 96, 3.0, color=POINT_COLOR)
+    dots = render_points(process.x_t(400), 96, 3.0, color=POINT_COLOR, dot=1)
     drawn = (dots != 255).any(axis=2)
     assert 0 < drawn.mean() < 0.5
     assert (frame[drawn] == POINT_COLOR).all()
