@@ -27,6 +27,11 @@ Spacing, on the path's index grid t_k = (k + 1) / T (`core.flow`):
 Time shift (option `shift` s, Esser et al. 2024, sec. 5.3.2): sigma <- s sigma / (1 + (s - 1)
 sigma); s > 1 spends more of the steps at high noise. For linspace the shift follows diffusers
 exactly: its smallest sigma is the shifted 1 / T, which is shifted again with the others.
+
+The registry entries name no diffusers scheduler classes (`SamplerSpec.diffusers_classes`)
+yet: `core.diffusers_models` opens every diffusers folder as a diffusion model, so a folder
+with a FlowMatch scheduler must first open as a flow model (objective "flow", prediction
+"velocity"). `options_from_diffusers` and `diffusers_notes` are ready for that.
 """
 
 from __future__ import annotations
@@ -244,7 +249,8 @@ FLOW_EULER = register(
         "(flow models only)",
         sampler_class=FlowEulerSampler,
         options_class=FlowOptions,
-        diffusers_classes=("FlowMatchEulerDiscreteScheduler",),
+        # no diffusers_classes yet: a diffusers folder with a FlowMatch scheduler opens as a
+        # diffusion model today (core.diffusers_models); it must open as a flow model first
         evaluations_per_step=1,
         deterministic=True,
         default_steps=50,
@@ -261,7 +267,8 @@ FLOW_HEUN = register(
         "1 at the last), deterministic (flow models only)",
         sampler_class=FlowHeunSampler,
         options_class=FlowOptions,
-        diffusers_classes=("FlowMatchHeunDiscreteScheduler",),
+        # no diffusers_classes yet: a diffusers folder with a FlowMatch scheduler opens as a
+        # diffusion model today (core.diffusers_models); it must open as a flow model first
         evaluations_per_step=2,
         deterministic=True,
         default_steps=25,  # 49 evaluations: the cost of 50 Euler steps

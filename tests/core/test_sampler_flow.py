@@ -23,7 +23,6 @@ from diffusion_studio.core.samplers import (
     default_sampler_config,
     make_sampler,
     samplers_for_objective,
-    spec_for_diffusers_class,
 )
 from diffusion_studio.core.sampling import (
     SampleRequest,
@@ -251,11 +250,13 @@ def test_samplers_for_objective_split_the_registry():
         samplers_for_objective("score")
 
 
-def test_diffusers_flow_schedulers_map_to_the_flow_samplers():
-    euler = spec_for_diffusers_class("FlowMatchEulerDiscreteScheduler", {"shift": 3.0})
-    assert euler is REGISTRY["flow-euler"]
-    assert euler.options_from_diffusers({"shift": 3.0}) == {"shift": 3.0}
-    assert spec_for_diffusers_class("FlowMatchHeunDiscreteScheduler") is REGISTRY["flow-heun"]
+def test_diffusers_flow_scheduler_settings_are_read():
+    """The shift of a FlowMatch scheduler config, and a note for each setting not offered."""
+    euler = REGISTRY["flow-euler"].sampler_class
+    assert REGISTRY["flow-euler"].options_from_diffusers({"shift": 3.0}) == {"shift": 3.0}
+    assert REGISTRY["flow-heun"].options_from_diffusers({}) == {}
+    notes = euler.diffusers_notes({"use_dynamic_shifting": True, "stochastic_sampling": False})
+    assert len(notes) == 1 and "use_dynamic_shifting" in notes[0]
 
 
 def _message(error: pytest.ExceptionInfo) -> str:
