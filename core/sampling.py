@@ -181,7 +181,9 @@ class SampleRequest:
     sampler: how to sample; num_samples: N; seed: every random draw (initial noise, the start
     image's forward noise, ancestral noise) comes from a CPU generator seeded with it, so a run
     gives the same samples on every device; start_image / start_t: start from this image noised
-    to timestep start_t instead of from pure noise (image models only); label /
+    to timestep start_t instead of from pure noise (image models only; for a flow model start_t
+    is the path index k, t = (k + 1) / T, and the image is noised to the first step's t at or
+    below it); label /
     guidance_scale: for a class-conditional model, one class (None = every class in turn) and
     the classifier-free guidance scale.
     """
