@@ -121,7 +121,7 @@ PANELS: tuple[PanelSpec, ...] = (
         "Forward",
         "diffusion_studio.app.panels.forward_panel",
         "ForwardPanel",
-        "The forward process on an image: x_t at any t",
+        "The forward process on an image or a 2-D data set, diffusion or flow: x_t at any t",
     ),
     PanelSpec(
         "training",
@@ -841,7 +841,8 @@ class MainWindow(QMainWindow):
             "<h3>Diffusion Studio</h3>"
             "<p>Train small diffusion models and watch them work: the noise schedule, "
             "the forward process x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps with "
-            "alphabar_t = prod alpha_s, the training loss and the reverse process.</p>"
+            "alphabar_t = prod alpha_s, or flow matching's straight path "
+            "x_t = (1 - t) x_0 + t eps, the training loss and the reverse process.</p>"
             f"<table>{table}</table>{LICENCES_HTML}"
         )
         dialogs.show_about(self, "About Diffusion Studio", text)

@@ -47,6 +47,8 @@ class Watch(QObject):
         return False
 
 def poll(window):
+    if not window.isVisible():  # closed after the file opened (a later tick must not log again)
+        return
     if window.is_built("forward") and str(window.forward.image_path) == sys.argv[1]:
         built = [name for name in mw.PANEL_NAMES if window.is_built(name)]
         import torch
