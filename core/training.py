@@ -559,7 +559,13 @@ class Trainer:
             )
         self._previewed_at_s = self.elapsed_s  # training time of the last preview
         self._preview_cost_s = 0.0  # how long the last preview took
-        check_training_memory(self.config, self.model, self.device)  # refuse before an OOM kill
+        # refuse before an OOM kill; one GPU per rank holds its part of the global batch (CPU
+        # ranks share the machine's memory, so there the whole batch counts)
+        per_device = self.config
+        if distributed is not None and self.device.type == "cuda":
+            share = self.config.batch_size // distributed.world_size
+            per_device = replace(self.config, batch_size=share)
+        check_training_memory(per_device, self.model, self.device)
 
     # ------------------------------------------------------------------ set-up and state
 
