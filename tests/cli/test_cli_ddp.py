@@ -322,3 +322,47 @@ def test_a_failing_rank_ends_the_run_with_its_message(tmp_path):
     assert load_checkpoint(out).training["step"] == 20  # the autosave, not a half step
     end = read_log(metrics_log_path(out))[-1]
     assert isinstance(end, EndRecord) and end.status in ("failed", "stopped")
+
+
+def test_a_rank_that_stops_answering_fails_the_run_after_the_timeout(tmp_path):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("finds the worker through /proc")
+    out = tmp_path / "run.safetensors"
+    # torchrun waits this long for the frozen worker to end before it kills it
+    env = dict(environment(), TORCH_ELASTIC_SHUTDOWN_TIMEOUT="2")
+    proc = subprocess.Popen(
+        torchrun_command(
+            "train",
+            *RUN,
+            "--steps",
+            "1000000",
+            "--save-every",
+            "20",
+            "--ddp-timeout",
+            "5",
+            "--out",
+            str(out),
+        ),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for(out, proc)
+        assert out.exists(), "training never saved"
+        os.kill(worker_of_rank(proc.pid, 1), signal.SIGSTOP)  # alive, but never answers
+        _, err = proc.communicate(timeout=TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    ours = [line for line in err.splitlines() if line.startswith("diffusion-studio:")]
+    assert len(ours) == 1, err
+    assert "another process of the data-parallel run failed or stopped answering" in ours[0]
+    assert "the last save (step" in ours[0]
+    end = read_log(metrics_log_path(out))[-1]
+    assert isinstance(end, EndRecord) and end.status == "failed"
