@@ -823,11 +823,17 @@ def _train_run(args: argparse.Namespace, config: Any, ckpt: Any, context: Any) -
                 )
         raise
     except DistributedError as exc:
-        # a peer died or hung: this rank's state may be half a step on, so nothing is saved
+        # a peer died or hung: rank 0 saves its last good step (core.training keeps it whole)
         bar.close()
-        last = saver.saved_step if saver is not None else None
-        kept = f"; the last save (step {last}) is in {out}" if last else "; nothing was saved"
-        message = f"{exc}{kept}"
+        message = str(exc)
+        if saver is not None:
+            saved = saver.save_run()
+            if saved.path is not None:
+                message += f"; saved the last good step ({saved.step}) to {out}"
+            elif saved.error is not None:
+                message += f"; the last good step ({saved.step}) was not saved: {saved.error}"
+            else:
+                message += "; nothing to save before the first step"
         raise DistributedError(message) from exc
     except BaseException as exc:
         bar.close()

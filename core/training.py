@@ -743,12 +743,20 @@ class Trainer:
         """One optimizer step. Returns (objective, timesteps (B,), per-sample MSE (B,)); flow's
         timesteps are T t (floats on the diffusion axis)."""
         config = self.config
-        drawn = self._draw_batch(config.batch_size)
-        if self.distributed is None:
-            return self._step_on(drawn)
-        # this rank's part; the loss and per-sample MSE come back for the global batch
-        loss, _, mse = self._step_on(drawn.part(*self.distributed.part(config.batch_size)))
-        return loss, self._reported_timesteps(drawn.t), mse
+        generator_state = self.generator.get_state()
+        try:
+            drawn = self._draw_batch(config.batch_size)
+            if self.distributed is None:
+                return self._step_on(drawn)
+            # this rank's part; the loss and per-sample MSE come back for the global batch
+            loss, _, mse = self._step_on(drawn.part(*self.distributed.part(config.batch_size)))
+            return loss, self._reported_timesteps(drawn.t), mse
+        except Exception:
+            # a step that raised (non-finite loss, out of memory, a peer that failed: all before
+            # the optimizer step) leaves the trainer at the last good step, its RNG included,
+            # so a save now resumes exactly
+            self.generator.set_state(generator_state)
+            raise
 
     def _reported_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Drawn times (B,) on the diffusion axis: the indices, or flow's T t."""
@@ -928,7 +936,15 @@ class Trainer:
                 if synced:
                     assert self.distributed is not None
                     # every rank counts rank 0's time, so a time budget ends all at one step
-                    seconds, stop = self.distributed.agree(seconds, self.control.is_cancelled)
+                    try:
+                        seconds, stop = self.distributed.agree(seconds, self.control.is_cancelled)
+                    except DistributedError:
+                        # this rank's step is whole (optimizer and EMA stepped): count it, so
+                        # the last good step saved is this one
+                        self.step += 1
+                        self.elapsed_s += seconds
+                        self._record_loss(loss)
+                        raise
                 self.step += 1
                 self.elapsed_s += seconds
                 self._record_loss(loss)

@@ -172,3 +172,29 @@ def test_a_log_that_fails_midway_says_so_once_and_stops(tmp_path, monkeypatch):
     monkeypatch.undo()
     lines = run_log.read_log(recorder.path)
     assert [type(r).__name__ for r in lines] == ["RunHeader", "StepRecord"]
+
+
+def test_the_last_good_step_of_a_failed_step_resumes_the_exact_run(tmp_path, monkeypatch):
+    straight = tiny_trainer(max_steps=6)
+    for _record in straight.run():
+        pass
+    failing = tiny_trainer(max_steps=6)
+    good_step_on = Trainer._step_on
+
+    def step_on(self, drawn):
+        if self.step == 3:  # after the batch was drawn: a peer failed, the loss became nan...
+            raise TrainingError("the loss became nan at step 4")
+        return good_step_on(self, drawn)
+
+    monkeypatch.setattr(Trainer, "_step_on", step_on)
+    with pytest.raises(TrainingError):
+        for _record in failing.run():
+            pass
+    monkeypatch.undo()
+    saved = RunSaver(failing, tmp_path / "run.safetensors").save_run()
+    assert saved.step == 3
+    resumed = Trainer(failing.config, resume=load_checkpoint(saved.path))
+    for _record in resumed.run():
+        pass
+    for name, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=0, atol=1e-6)
