@@ -4,8 +4,9 @@
   (None: only at the end). A failed autosave is reported and training goes on.
 - The end of a run, however it ends (finished, stopped, Ctrl-C / SIGTERM, or failed), saves the
   trainer's current state. After a `TrainingError` (the loss or the gradients became
-  non-finite, out of memory) that is the last good step: the failing step raised before the
-  optimizer touched the weights (`core.training.Trainer._train_step`).
+  non-finite, out of memory) or a `DistributedError` (another process of a data-parallel run
+  failed) that is the last good step: a step that raises leaves the weights, the optimizer and
+  the RNG as they were (`core.training.Trainer._train_step`).
 - A run that took no step has nothing to save; a state already written is not written again.
 - A save that fails never loses the model: its `SaveResult` carries the checkpoint and the
   error, so the caller can still offer to save it elsewhere.
