@@ -171,14 +171,18 @@ def window(qtbot, fake_dialogs):
         win.close()
 
 
-@pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory) -> SimpleNamespace:
-    """Tiny trained checkpoints: a 2-D points MLP, a digits UNet and a class-conditional
-    digits UNet (a few steps each)."""
-    folder = tmp_path_factory.mktemp("checkpoints")
+def tiny_checkpoints(folder: Path, objective: str = "diffusion") -> SimpleNamespace:
+    """Tiny trained checkpoints of one objective saved in `folder`: a 2-D points MLP (moons),
+    a digits UNet (T = 100) and a class-conditional digits UNet (a few steps each)."""
     points = Trainer(
         preset_config(
-            "moons", "small", max_steps=30, max_minutes=None, device="cpu", num_points=512
+            "moons",
+            "small",
+            max_steps=30,
+            max_minutes=None,
+            device="cpu",
+            num_points=512,
+            objective=objective,
         )
     )
     for _ in points.run():
@@ -194,6 +198,7 @@ def checkpoints(tmp_path_factory) -> SimpleNamespace:
             device="cpu",
             schedule=ScheduleConfig("cosine", 100),
             model=tiny_unet,
+            objective=objective,
         )
     )
     for _ in images.run():
@@ -203,15 +208,28 @@ def checkpoints(tmp_path_factory) -> SimpleNamespace:
     )
     for _ in conditional.run():
         pass
+    prefix = "flow-" if objective == "flow" else ""
     paths = SimpleNamespace(
-        points=folder / "moons.safetensors",
-        images=folder / "digits.safetensors",
-        conditional=folder / "digits-conditional.safetensors",
+        points=folder / f"{prefix}moons.safetensors",
+        images=folder / f"{prefix}digits.safetensors",
+        conditional=folder / f"{prefix}digits-conditional.safetensors",
     )
     save_checkpoint(paths.points, points.checkpoint())
     save_checkpoint(paths.images, images.checkpoint())
     save_checkpoint(paths.conditional, conditional.checkpoint())
     return paths
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> SimpleNamespace:
+    """Tiny trained diffusion checkpoints (`tiny_checkpoints`)."""
+    return tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture(scope="session")
+def flow_checkpoints(tmp_path_factory) -> SimpleNamespace:
+    """Tiny trained flow-matching checkpoints (`tiny_checkpoints` with objective "flow")."""
+    return tiny_checkpoints(tmp_path_factory.mktemp("flow-checkpoints"), "flow")
 
 
 def drop_on_window(window, paths: list[Path], target=None) -> None:

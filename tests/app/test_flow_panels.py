@@ -6,7 +6,6 @@ class-conditional flow model."""
 from __future__ import annotations
 
 from dataclasses import replace
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,11 +18,9 @@ from diffusion_studio.app.widgets import set_combo_data
 from diffusion_studio.core.checkpoint import (
     build_model_from_checkpoint,
     load_checkpoint,
-    save_checkpoint,
 )
 from diffusion_studio.core.flow import FlowPath
 from diffusion_studio.core.guidance_sweep import SweepRequest, guidance_sweep
-from diffusion_studio.core.models import UNetConfig
 from diffusion_studio.core.samplers import (
     SamplerConfig,
     default_sampler_config,
@@ -31,59 +28,9 @@ from diffusion_studio.core.samplers import (
     samplers_for_objective,
 )
 from diffusion_studio.core.sampling import sample, sample_checkpoint
-from diffusion_studio.core.schedule import ScheduleConfig
-from diffusion_studio.core.training import Trainer, preset_config
 
 FLOW_KINDS = [spec.name for spec in samplers_for_objective("flow")]
 DIFFUSION_KINDS = [spec.name for spec in samplers_for_objective("diffusion")]
-
-
-@pytest.fixture(scope="module")
-def flow_checkpoints(tmp_path_factory) -> SimpleNamespace:
-    """Tiny flow-matching checkpoints (a few training steps each): a digits UNet (T = 100),
-    a class-conditional one and a 2-D points MLP."""
-    folder = tmp_path_factory.mktemp("flow-checkpoints")
-    tiny_unet = UNetConfig(channels=(8, 8), attention_heads=0, norm_groups=4)
-    images = Trainer(
-        preset_config(
-            "digits",
-            "small",
-            max_steps=2,
-            max_minutes=None,
-            batch_size=4,
-            device="cpu",
-            schedule=ScheduleConfig("cosine", 100),
-            model=tiny_unet,
-            objective="flow",
-        )
-    )
-    for _ in images.run():
-        pass
-    conditional = Trainer(replace(images.config, model=replace(tiny_unet, num_classes=10)))
-    for _ in conditional.run():
-        pass
-    points = Trainer(
-        preset_config(
-            "moons",
-            "small",
-            max_steps=20,
-            max_minutes=None,
-            device="cpu",
-            num_points=256,
-            objective="flow",
-        )
-    )
-    for _ in points.run():
-        pass
-    paths = SimpleNamespace(
-        images=folder / "flow-digits.safetensors",
-        conditional=folder / "flow-digits-conditional.safetensors",
-        points=folder / "flow-moons.safetensors",
-    )
-    save_checkpoint(paths.images, images.checkpoint())
-    save_checkpoint(paths.conditional, conditional.checkpoint())
-    save_checkpoint(paths.points, points.checkpoint())
-    return paths
 
 
 @pytest.fixture
