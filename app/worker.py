@@ -66,6 +66,9 @@ class Control(Protocol):
     def is_paused(self) -> bool: ...
     @property
     def is_cancelled(self) -> bool: ...
+    @property
+    def is_holding(self) -> bool: ...
+    def wait_while_paused(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -232,8 +235,7 @@ class Worker(QObject):
                     flush()
                 if control.is_paused:
                     flush()
-                    while control.is_paused and not control.is_cancelled:
-                        time.sleep(0.02)
+                    control.wait_while_paused()  # returns on resume or cancel
                 if control.is_cancelled:
                     break
             flush()

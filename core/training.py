@@ -417,6 +417,7 @@ class TrainControl:
         self._running = threading.Event()
         self._running.set()
         self._cancelled = threading.Event()
+        self._holding = threading.Event()  # set while the trainer waits in wait_while_paused
 
     def pause(self) -> None:
         self._running.clear()
@@ -436,10 +437,21 @@ class TrainControl:
     def is_cancelled(self) -> bool:
         return self._cancelled.is_set()
 
+    @property
+    def is_holding(self) -> bool:
+        """Whether the trainer is paused between steps now (no step under way)."""
+        return self._holding.is_set()
+
     def wait_while_paused(self, poll_s: float = 0.1) -> None:
         """Block while paused; return at once when resumed or cancelled."""
-        while not self._running.wait(poll_s):
-            pass
+        if self._running.is_set():
+            return
+        self._holding.set()
+        try:
+            while not self._running.wait(poll_s):
+                pass
+        finally:
+            self._holding.clear()
 
 
 def min_snr_weights(snr: torch.Tensor, gamma: float | None, prediction_type: str) -> torch.Tensor:

@@ -68,19 +68,14 @@ def test_pause_resume_stop(panel, qtbot):
     qtbot.waitUntil(lambda: panel.loss.n >= 3, timeout=30000)
     panel.pause_button.click()
     assert panel.pause_button.text() == "Resume"
-    # The step under way when Pause was pressed still ends (slowly on a busy machine); after
-    # it, no step runs: the count settles and stays.
-    counts = [panel.loss.n]
-
-    def settled() -> bool:
-        qtbot.wait(300)
-        counts.append(panel.loss.n)
-        return counts[-1] == counts[-2]
-
-    qtbot.waitUntil(settled, timeout=10000)
+    # The step under way when Pause was pressed still ends (slowly on a busy machine); then the
+    # trainer holds between steps, and once its last records reached the panel the count stays.
+    control = panel.runner.control
+    qtbot.waitUntil(lambda: control.is_holding, timeout=30000)
+    qtbot.wait(500)  # the records queued before the hold reach the GUI thread
     paused_at = panel.loss.n
-    qtbot.wait(300)
-    assert panel.loss.n == paused_at
+    qtbot.wait(500)
+    assert control.is_holding and panel.loss.n == paused_at
     panel.pause_button.click()
     qtbot.waitUntil(lambda: panel.loss.n > paused_at, timeout=30000)
     with qtbot.waitSignal(panel.model_trained, timeout=30000) as trained:

@@ -72,12 +72,12 @@ def _endless(events: list[str], gate: threading.Event | None = None):
         events.append(f"cleanup in {where}")
 
 
-def _pausing_at(control: JobControl, record: int):
-    """An on_record that pauses the job right after `record` (in the worker thread, so the
-    pause point is exact)."""
+def _pausing_at(control: JobControl, *records: int):
+    """An on_record that pauses the job right after each of `records` (in the worker thread,
+    so the pause point is exact)."""
 
     def on_record(value: int) -> None:
-        if value == record:
+        if value in records:
             control.pause()
 
     return on_record
@@ -98,12 +98,14 @@ def test_pause_stops_progress_and_resume_goes_on(qtbot):
     records, events = [], []
     runner.progressed.connect(records.append)
     control = JobControl()
-    runner.start(Job("endless", lambda: _endless(events), control, _pausing_at(control, 3)))
+    job = Job("endless", lambda: _endless(events), control, _pausing_at(control, 3, 10))
+    runner.start(job)
     qtbot.waitUntil(lambda: len(records) >= 4, timeout=10000)
     assert records == [0, 1, 2, 3] and runner.is_paused
+    qtbot.waitUntil(lambda: control.is_holding, timeout=10000)  # the worker waits, no record
     runner.resume()
-    qtbot.waitUntil(lambda: len(records) > 4, timeout=10000)
-    assert records == list(range(len(records)))
+    qtbot.waitUntil(lambda: len(records) >= 11, timeout=10000)  # paused again after 10
+    assert records == list(range(11)) and runner.is_paused
     with qtbot.waitSignal(runner.cancelled, timeout=10000):
         runner.cancel()
     assert runner.wait(30)
