@@ -242,12 +242,23 @@ def build_parser() -> argparse.ArgumentParser:
     # forward
     p = sub.add_parser(
         "forward",
-        help="noise an image step by step and save the forward process as a GIF",
+        help="noise an image or a 2-D set step by step and save the forward process as a GIF",
         description="The forward process on IMAGE: x_t = sqrt(alphabar_t) x_0 + "
-        "sqrt(1-alphabar_t) eps for evenly spaced t, with fixed noise.",
+        "sqrt(1-alphabar_t) eps for evenly spaced t, with fixed noise (--path flow: flow "
+        "matching's x_t = (1 - t) x_0 + t eps). IMAGE may also name a 2-D set (moons, "
+        "swissroll, rings, gaussians, spiral): its points x_t drawn over the density of x_t.",
     )
-    p.add_argument("image", type=Path, help="an image file (PNG, JPEG, ...)")
+    p.add_argument(
+        "image", type=Path, help="an image file (PNG, JPEG, ...) or a 2-D set's name (moons, ...)"
+    )
     _add_schedule_options(p)
+    p.add_argument(
+        "--path",
+        choices=["diffusion", "flow"],
+        default="diffusion",
+        help="the schedule's diffusion path, or flow matching's straight path on its T "
+        "(default: %(default)s)",
+    )
     p.add_argument(
         "--frames", type=_positive_int, default=40, help="frames in the GIF (default: %(default)s)"
     )
@@ -536,25 +547,32 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def cmd_forward(args: argparse.Namespace) -> int:
-    from diffusion_studio.core.data import load_image
-    from diffusion_studio.core.export import forward_caption, save_gif, save_png_frames
-    from diffusion_studio.core.forward import ForwardProcess
+    from diffusion_studio.core.data import TOY_DATASETS, load_image
+    from diffusion_studio.core.export import save_gif, save_png_frames
+    from diffusion_studio.core.flow import FlowPath
+    from diffusion_studio.core.forward import ForwardProcess, step_caption
+    from diffusion_studio.core.forward_points import ForwardPoints
 
     if args.gif is None and args.png_dir is None:
         raise CliError("nothing to write: give --gif FILE and/or --png-dir FOLDER")
     schedule = _schedule_from_args(args)
-    image = load_image(args.image, max_side=args.size)
-    process = ForwardProcess(schedule, image, seed=args.seed)
-    steps, frames = process.frames(args.frames)
+    path = FlowPath(schedule.num_timesteps) if args.path == "flow" else schedule
+    name = str(args.image)
+    if name in TOY_DATASETS and not args.image.exists():  # a 2-D set: points over the density
+        steps, frames = ForwardPoints(path, name, seed=args.seed).frames(args.frames, args.size)
+    else:
+        image = load_image(args.image, max_side=args.size)
+        steps, frames = ForwardProcess(path, image, seed=args.seed).frames(args.frames)
     if args.gif is not None:
         count = save_gif(
             args.gif,
             frames,
             fps=args.fps,
             scale=max(1, 256 // max(frames[0].shape[:2])),
-            captions=[forward_caption(int(step)) for step in steps],
+            captions=[step_caption(path, int(step)) for step in steps],
         )
-        print(f"wrote {args.gif} ({count} frames, t = {steps[0]}..{steps[-1]})")
+        first, last = step_caption(path, int(steps[0])), step_caption(path, int(steps[-1]))
+        print(f"wrote {args.gif} ({count} frames, {first} .. {last})")
     if args.png_dir is not None:
         paths = save_png_frames(args.png_dir, frames, prefix="forward")
         print(f"wrote {len(paths)} PNG frames to {args.png_dir}")
