@@ -122,9 +122,11 @@ def test_the_digits_preset_is_class_conditional_unless_asked_not_to_be():
 def test_label_dropout_replaces_that_share_of_labels_by_no_label():
     config = preset_config("digits", max_steps=1, max_minutes=None, label_dropout=0.25)
     trainer = Trainer(config)
-    index = torch.arange(5000)
-    labels = trainer._labels_for(index)
+    drawn = trainer._draw_batch(5000)  # the step's own draws: which labels are dropped
+    index = drawn.index
+    labels = trainer._labels_for(index, drawn.label_dropped)
     dropped = labels == 10
+    assert torch.equal(dropped, drawn.label_dropped)
     assert 0.22 < dropped.float().mean() < 0.28
     kept = ~dropped
     assert torch.equal(labels[kept], trainer.dataset.labels[index][kept])

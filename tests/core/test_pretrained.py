@@ -13,10 +13,10 @@ from diffusion_studio.core.checkpoint import (
 from diffusion_studio.core.data import TOY_DATASETS
 from diffusion_studio.core.guidance import class_labels
 from diffusion_studio.core.samplers import (
-    REGISTRY,
     SamplerConfig,
     default_sampler_config,
     sampler_defaults,
+    samplers_for_objective,
 )
 from diffusion_studio.core.sampling import sample_checkpoint
 
@@ -86,9 +86,9 @@ SAMPLER_N = 100  # ten of each digit
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(REGISTRY))
+@pytest.mark.parametrize("name", [spec.name for spec in samplers_for_objective("diffusion")])
 def test_every_sampler_draws_confident_digits_at_its_default_steps(name):
-    """Each registered sampler as used by default (`sampler_defaults`: its step count, Karras
+    """Each registered diffusion sampler as used by default (`sampler_defaults`: its step count, Karras
     sigmas where it defaults to them), with the images' default x_0 clip
     and the default guidance (DDIM 50 with the clip gave 47 % before a clipped x_0 came with
     its recomputed eps): >= 95 % of the shipped digits model's samples confidently classified
