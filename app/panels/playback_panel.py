@@ -582,7 +582,7 @@ class PlaybackPanel(Panel):
             f"data: {html.escape(str(data.get('name', '?')))} ({shape})<br>"
             + (
                 f"path: flow matching (rectified), T={T}<br>"
-                f"predicts: the velocity ({model.prediction_type})"
+                "predicts: the velocity eps - x_0"
                 if model.objective == "flow"
                 else f"schedule: {describe(model.schedule_config)}<br>"
                 f"predicts: {model.prediction_type}"
