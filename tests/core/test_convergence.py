@@ -133,6 +133,13 @@ def test_flow_samplers_converge_to_the_exact_flow(name):
     assert len(errors) == 3 and errors[-1] < errors[0] / 2, errors
 
 
+def test_a_flow_models_reference_is_second_order():
+    """The reference of a flow model is flow Heun at T steps (flow Euler's error at T steps
+    would floor every second-order curve)."""
+    config = reference_config(FlowPath(1000), "velocity")
+    assert (config.kind, config.num_inference_steps) == ("flow-heun", 1000)
+
+
 def test_a_sampler_of_the_other_objective_is_refused(schedule):
     with pytest.raises(ConfigError, match="flow"):
         run(schedule, [FLOW_DETERMINISTIC[0]], [10])
