@@ -112,6 +112,11 @@ def preview_caption(step: int) -> str:
     return f"step {step}"
 
 
+def t_axis_label(objective: str) -> str:
+    """The label of a t axis: diffusion's index t, or flow's t in [0, 1] scaled by T."""
+    return "T t (flow matching: t in [0, 1])" if objective == "flow" else "t"
+
+
 class TrainingDashboard(QWidget):
     """Loss (with an overlay), loss heatmap, gradient norm, learning rate and the preview
     timeline of one run. status_message(str): a line for the owner's status bar."""
@@ -292,10 +297,12 @@ class TrainingDashboard(QWidget):
 
     # ------------------------------------------------------------------ feeding
 
-    def reset(self, num_timesteps: int) -> None:
-        """Forget the run shown (curves, heatmap, previews) for a new run with T timesteps.
-        The overlay stays: it is the user's."""
+    def reset(self, num_timesteps: int, objective: str = "diffusion") -> None:
+        """Forget the run shown (curves, heatmap, previews) for a new run with T timesteps of
+        `objective` (a flow run's t axis is T t, t in [0, 1]). The overlay stays: it is the
+        user's."""
         self.num_timesteps = int(num_timesteps)
+        self.heatmap_plot.setLabel("left", t_axis_label(objective))
         self._heatmap.clear()
         for series in (self._loss, self._grad, self._lr):
             series.clear()

@@ -438,7 +438,7 @@ class WatchRunWindow(QDialog):
                 self.dashboard.add_preview(record.step, picture)
         elif isinstance(record, RunHeader):
             if record is follower.first_header:
-                self.dashboard.reset(int(record.num_timesteps))
+                self.dashboard.reset(int(record.num_timesteps), record.objective)
             self.facts.setText(header_facts(record))
 
     def open_checkpoint(self) -> None:

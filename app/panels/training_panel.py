@@ -47,6 +47,7 @@ from diffusion_studio.app.training_dashboard import (  # noqa: F401 (MAX_CURVE_P
     MAX_CURVE_POINTS,
     Series,
     TrainingDashboard,
+    t_axis_label,
 )
 from diffusion_studio.app.widgets import (
     REDRAW_INTERVAL_MS,
@@ -817,7 +818,7 @@ class TrainingPanel(Panel):
         self._set_t_range(config.schedule.num_timesteps)
         resume = self.resume_from
         if resume is None:
-            self._reset_plots("Starting…", config.schedule.num_timesteps)
+            self._reset_plots("Starting…", config.schedule.num_timesteps, config.objective)
         self._run_config = config
         self._update_loss_texts(config)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -1086,10 +1087,17 @@ class TrainingPanel(Panel):
         for plot in (self.loss_plot, self.scatter_plot):
             plot.setLogMode(x=False, y=on)
 
-    def _reset_plots(self, stats: str = "Not started.", num_timesteps: int | None = None) -> None:
+    def _reset_plots(
+        self,
+        stats: str = "Not started.",
+        num_timesteps: int | None = None,
+        objective: str | None = None,
+    ) -> None:
         """Empty the curves, the scatter, the previews (and their captions), the numbers and
-        the dashboard (for a run of `num_timesteps` T; default: the field's)."""
-        self.dashboard.reset(num_timesteps or self.steps_T.value())
+        the dashboard (for a run of `num_timesteps` T and `objective`; default: the fields')."""
+        objective = objective or str(self.objective.currentData())
+        self.dashboard.reset(num_timesteps or self.steps_T.value(), objective)
+        self.scatter_plot.setLabel("bottom", t_axis_label(objective))
         if self._history_overlaid:  # the curve of a checkpoint no longer to be resumed
             self.dashboard.clear_overlay()
             self._history_overlaid = False
@@ -1293,7 +1301,7 @@ class TrainingPanel(Panel):
             f"Resuming <b>{Path(path).name}</b> from step {step}: Start continues it for the "
             "steps / minutes set above."
         )
-        self._reset_plots(num_timesteps=config.schedule.num_timesteps)
+        self._reset_plots(num_timesteps=config.schedule.num_timesteps, objective=config.objective)
         history_steps = ckpt.training_state.get("history/step")
         history_losses = ckpt.training_state.get("history/loss")
         if history_steps is not None and history_losses is not None:

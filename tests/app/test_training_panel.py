@@ -622,6 +622,9 @@ def test_the_objective_choice_reaches_the_train_config(panel, qtbot):
     saved = trained.args[0].training["config"]
     assert (saved["objective"], saved["flow_time_sampling"]) == ("flow", "uniform")
     assert panel.dashboard.steps.size == 3
+    # both t axes say they show T t of flow's t in [0, 1]
+    for plot, side in ((panel.scatter_plot, "bottom"), (panel.dashboard.heatmap_plot, "left")):
+        assert "flow matching" in plot.getPlotItem().getAxis(side).labelText
 
     # another data source keeps the user's objective; the settings keep it too
     set_combo_data(panel.source, "spiral")
