@@ -619,6 +619,10 @@ class TrainingPanel(Panel):
         Seed, device, previews and autosave are the user's and stay as they are."""
         config = self.preset()
         self._show_fields(config)
+        # the objective too: the preset's is the measured best for this data (digits: flow)
+        set_combo_data(self.objective, config.objective)
+        set_combo_data(self.flow_time, config.flow_time_sampling)
+        self._on_objective_changed()
         if config.max_steps is not None:
             self.max_steps.setValue(config.max_steps)
         if config.max_minutes is not None:

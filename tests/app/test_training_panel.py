@@ -461,9 +461,12 @@ def test_save_checkpoint_as_suggests_the_runs_own_name(panel, qtbot, tmp_path, m
 
 
 def test_the_loss_plots_say_what_they_show(panel):
-    """Digits: the Loss curve is the min-SNR-weighted objective, the scatter the unweighted
-    per-sample MSE; the moons train without weights. The step axis has whole-number ticks."""
+    """Digits with diffusion: the Loss curve is the min-SNR-weighted objective, the scatter the
+    unweighted per-sample MSE; with flow (the digits preset) the velocity's MSE; the moons train
+    without weights. The step axis has whole-number ticks."""
     set_combo_data(panel.source, "digits")
+    assert "velocity eps - x_0" in panel.loss_plot.plotItem.titleLabel.text
+    set_combo_data(panel.objective, "diffusion")
     assert "min-SNR weighted, gamma = 5" in panel.loss_plot.plotItem.titleLabel.text
     assert "min(SNR_t, gamma) / (SNR_t + 1)" in panel.loss_plot.toolTip()
     assert "unweighted MSE" in panel.scatter_plot.plotItem.titleLabel.text
@@ -626,9 +629,15 @@ def test_the_objective_choice_reaches_the_train_config(panel, qtbot):
     for plot, side in ((panel.scatter_plot, "bottom"), (panel.dashboard.heatmap_plot, "left")):
         assert "flow matching" in plot.getPlotItem().getAxis(side).labelText
 
-    # another data source keeps the user's objective; the settings keep it too
+    # another data source brings its preset's objective (spiral: diffusion; digits: flow);
+    # the settings keep the user's choice
     set_combo_data(panel.source, "spiral")
-    assert panel.build_config().objective == "flow"
+    assert panel.build_config().objective == preset_config("spiral").objective == "diffusion"
+    set_combo_data(panel.source, "digits")
+    assert panel.build_config().objective == preset_config("digits").objective == "flow"
+    set_combo_data(panel.source, "spiral")
+    set_combo_data(panel.objective, "flow")
+    set_combo_data(panel.flow_time, "uniform")
     panel.save_state(make_settings())
     again = TrainingPanel()
     qtbot.addWidget(again)
