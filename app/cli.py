@@ -584,7 +584,6 @@ def _train_config(args: argparse.Namespace):
     from diffusion_studio.core.schedule import ScheduleConfig
     from diffusion_studio.core.training import preset_config, resume_config
 
-    _check_objective_flags(args)
     if args.resume is not None:
         ckpt = load_checkpoint(args.resume)
         if args.objective is not None and args.objective != ckpt.objective:
@@ -592,6 +591,7 @@ def _train_config(args: argparse.Namespace):
                 f"--objective {args.objective} does not match the run being resumed "
                 f"({ckpt.objective})"
             )
+        _check_objective_flags(args, ckpt.objective)
         overrides: dict[str, Any] = {"device": args.device}
         if args.steps is not None or args.minutes is not None:
             overrides["max_steps"] = args.steps
@@ -600,6 +600,7 @@ def _train_config(args: argparse.Namespace):
         return replace(config, **_preview_settings(args, config.schedule.num_timesteps)), ckpt
     if args.steps is None and args.minutes is None:
         raise CliError("give a length: --steps N and/or --minutes M")
+    _check_objective_flags(args, args.objective or preset_config(args.data).objective)
     overrides = {
         "max_steps": args.steps,
         "max_minutes": args.minutes,
@@ -635,11 +636,15 @@ def _train_config(args: argparse.Namespace):
     return replace(config, **_preview_settings(args, config.schedule.num_timesteps)), None
 
 
-def _check_objective_flags(args: argparse.Namespace) -> None:
+def _check_objective_flags(args: argparse.Namespace, objective: str) -> None:
     """--prediction is diffusion's, --flow-time-sampling flow's: refuse either with the other
-    objective (one line)."""
-    objective = args.objective or "diffusion"
+    objective (one line). objective: --objective, else the resumed run's or the preset's."""
     if objective == "flow" and args.prediction is not None:
+        if args.objective is None:  # the preset's or the resumed run's choice, not the user's
+            raise CliError(
+                "--prediction applies to diffusion only, and this run trains flow matching "
+                "(whose model predicts the velocity eps - x0): add --objective diffusion"
+            )
         raise CliError(
             "--prediction applies to --objective diffusion only: a flow model predicts the "
             "velocity eps - x0"

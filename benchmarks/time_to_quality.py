@@ -53,12 +53,13 @@ from diffusion_studio.core.export import make_grid, save_png, to_uint8_images, u
 from diffusion_studio.core.guidance import DEFAULT_GUIDANCE_SCALE
 from diffusion_studio.core.models import count_parameters
 from diffusion_studio.core.samplers import default_sampler_config
-from diffusion_studio.core.sampling import sample_checkpoint
+from diffusion_studio.core.sampling import checkpoint_sampler_config, sample_checkpoint
 from diffusion_studio.core.training import Trainer, TrainProgress, preset_config
 
-SAMPLER = default_sampler_config(is_points=False)  # what Playback and the CLI use for images
+# What Playback and the CLI start from for the preset's digits model (its objective's default)
+SAMPLER = default_sampler_config(is_points=False, objective=preset_config("digits").objective)
 SAMPLER_TEXT = (
-    "DDPM ancestral, 100 steps, trailing spacing, x0 clipped to [-1, 1]; every digit in turn, "
+    f"{SAMPLER.summary()}; every digit in turn, "
     f"classifier-free guidance scale {DEFAULT_GUIDANCE_SCALE:g}"
 )
 REFERENCE_SAMPLER_TEXT = "diffusers DDPMScheduler, 100 steps (defaults: leading, clip_sample)"
@@ -123,8 +124,9 @@ def train_ours(minutes: float) -> tuple[Checkpoint, Trainer]:
 
 
 def sample_ours(ckpt: Checkpoint, n: int, seed: int, device: torch.device) -> np.ndarray:
-    """n samples from a checkpoint with the Playback sampler: float32 (n, C, H, W)."""
-    return sample_checkpoint(ckpt, n, SAMPLER, seed, device)
+    """n samples from a checkpoint with the sampler Playback starts from for it (its
+    objective's default, `checkpoint_sampler_config`): float32 (n, C, H, W)."""
+    return sample_checkpoint(ckpt, n, checkpoint_sampler_config(ckpt), seed, device)
 
 
 def run_ours(minutes: float, n: int, seed: int, out: Path) -> RunResult:

@@ -92,6 +92,19 @@ def test_train_refuses_flags_of_the_other_objective(capsys, tmp_path, flags, nee
     assert not out.exists()
 
 
+def test_a_prediction_type_on_the_flow_digits_preset_asks_for_diffusion(capsys, tmp_path):
+    """The digits preset trains flow matching: --prediction without --objective is refused,
+    naming the flag that makes it apply; with --objective diffusion it is taken."""
+    from diffusion_studio.core.training import preset_config
+
+    assert preset_config("digits").objective == "flow"
+    out = tmp_path / "p.safetensors"
+    args = ["train", "--data", "digits", "--steps", "1", "--out", str(out), "--prediction", "v"]
+    assert main(args) == 2
+    assert "add --objective diffusion" in one_error_line(capsys)
+    assert not out.exists()
+
+
 def test_resume_refuses_another_objective(capsys, flow_ckpt, tmp_path):
     out = tmp_path / "r.safetensors"
     args = ["train", "--data", "moons", "--resume", str(flow_ckpt), "--steps", "6"]
