@@ -485,10 +485,14 @@ def min_snr_weights(snr: torch.Tensor, gamma: float | None, prediction_type: str
 
 
 def learning_rate_at(config: TrainConfig, step: int, fraction_done: float) -> float:
-    """Linear warm-up over warmup_steps, then constant or cosine to zero at fraction_done = 1."""
+    """lr * warm-up(step) * decay(fraction_done): a linear warm-up over warmup_steps times a
+    constant or a cosine to zero at fraction_done = 1. The product is continuous: the decay
+    runs from the first step, so the rate never jumps where the warm-up ends (the ramp to lr
+    then a cosine begun at the run's fraction done dropped at once, e.g. from 3e-3 to 2.25e-3
+    at step 100 of 300, seen on the training dashboard's learning-rate curve)."""
     lr = config.learning_rate
     if config.warmup_steps and step < config.warmup_steps:
-        return lr * (step + 1) / config.warmup_steps
+        lr *= (step + 1) / config.warmup_steps
     if config.lr_decay == "constant":
         return lr
     return lr * 0.5 * (1 + math.cos(math.pi * min(max(fraction_done, 0.0), 1.0)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 
 import numpy as np
@@ -82,10 +83,20 @@ def test_previews_come_every_n_steps_with_sample_shape():
 
 def test_learning_rate_warmup_and_cosine_decay():
     config = points_config(learning_rate=1.0 / 1000, warmup_steps=10)
+    cosine = lambda f: 0.5 * (1 + math.cos(math.pi * f))  # noqa: E731
     assert learning_rate_at(config, 0, 0.0) == pytest.approx(1e-4)
-    assert learning_rate_at(config, 9, 0.1) == pytest.approx(1e-3)
+    assert learning_rate_at(config, 9, 0.1) == pytest.approx(1e-3 * cosine(0.1))
     assert learning_rate_at(config, 50, 0.5) == pytest.approx(0.5e-3)
     assert learning_rate_at(config, 100, 1.0) == pytest.approx(0.0)
+
+
+def test_learning_rate_does_not_jump_where_the_warmup_ends():
+    """A run of 300 steps with 100 of warm-up: from step to step the rate changes by at most
+    one warm-up increment (it used to drop by a quarter at step 100)."""
+    config = points_config(learning_rate=3e-3, warmup_steps=100)
+    rates = [learning_rate_at(config, s, s / 300) for s in range(300)]
+    assert max(abs(b - a) for a, b in zip(rates, rates[1:])) <= 3e-3 / 100 + 1e-12
+    assert max(rates) == pytest.approx(rates[99]) and rates[99] < 3e-3
 
 
 def test_min_snr_weights():
