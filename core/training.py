@@ -96,6 +96,8 @@ LOSS_HISTORY_LIMIT = 4096
 # previews take at most 1 / (1 + PREVIEW_COST_FACTOR) = 20 % of the wall time on a slow machine
 # (where sampling one preview can take a minute).
 PREVIEW_COST_FACTOR = 4.0
+# Points in a 2-D model's preview (its shape shows as a cloud; images preview 16 samples)
+PREVIEW_POINTS = 2000
 # The sampler of a flow run's previews (core.samplers: Euler on the velocity)
 PREVIEW_FLOW_SAMPLER = "flow-euler"
 
@@ -321,6 +323,7 @@ def preset_config(
             learning_rate=3e-3,
             max_minutes=0.5,
             ema_decay=0.995,
+            preview_count=PREVIEW_POINTS,  # a point cloud, not 16 dots
         )
     else:
         image_size = overrides.get("image_size", 28)

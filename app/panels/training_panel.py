@@ -82,6 +82,7 @@ from diffusion_studio.core.samplers import DIFFUSION_PREDICTION_TYPES
 from diffusion_studio.core.schedule import SCHEDULE_KINDS, ScheduleConfig
 from diffusion_studio.core.training import (
     MODEL_SIZES,
+    PREVIEW_POINTS,
     TrainConfig,
     TrainControl,
     Trainer,
@@ -102,7 +103,6 @@ LABELLED_SOURCES = DIGIT_SOURCES
 LIVE_REDRAW_S = 0.5  # while training: curves and numbers at most twice a second
 SCATTER_EVERY = 4  # ... and the loss-against-t scatter every 2 s
 SMOOTHING_WINDOW = (3.0, 100.0)  # the smoothed curve averages over ~5% of the steps so far
-PREVIEW_POINTS = 2000
 
 PREVIEW_IMAGE_TITLE = "Preview samples (EMA model)"
 PREVIEW_POINTS_TITLE = "Preview samples over the data"
@@ -793,7 +793,6 @@ class TrainingPanel(Panel):
             seed=self.seed.value(),
             max_steps=self.max_steps.value() if steps else None,
             max_minutes=None if steps else self.max_minutes.value(),
-            preview_count=PREVIEW_POINTS if kind == "points" else 16,
             preview_steps=min(50, schedule.num_timesteps),
         )
         if kind == "images":

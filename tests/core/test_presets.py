@@ -99,3 +99,13 @@ def test_digits_model_is_the_measured_unet():
 def test_three_level_nets_keep_attention():
     """Only the two-level nets of small images were measured without attention."""
     assert default_model_config("images", 64, 3).attention_heads > 0
+
+
+@pytest.mark.parametrize("data", ["moons", "gaussians"])
+def test_a_2d_presets_previews_are_a_point_cloud(data):
+    """Every front end (the CLI's previews and metrics log, the Training panel) previews a 2-D
+    model with PREVIEW_POINTS points, the images with 16 samples."""
+    from diffusion_studio.core.training import PREVIEW_POINTS
+
+    assert preset_config(data).preview_count == PREVIEW_POINTS >= 1000
+    assert preset_config("digits").preview_count == 16
