@@ -581,7 +581,7 @@ def test_digits_train_class_conditional_and_sample_one_digit(tmp_path):
             "--checkpoint",
             checkpoint,
             "--sampler",
-            "ddim",
+            "flow-euler",  # the digits preset trains flow matching
             "--steps",
             "3",
             "--n",
