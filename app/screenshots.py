@@ -6,16 +6,22 @@ Starts the real main window offscreen (QT_QPA_PLATFORM=offscreen unless set), wi
 settings and data in a temporary folder, and drives every panel as a user would:
 
 - Schedules: cosine and sigmoid added to the comparison, the crosshair at t = 300;
-- Forward: the astronaut at t = 300;
+- Forward: the astronaut at t = 300 (and the moons at t = 60);
 - Training: a short digits run (a small step budget) until the loss curve and a preview show;
 - Playback: DDPM sampling with the bundled pretrained digits model (or, when there is none,
   the model just trained), scrubbed to the middle frame;
 - Sampler Lab: the same model under the first three registered samplers at their default
-  step counts, from the same noise, shown half-way through their runs.
+  step counts, from the same noise, shown half-way through their runs;
+- and the views added with flow matching and the dashboards: the Schedules tab with flow
+  matching's path shown, the Forward tab on the moons set (x_t over its density), the
+  Training tab's dashboard after the digits run, the 2-D field window on the shipped
+  `gaussians` model (learned beside exact), and File > Watch Run… following a CLI run of
+  moons (trained first, in a subprocess, with its metrics log).
 
 and writes schedules.png, forward.png, training.png, playback.png, reverse.gif (made by
 the Playback panel's own Export GIF path), sampler_lab.png (DDPM 100, DDIM 20, DPM-Solver++
-2M 20) and sampler_lab_convergence.png (the moons model). Seeds are fixed, so the pictures only change when
+2M 20), sampler_lab_convergence.png (the moons model), schedules_flow.png, forward_2d.png,
+training_dashboard.png, field_view.png and watch_run.png. Seeds are fixed, so the pictures only change when
 the code or the models do (the training run's speed figures vary from machine to machine).
 """
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -32,6 +39,7 @@ from pathlib import Path
 
 WINDOW_SIZE = (1360, 860)
 FORWARD_T = 300
+FORWARD_2D_T = 60  # moons on the linear schedule: blurred, not yet melted
 TRAIN_STEPS = 150
 PREVIEW_EVERY = 50
 GIF_FRAMES = 48
@@ -95,6 +103,9 @@ def shoot(out: Path, train_steps: int) -> None:
     set_combo_data(schedules.kind, "linear")
     schedules.set_hover_t(FORWARD_T)
     grab(window, out / "schedules.png")
+    schedules.show_flow.setChecked(True)  # flow matching's straight path beside them
+    grab(window, out / "schedules_flow.png")
+    schedules.show_flow.setChecked(False)
 
     # Forward: the astronaut at t = 300 (slider position t + 1; 0 is the clean image).
     forward = window.forward
@@ -103,6 +114,10 @@ def shoot(out: Path, train_steps: int) -> None:
     forward.load_image(astronaut)
     forward.slider.setValue(FORWARD_T + 1)
     grab(window, out / "forward.png")
+    forward.set_source("moons")  # the 2-D forward process: x_t over its density, half melted
+    forward.slider.setValue(FORWARD_2D_T + 1)
+    grab(window, out / "forward_2d.png")
+    forward.set_source("image")
 
     # Training: digits with the preset's settings, but a small step budget.
     training = window.training
@@ -119,6 +134,10 @@ def shoot(out: Path, train_steps: int) -> None:
     print(f"trained {train_steps} steps in {time.monotonic() - started:.0f} s", flush=True)
     training.redraw_now()
     grab(window, out / "training.png")
+    training.views.setCurrentWidget(training.dashboard)
+    settle(0.5)
+    grab(window, out / "training_dashboard.png")
+    training.views.setCurrentIndex(0)
 
     # Playback: the pretrained digits model when bundled, else the one just trained.
     playback = window.playback
@@ -168,7 +187,57 @@ def shoot(out: Path, train_steps: int) -> None:
         raise RuntimeError("the convergence runs did not start")
     wait_until(lambda: not lab.convergence_runner.is_running)
     grab(window, out / "sampler_lab_convergence.png")
+
+    # The 2-D field window on the shipped gaussians model: learned beside exact, at t ~ T/4
+    window.tabs.setCurrentWidget(playback)
+    set_combo_data(playback.model_choice, "pretrained:gaussians")
+    field = playback.open_field_view()
+    if field is None:
+        raise RuntimeError("the 2-D field window did not open")
+    field.resize(1200, 520)
+    field.slider.setValue(field.slider.maximum() // 4)
+    wait_until(lambda: field.particles is not None and field.particles.index == field.index)
+    settle(1.5)  # the particles move a little way
+    field.play_button.setChecked(False)
+    grab_widget(field, out / "field_view.png")
+    field.close()
+
+    # File > Watch Run… on a CLI run of moons (its metrics log and previews beside it)
+    run_folder = Path(tempfile.mkdtemp(prefix="diffusion-studio-run-")) / "moons-run"
+    watch = window.open_watch_window(train_watched_run(run_folder))
+    if watch is None:
+        raise RuntimeError("the Watch Run window did not open")
+    watch.resize(1100, 700)
+    wait_until(lambda: len(watch.dashboard.steps) >= WATCHED_STEPS)
+    settle(1.0)
+    grab_widget(watch, out / "watch_run.png")
+    watch.close()
     window.close()
+    shutil.rmtree(run_folder.parent, ignore_errors=True)
+
+
+WATCHED_STEPS = 600
+
+
+def train_watched_run(folder: Path) -> Path:
+    """Train moons with the CLI into `folder` (made here), as a user would before watching it."""
+    import subprocess
+
+    folder.mkdir(parents=True)
+    command = [sys.executable, "-m", "diffusion_studio.app", "train", "--data", "moons"]
+    command += ["--steps", str(WATCHED_STEPS), "--out", str(folder / "moons.safetensors")]
+    subprocess.run(
+        command, check=True, timeout=TIMEOUT_S, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    return folder
+
+
+def grab_widget(widget, path: Path) -> None:
+    """Save a top-level window other than the main one (a dialog) as a PNG."""
+    settle()
+    if not widget.grab().save(str(path)):
+        raise RuntimeError(f"could not write {path}")
+    print(f"wrote {path}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
