@@ -375,20 +375,9 @@ def test_stop_says_at_which_step_and_where_it_is_saved(panel, qtbot):
     assert panel.open_button.isVisible()
 
 
-def test_a_failed_run_saves_its_last_good_step(panel, qtbot, monkeypatch, fake_dialogs):
+def test_a_failed_run_saves_its_last_good_step(panel, qtbot, fails_at_step_4, fake_dialogs):
     """A TrainingError (the loss became NaN) at step 4: steps 1-3 were good, their weights are
     saved and named in the outcome line, and Open in Playback offers them."""
-    from diffusion_studio.core.errors import TrainingError
-    from diffusion_studio.core.training import Trainer
-
-    good_step = Trainer._train_step
-
-    def failing_step(trainer):
-        if trainer.step == 3:
-            raise TrainingError("the loss became nan at step 4: training is unstable.")
-        return good_step(trainer)
-
-    monkeypatch.setattr(Trainer, "_train_step", failing_step)
     tiny(panel, "moons", steps=10)
     with qtbot.waitSignal(panel.runner.failed, timeout=30000):
         panel.start()
@@ -409,23 +398,13 @@ def test_a_failed_run_saves_its_last_good_step(panel, qtbot, monkeypatch, fake_d
 
 
 def test_a_failed_run_keeps_its_last_good_step_when_saving_fails(
-    panel, qtbot, monkeypatch, fake_dialogs, tmp_path
+    panel, qtbot, monkeypatch, fails_at_step_4, fake_dialogs, tmp_path
 ):
     """The loss becomes NaN at step 4 and the autosave folder cannot be written: the last good
     step (3) stays in memory, the outcome line says so, and Save Checkpoint As saves it."""
     from diffusion_studio.app import dialogs
     from diffusion_studio.app.panels import training_panel
-    from diffusion_studio.core.errors import TrainingError
-    from diffusion_studio.core.training import Trainer
 
-    good_step = Trainer._train_step
-
-    def failing_step(trainer):
-        if trainer.step == 3:
-            raise TrainingError("the loss became nan at step 4: training is unstable.")
-        return good_step(trainer)
-
-    monkeypatch.setattr(Trainer, "_train_step", failing_step)
     monkeypatch.setattr(training_panel, "checkpoints_dir", lambda: tmp_path / "no-such-folder")
     panel.autosave_minutes.setValue(0)  # only at the end
     tiny(panel, "moons", steps=10)

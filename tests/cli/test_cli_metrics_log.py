@@ -14,7 +14,6 @@ from PIL import Image
 
 from diffusion_studio.app.cli import main
 from diffusion_studio.core.checkpoint import load_checkpoint
-from diffusion_studio.core.errors import TrainingError
 from diffusion_studio.core.run_log import (
     EndRecord,
     PreviewRecord,
@@ -126,15 +125,7 @@ def test_a_signal_stops_the_run_at_the_next_step_and_the_log_says_stopped(
     assert signal.Signals(signum).name in end.message
 
 
-def test_a_failed_run_ends_its_log_with_the_error(tmp_path, capsys, monkeypatch):
-    good_step = Trainer._train_step
-
-    def failing_step(trainer):
-        if trainer.step == 3:
-            raise TrainingError("the loss became nan at step 4: training is unstable.")
-        return good_step(trainer)
-
-    monkeypatch.setattr(Trainer, "_train_step", failing_step)
+def test_a_failed_run_ends_its_log_with_the_error(tmp_path, capsys, fails_at_step_4):
     out = tmp_path / "run.safetensors"
     assert main([*TRAIN, "--steps", "10", "--out", str(out)]) == 2
     assert "saved the last good step (3)" in capsys.readouterr().err

@@ -9,8 +9,6 @@ import pytest
 
 from diffusion_studio.app.cli import main
 from diffusion_studio.core.checkpoint import load_checkpoint
-from diffusion_studio.core.errors import TrainingError
-from diffusion_studio.core.training import Trainer
 
 
 @pytest.fixture(autouse=True)
@@ -19,18 +17,6 @@ def keep_sigterm():
     handler = signal.getsignal(signal.SIGTERM)
     yield
     signal.signal(signal.SIGTERM, handler)
-
-
-@pytest.fixture
-def fails_at_step_4(monkeypatch):
-    good_step = Trainer._train_step
-
-    def failing_step(trainer):
-        if trainer.step == 3:
-            raise TrainingError("the loss became nan at step 4: training is unstable.")
-        return good_step(trainer)
-
-    monkeypatch.setattr(Trainer, "_train_step", failing_step)
 
 
 TRAIN = ["train", "--data", "moons", "--model-size", "small", "--steps", "10", "--batch-size", "8"]
