@@ -581,8 +581,7 @@ class PlaybackPanel(Panel):
             f"{params / 1e6:.2f} M parameters<br>"
             f"data: {html.escape(str(data.get('name', '?')))} ({shape})<br>"
             + (
-                f"path: flow matching (rectified), T={T}<br>"
-                "predicts: the velocity eps - x_0"
+                f"path: flow matching (rectified), T={T}<br>predicts: the velocity eps - x_0"
                 if model.objective == "flow"
                 else f"schedule: {describe(model.schedule_config)}<br>"
                 f"predicts: {model.prediction_type}"
