@@ -989,6 +989,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         to_uint8_images,
         upscale_nearest,
     )
+    from diffusion_studio.core.flow import forward_path
     from diffusion_studio.core.guidance import DEFAULT_GUIDANCE_SCALE, num_classes
     from diffusion_studio.core.sampling import SampleRequest, Trajectory, prepare_sampling
 
@@ -1036,7 +1037,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         print(f"wrote {args.grid}")
     if args.gif is not None:
         indices = select_frame_indices(len(trajectory), min(args.frames, len(trajectory)))
-        frames, captions = reverse_pictures(trajectory, indices, args.gif_view)
+        path = forward_path(ckpt.objective, ckpt.schedule_config)  # flow frames: t in [0, 1]
+        frames, captions = reverse_pictures(trajectory, indices, args.gif_view, path=path)
         scale = max(1, 256 // max(frames[0].shape[:2]))
         count = save_gif(
             args.gif, frames, fps=args.fps, scale=scale, hold_last_s=1.5, captions=captions

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from diffusion_studio.core.errors import ExportError
 from diffusion_studio.core.files import atomic_write
+from diffusion_studio.core.flow import FlowPath, ForwardPath
 
 # ----------------------------------------------------------------------------- arrays
 
@@ -182,10 +183,15 @@ def forward_caption(step: int) -> str:
     return "x_0 (clean)" if step == 0 else f"t = {step - 1}"
 
 
-def reverse_caption(t: int) -> str:
+def reverse_caption(t: int, path: ForwardPath | None = None) -> str:
     """The caption of a reverse-process frame at timestep t (t < 0: the final samples, as
-    core.sampling's Frame marks them)."""
-    return "x_0 (final)" if t < 0 else f"t = {t}"
+    core.sampling's Frame marks them). On a flow path t is the grid index k and the caption
+    says its time, "t = 0.500" (= (k + 1) / T); otherwise "t = 437"."""
+    if t < 0:
+        return "x_0 (final)"
+    if isinstance(path, FlowPath):
+        return f"t = {float(path.times[t]):.3f}"
+    return f"t = {t}"
 
 
 def caption_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -490,9 +496,11 @@ def reverse_pictures(
     trail_frames: int = 0,
     padding: int = 2,
     pad_value: int = 0,
+    path: ForwardPath | None = None,
 ) -> tuple[list[np.ndarray], list[str]]:
     """The pictures of a sampling run's frames `indices` and their captions ("t = 437",
-    "x_0 (final)": `reverse_caption`), as the CLI's and Playback's GIFs and PNG frames show them.
+    "x_0 (final)": `reverse_caption` on the model's `path`, so a flow model's frames say its
+    t in [0, 1]), as the CLI's and Playback's GIFs and PNG frames show them.
 
     view: "xt" x_t, "x0" the x_0 prediction, "both" the two side by side, "pair" one sample
     (`sample_index`) as x_t | x_0 prediction. Images: uint8 grids (`make_grid` with `padding`,
@@ -502,7 +510,7 @@ def reverse_pictures(
     """
     if view not in REVERSE_VIEWS:
         raise ExportError(f"unknown view {view!r}; choose one of {', '.join(REVERSE_VIEWS)}")
-    captions = [reverse_caption(int(trajectory.timesteps[int(i)])) for i in indices]
+    captions = [reverse_caption(int(trajectory.timesteps[int(i)]), path) for i in indices]
     pictures = []
     for index in indices:
         i = int(index)

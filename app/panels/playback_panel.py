@@ -921,6 +921,11 @@ class PlaybackPanel(Panel):
             f"All {shown.shape[0]} samples: " + ("x_t" if shown is xt else "x_0 predictions")
         )
 
+    def model_path(self) -> ForwardPath | None:
+        """The chosen model's forward path (its schedule, or flow's path); None without one."""
+        ckpt = self.checkpoint
+        return None if ckpt is None else forward_path(ckpt.objective, ckpt.schedule_config)
+
     def time_text(self, t: int) -> str:
         """A frame's time: "t = 437"; for a flow model the path's t and its index k."""
         ckpt = self.checkpoint
@@ -1051,6 +1056,7 @@ class PlaybackPanel(Panel):
             trail_frames=TRAIL_FRAMES,
             padding=1,
             pad_value=255,
+            path=self.model_path(),
         )
 
     def export_gif(self) -> None:

@@ -80,9 +80,12 @@ def test_playback_samples_a_flow_checkpoint_as_core_does_and_exports(
     np.testing.assert_array_equal(panel.xt_view.image, traj.x_t(2)[0, ..., 0])
     np.testing.assert_array_equal(panel.x0_view.image, traj.pred_x0(2)[0, ..., 0])
     assert not np.array_equal(traj.x_t(2), traj.pred_x0(2))
-    # GIF and PNG frames
+    # GIF and PNG frames, captioned with the flow path's t (not the index k)
     set_combo_data(panel.export_view, VIEW_PAIR)
     panel.export_frames.setValue(3)
+    _, captions = panel.export_pictures()
+    assert captions[0] == "t = 1.000" and captions[-1] == "x_0 (final)"
+    assert all(c == "x_0 (final)" or 0 <= float(c.removeprefix("t = ")) <= 1 for c in captions)
     gif = export(panel.gif_button, panel.export_runner, tmp_path / "flow.gif")
     with Image.open(gif) as picture:
         assert 2 <= picture.n_frames <= 3

@@ -324,6 +324,13 @@ def test_captions_name_t_in_each_process() -> None:
     assert export.forward_caption(438) == "t = 437"  # display step k: timestep index k - 1
     assert export.reverse_caption(437) == "t = 437"
     assert export.reverse_caption(-1) == "x_0 (final)"
+    # on a flow path the index k is shown as its time t = (k + 1) / T
+    from diffusion_studio.core.flow import FlowPath
+    from diffusion_studio.core.schedule import NoiseSchedule
+
+    assert export.reverse_caption(499, FlowPath(1000)) == "t = 0.500"
+    assert export.reverse_caption(-1, FlowPath(1000)) == "x_0 (final)"
+    assert export.reverse_caption(437, NoiseSchedule()) == "t = 437"
 
 
 def test_caption_frame_writes_legible_text_above_the_frame() -> None:
