@@ -74,6 +74,7 @@ from diffusion_studio.core.diffusers_models import find_diffusers_model
 from diffusion_studio.core.errors import ConfigError, DiffusionStudioError
 from diffusion_studio.core.export import (
     make_grid,
+    reverse_caption,
     reverse_pictures,
     save_gif,
     save_png_frames,
@@ -769,8 +770,10 @@ class PlaybackPanel(Panel):
             for frame in prepare_sampling(ckpt, request).frames:
                 yield _copy_frame(frame)
 
-        def status(frame: Frame) -> JobStatus:
-            label = "final" if frame.t < 0 else f"t = {frame.t}"
+        path = forward_path(ckpt.objective, ckpt.schedule_config)
+
+        def status(frame: Frame) -> JobStatus:  # GUI thread
+            label = "final" if frame.t < 0 else reverse_caption(frame.t, path)
             return JobStatus(
                 f"Sampling step {frame.step + 1}/{total} ({label})", (frame.step + 1) / total
             )

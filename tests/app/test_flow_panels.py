@@ -63,6 +63,10 @@ def test_playback_samples_a_flow_checkpoint_as_core_does_and_exports(
     assert "flow matching" in panel.model_info.text() and "velocity" in panel.model_info.text()
     assert panel.sample_button.isEnabled()
     ckpt = load_checkpoint(flow_checkpoints.images)
+    statuses = []
+    panel.runner.progressed.connect(
+        lambda _r: statuses.append(panel.runner.status.text if panel.runner.status else "")
+    )
     for kind in FLOW_KINDS:
         panel.seed.setValue(3)
         sample_in(panel, qtbot, kind, steps=4, n=3)
@@ -70,6 +74,8 @@ def test_playback_samples_a_flow_checkpoint_as_core_does_and_exports(
         assert len(traj) == 5 and traj.timesteps[-1] == -1
         expected = sample_checkpoint(ckpt, 3, panel.request().sampler, seed=3)
         np.testing.assert_array_equal(traj.final_samples, expected)
+    # the status bar names the flow path's t of each step ("t = 1.000"), not the index k
+    assert any("(t = 1.000)" in text for text in statuses), statuses
     # x_t beside its x_0 prediction; the caption gives the path's t and index k
     panel.show_frame(0)
     assert int(traj.timesteps[0]) == 99 and "t = 1.000 (k = 99)" in panel.frame_label.text()
