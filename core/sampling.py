@@ -39,7 +39,7 @@ from diffusion_studio.core.samplers import (
     default_sampler_config,
     make_sampler,
 )
-from diffusion_studio.core.threads import AdaptiveThreads
+from diffusion_studio.core.threads import AdaptiveThreads, ThreadState
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,15 @@ class Frame:
 
     step: 0..n (n = number of sampler steps); t: timestep of x_t, or -1 for the final sample;
     x_t, pred_x0: float32 CPU tensors (B, C, H, W) or (B, 2). The final frame has pred_x0 = x_t.
+    threads: the CPU threads the step ran with, and whether another program keeps a core busy
+    (None on a GPU), as TrainProgress reports them.
     """
 
     step: int
     t: int
     x_t: torch.Tensor
     pred_x0: torch.Tensor
+    threads: ThreadState | None = None
 
 
 def first_step(sampler: Sampler, t_start: int | None) -> int:
@@ -164,7 +167,8 @@ def sample(
                 if tuner is not None:
                     tuner.after_step(time.perf_counter() - started)
                 shown = sampler.scale_model_input(x, i)  # x_t, whatever the sampler's own scale
-                yield Frame(step, sampler.frame_timestep(i), shown.cpu(), out.pred_x0.cpu())
+                state = tuner.state() if tuner is not None else None
+                yield Frame(step, sampler.frame_timestep(i), shown.cpu(), out.pred_x0.cpu(), state)
                 x = out.prev_sample
             final = x.cpu()
             yield Frame(len(sampler.timesteps) - first, -1, final, final)

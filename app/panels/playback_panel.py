@@ -131,7 +131,7 @@ CORE_VIEWS = {VIEW_GRID_XT: "xt", VIEW_GRID_X0: "x0", VIEW_PAIR: "pair", VIEW_PO
 
 def _copy_frame(frame: Frame) -> Frame:
     """A frame whose tensors the worker no longer references (safe to hand to the GUI thread)."""
-    return Frame(frame.step, frame.t, frame.x_t.clone(), frame.pred_x0.clone())
+    return Frame(frame.step, frame.t, frame.x_t.clone(), frame.pred_x0.clone(), frame.threads)
 
 
 class PlaybackPanel(Panel):
@@ -774,8 +774,11 @@ class PlaybackPanel(Panel):
 
         def status(frame: Frame) -> JobStatus:  # GUI thread
             label = "final" if frame.t < 0 else reverse_caption(frame.t, path)
+            # another program keeping a core busy is said, as for training
+            note = frame.threads.note() if frame.threads is not None else ""
             return JobStatus(
-                f"Sampling step {frame.step + 1}/{total} ({label})", (frame.step + 1) / total
+                f"Sampling step {frame.step + 1}/{total} ({label}){note}",
+                (frame.step + 1) / total,
             )
 
         self.runner.start(Job("Sampling", run, JobControl(), describe=status))

@@ -316,3 +316,18 @@ def test_a_models_own_sampler_fills_the_form(panel, checkpoints):
     assert sampler.options == {"variance_type": "fixed_large"}
     assert sampler.num_inference_steps == 100 and sampler.spacing == "leading"
     assert not sampler.clip_sample and form.valid and panel.sample_button.isEnabled()
+
+
+def test_sampling_on_a_busy_cpu_says_so_in_the_status(panel, qtbot, checkpoints, monkeypatch):
+    """Each frame carries the thread chooser's state (core.sampling.Frame.threads); when
+    another program keeps a core busy the status says so, as training's does."""
+    from diffusion_studio.core.threads import AdaptiveThreads, ThreadState
+
+    busy = ThreadState(threads=1, available=2, contended=True, adaptive=True)
+    monkeypatch.setattr(AdaptiveThreads, "state", lambda self: busy)
+    statuses = []
+    panel.runner.progressed.connect(lambda _r: statuses.append(panel.runner.status.text))
+    assert panel.load_checkpoint(checkpoints.points)
+    sample(panel, qtbot, steps=4, n=20)
+    assert any(busy.note() in text for text in statuses), statuses
+    assert busy.note() == " (CPU busy elsewhere: 1 of 2 threads)"
