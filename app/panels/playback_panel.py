@@ -546,6 +546,8 @@ class PlaybackPanel(Panel):
         if model is not self.checkpoint:
             self.clear_results()  # nothing of the old model's run stays on screen
         self.checkpoint = model
+        if self.field_dialog is not None and (model is None or not model.is_points):
+            self.field_dialog.close()  # its field was the old 2-D model's: nothing stale stays
         if model is None:
             self._update_buttons()
             self.model_changed.emit(None)

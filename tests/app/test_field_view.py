@@ -121,6 +121,9 @@ def test_button_only_for_2d_models(show, qtbot, checkpoints, tmp_path, fake_dial
     assert panel.load_checkpoint(checkpoints.points)  # moons: the open window follows it
     assert dialog.fields.checkpoint is panel.checkpoint and not dialog.exact_plot.isVisible()
     assert dialog.runner in panel.runners()  # closing the app waits for its particle job
+    assert panel.load_checkpoint(checkpoints.images)  # an image model: the window closes
+    assert not dialog.isVisible() and not panel.field_button.isEnabled()
+    assert panel.load_checkpoint(checkpoints.points)
     assert panel.open_field_view() is dialog and not dialog.exact_plot.isVisible()
     wait_for_particles(dialog, qtbot, dialog.index)
     assert dialog.frame_timer.isActive()
